@@ -1,0 +1,35 @@
+# `make pretrain` and `make test` install what is missing, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Pinned so pip takes the CPU build that lies on this machine's disk; an unpinned torch would pull
+# several GB of CUDA wheels. The package itself accepts a range (GPU builds included).
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+export DS_ACCELERATOR ?= cpu
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install pretrain test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+pretrain: install
+	$(PY) -m electra_ray.pretrain --config configs/tiny.yaml $(ARGS)
+
+test: install
+	$(PY) -m pytest tests $(ARGS)
+
+bench: install
+	$(PY) -m electra_ray.bench $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,242 @@
+"""Typed configuration: dataclasses with the paper's defaults, YAML files, `a.b=c` overrides.
+
+A config is `Config` (sections model, data, train, scaling, output). Every field has a default
+and a help text; `load_config(path, overrides)` reads a YAML file, applies `section.key=value`
+overrides last, and rejects unknown keys and ill-typed values with an error naming the key.
+Defaults are ELECTRA-Small's (Clark et al. 2020, table 6) unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from electra_ray.errors import UserError
+
+SHIPPED_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "sotu.parquet")
+
+
+class ConfigError(UserError):
+    """A config file or override names an unknown key or holds an ill-typed value."""
+
+
+def _f(default, help: str, choices: tuple | None = None):
+    kind = "default_factory" if isinstance(default, (list, dict)) else "default"
+    value = (lambda: type(default)(default)) if kind == "default_factory" else default
+    return field(**{kind: value}, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = _f(12, "transformer layers, discriminator and generator alike")
+    hidden_size: int = _f(256, "discriminator hidden size")
+    embedding_size: int = _f(128, "token/position embedding size, shared by both networks")
+    num_heads: int = _f(4, "discriminator attention heads")
+    intermediate_size: int = _f(1024, "discriminator feed-forward size")
+    generator_size: float = _f(0.25, "generator width (hidden, heads, FFN) as a fraction of the "
+                                     "discriminator's; the paper finds 1/4-1/2 best")
+    max_position_embeddings: int = _f(512, "longest sequence the position embeddings cover")
+    dropout: float = _f(0.1, "dropout on hidden states and attention probabilities")
+
+
+@dataclass
+class DataConfig:
+    path: str = _f(SHIPPED_CORPUS, "Parquet file or directory of Parquet files, one document per row")
+    text_column: str = _f("text", "column holding the document text")
+    tokenizer: str = _f("", "directory of a saved tokenizer; empty: train one on the corpus")
+    vocab_size: int = _f(30522, "vocabulary size when the tokenizer is trained here")
+    seq_len: int = _f(128, "tokens per packed sequence, [CLS] and [SEP] included")
+    mask_prob: float = _f(0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)")
+    mask_token_prob: float = _f(0.85, "of the selected tokens, fraction replaced by [MASK] "
+                                      "(ELECTRA 0.85; BERT 0.8)")
+    random_token_prob: float = _f(0.0, "of the selected tokens, fraction replaced by a random "
+                                       "token (ELECTRA 0; BERT 0.1); the rest stay unchanged")
+    eval_fraction: float = _f(0.02, "fraction of documents held out for evaluation (by text hash)")
+    docs_per_block: int = _f(64, "documents tokenized and packed together by one Ray Data task")
+
+
+@dataclass
+class TrainConfig:
+    objective: str = _f("electra", "pre-training objective", ("electra",))
+    max_steps: int = _f(1_000_000, "optimizer steps")
+    batch_size: int = _f(128, "sequences per optimizer step, summed over workers and accumulation")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step on each worker")
+    lr: float = _f(5e-4, "peak learning rate")
+    warmup_steps: int = _f(10_000, "linear warm-up steps; then linear decay to 0 at max_steps")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
+    adam_betas: list = _f([0.9, 0.999], "AdamW betas")
+    adam_eps: float = _f(1e-6, "AdamW epsilon")
+    grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)")
+    rtd_weight: float = _f(50.0, "lambda: weight of the replaced-token-detection loss")
+    temperature: float = _f(1.0, "generator sampling temperature")
+    zero_stage: int = _f(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
+    precision: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
+    log_every: int = _f(50, "optimizer steps between progress lines / metric reports")
+    checkpoint_every: int = _f(10_000, "optimizer steps between checkpoints (and one at the end)")
+    keep_checkpoints: int = _f(2, "checkpoints kept (newest first)")
+    seed: int = _f(0, "random seed (model init, masking, sampling)")
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = _f(1, "Ray Train workers (data-parallel ranks)")
+    use_gpu: bool = _f(False, "one GPU per worker")
+    cpus_per_worker: float = _f(0.0, "CPUs reserved per worker; 0: on a local Ray, the machine's "
+                                     "cores divided among the workers, else 1")
+    ray_address: str = _f("", "Ray cluster to join ('auto', ray://...); empty: RAY_ADDRESS or an "
+                              "in-process local Ray")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _f("runs", "where runs are written: checkpoints, tokenizer, export")
+    name: str = _f("", "run name; the run lives in DIR/NAME. Empty: run-<date>-<time>. Naming an "
+                       "existing run continues it from its latest checkpoint")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.output.dir, self.output.name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        config = cls()
+        _apply(config, values, prefix="")
+        validate(config)
+        return config
+
+
+def _convert(key: str, value, kind):
+    """Coerce a YAML / command-line value to the field's type, or raise naming the key."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else None
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif kind is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {value!r}")
+
+
+def _apply(obj, values: dict, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{name}' (known: {', '.join(sorted(fields))})")
+        if dataclasses.is_dataclass(hints[key]):
+            _apply(getattr(obj, key), value, prefix=f"{name}.")
+        else:
+            setattr(obj, key, _convert(name, value, hints[key]))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["train.lr=1e-3", "scaling.num_workers=2"]` -> nested dict (values parsed as YAML scalars)."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    return nested
+
+
+def validate(config: Config) -> None:
+    for section in dataclasses.fields(config):
+        obj = getattr(config, section.name)
+        for f in dataclasses.fields(obj):
+            choices = f.metadata.get("choices")
+            if choices and getattr(obj, f.name) not in choices:
+                raise ConfigError(f"config key '{section.name}.{f.name}' must be one of "
+                                  f"{list(choices)}, got {getattr(obj, f.name)!r}")
+    d, t, m, s = config.data, config.train, config.model, config.scaling
+    checks = [
+        (0 < d.mask_prob < 1, "data.mask_prob must be in (0, 1)"),
+        (d.mask_token_prob + d.random_token_prob <= 1, "data.mask_token_prob + data.random_token_prob must be <= 1"),
+        (8 <= d.seq_len <= m.max_position_embeddings, "data.seq_len must be in [8, model.max_position_embeddings]"),
+        (0 <= d.eval_fraction < 1, "data.eval_fraction must be in [0, 1)"),
+        (0 < m.generator_size <= 1, "model.generator_size must be in (0, 1]"),
+        (m.hidden_size % m.num_heads == 0, "model.hidden_size must be divisible by model.num_heads"),
+        (s.num_workers >= 1, "scaling.num_workers must be >= 1"),
+        (t.max_steps >= 1 and t.log_every >= 1 and t.checkpoint_every >= 1,
+         "train.max_steps, train.log_every and train.checkpoint_every must be >= 1"),
+        (t.batch_size % (s.num_workers * t.grad_accum) == 0,
+         f"train.batch_size ({t.batch_size}) must be divisible by scaling.num_workers x "
+         f"train.grad_accum ({s.num_workers} x {t.grad_accum})"),
+        (len(t.adam_betas) == 2, "train.adam_betas must have two values"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    values: dict = {}
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    config = Config()
+    _apply(config, values, prefix="")
+    _apply(config, parse_overrides(overrides or []), prefix="")
+    validate(config)
+    return config
+
+
+def describe_options() -> str:
+    """Every config key with its default and help, for `--help`."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if f.name == "path" and section.name == "data":
+                default = "<shipped State of the Union corpus>"
+            lines.append(f"  {section.name}.{f.name} = {default!r}\n      {f.metadata['help']}")
+    return "\n".join(lines)

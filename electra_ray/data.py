@@ -1,0 +1,164 @@
+"""The data pipeline: Parquet text -> tokenize -> pack -> (per worker) dynamic masking.
+
+Driver side, `build_dataset` makes a Ray Data dataset of packed `[CLS] ... [SEP]` sequences
+(documents concatenated, a [SEP] between them, as google-research/electra's
+build_pretraining_dataset does). Worker side, `masked_batches` iterates the worker's shard and
+masks each batch afresh, so every epoch sees new masks. The held-out split is chosen by a hash of
+each document's text: stable across runs, file layouts and worker counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import zlib
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from electra_ray.errors import UserError
+from electra_ray.masking import MaskedBatch, mask_tokens
+
+
+class DataError(UserError):
+    """The corpus cannot be used: missing, empty, unreadable or without the text column."""
+
+
+def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
+    """A local path or URI (s3://...) -> (pyarrow filesystem, path inside it)."""
+    if "://" in path:
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise DataError(f"cannot open {path}: {error}") from None
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def open_corpus(path: str, column: str = "text") -> pads.Dataset:
+    """Open and check a Parquet corpus; every problem is a DataError naming the path."""
+    filesystem, inner = resolve_path(path)
+    try:
+        info = filesystem.get_file_info(inner)
+    except OSError as error:
+        raise DataError(f"cannot reach corpus {path}: {error}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"corpus path not found: {path}")
+    try:
+        dataset = pads.dataset(inner, format="parquet", filesystem=filesystem,
+                               exclude_invalid_files=False)
+        if not dataset.files:
+            raise DataError(f"no Parquet files under corpus path {path}")
+        rows = dataset.count_rows()  # reads every file's footer: finds corrupt files up front
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"cannot read Parquet corpus {path}: {error}") from None
+    names = dataset.schema.names
+    if column not in names:
+        raise DataError(f"corpus {path} has no column '{column}' (columns: {', '.join(names) or 'none'}); "
+                        f"set data.text_column")
+    if not pa.types.is_string(dataset.schema.field(column).type) and \
+            not pa.types.is_large_string(dataset.schema.field(column).type):
+        raise DataError(f"column '{column}' of corpus {path} holds {dataset.schema.field(column).type}, not text")
+    if rows == 0:
+        raise DataError(f"corpus {path} is empty (0 rows)")
+    return dataset
+
+
+def is_eval_document(text: str, eval_fraction: float) -> bool:
+    return zlib.crc32(text.encode("utf-8")) % 10_000 < eval_fraction * 10_000
+
+
+def iter_documents(path: str, column: str, split: str, eval_fraction: float) -> Iterator[str]:
+    """Documents of one split ("train" or "eval"), streamed with pyarrow (no Ray)."""
+    want_eval = split == "eval"
+    for batch in open_corpus(path, column).to_batches(columns=[column], batch_size=256):
+        for text in batch.column(0).to_pylist():
+            if text and is_eval_document(text, eval_fraction) == want_eval:
+                yield text
+
+
+def pack(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> np.ndarray:
+    """Concatenate documents (a [SEP] after each) and cut into rows `[CLS] chunk [SEP]` of
+    `seq_len` tokens; the last, partial row is padded. Returns [N, seq_len] int32."""
+    body = seq_len - 2
+    stream = np.fromiter((t for tokens in token_lists if tokens for t in (*tokens, sep_id)), dtype=np.int32)
+    if stream.size and stream[-1] == sep_id:
+        stream = stream[:-1]  # the closing [SEP] of each row ends the last document already
+    if stream.size == 0:
+        return np.zeros((0, seq_len), dtype=np.int32)
+    n_rows = -(-stream.size // body)
+    chunks = np.full((n_rows * body,), pad_id, dtype=np.int32)
+    chunks[:stream.size] = stream
+    chunks = chunks.reshape(n_rows, body)
+    rows = np.full((n_rows, seq_len), pad_id, dtype=np.int32)
+    rows[:, 0] = cls_id
+    rows[:, 1:-1] = chunks
+    lengths = np.minimum(stream.size - np.arange(n_rows) * body, body)
+    rows[np.arange(n_rows), lengths + 1] = sep_id
+    return rows
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer_from_json(tokenizer_json: str):
+    from tokenizers import Tokenizer
+
+    from electra_ray.tokenizer import special_ids
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    return tokenizer, special_ids(tokenizer)
+
+
+def tokenize_and_pack(texts: list[str], tokenizer_json: str, seq_len: int) -> np.ndarray:
+    """Tokenize documents (the tokenizer as its JSON text, so tasks on any node can rebuild it)
+    and pack them into [N, seq_len] int32 rows."""
+    tokenizer, special = tokenizer_from_json(tokenizer_json)
+    encodings = tokenizer.encode_batch([t for t in texts if t], add_special_tokens=False)
+    return pack([e.ids for e in encodings], seq_len, special["[CLS]"], special["[SEP]"], special["[PAD]"])
+
+
+def _tokenize_block(batch: dict, *, column: str, tokenizer_json: str, seq_len: int,
+                    eval_fraction: float, split: str) -> dict:
+    want_eval = split == "eval"
+    texts = [t for t in batch[column].tolist() if t and is_eval_document(t, eval_fraction) == want_eval]
+    return {"input_ids": tokenize_and_pack(texts, tokenizer_json, seq_len)}
+
+
+def build_dataset(data_cfg, tokenizer_json: str, split: str = "train"):
+    """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row)."""
+    import ray.data
+
+    corpus = open_corpus(data_cfg.path, data_cfg.text_column)
+    filesystem, _ = resolve_path(data_cfg.path)
+    dataset = ray.data.read_parquet(corpus.files, filesystem=filesystem, columns=[data_cfg.text_column])
+    return dataset.map_batches(
+        _tokenize_block, batch_size=data_cfg.docs_per_block, batch_format="numpy",
+        fn_kwargs=dict(column=data_cfg.text_column, tokenizer_json=tokenizer_json, seq_len=data_cfg.seq_len,
+                       eval_fraction=data_cfg.eval_fraction, split=split))
+
+
+def load_sequences(data_cfg, tokenizer_json: str, split: str, max_sequences: int | None = None) -> np.ndarray:
+    """Packed sequences of one split in this process (no Ray): for evaluation and tests."""
+    texts = list(iter_documents(data_cfg.path, data_cfg.text_column, split, data_cfg.eval_fraction))
+    if not texts:
+        raise DataError(f"the {split} split of {data_cfg.path} is empty (data.eval_fraction="
+                        f"{data_cfg.eval_fraction})")
+    rows = tokenize_and_pack(texts, tokenizer_json, data_cfg.seq_len)
+    return rows[:max_sequences] if max_sequences else rows
+
+
+def mask_batch(input_ids: np.ndarray, data_cfg, special: dict[str, int], vocab_size: int,
+               rng: np.random.Generator) -> MaskedBatch:
+    return mask_tokens(input_ids, rng, mask_prob=data_cfg.mask_prob, mask_token_prob=data_cfg.mask_token_prob,
+                       random_token_prob=data_cfg.random_token_prob, mask_id=special["[MASK]"],
+                       pad_id=special["[PAD]"], special_ids=sorted(special.values()), vocab_size=vocab_size)
+
+
+def masked_batches(shard, data_cfg, micro_batch: int, special: dict[str, int], vocab_size: int,
+                   rng: np.random.Generator, shuffle_seed: int) -> Iterator[MaskedBatch]:
+    """One epoch of a worker's shard, in micro-batches, each masked afresh."""
+    for batch in shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True,
+                                    prefetch_batches=4, local_shuffle_buffer_size=micro_batch * 16,
+                                    local_shuffle_seed=shuffle_seed):
+        yield mask_batch(batch["input_ids"], data_cfg, special, vocab_size, rng)

@@ -1,0 +1,144 @@
+"""Has the exported model learned anything? Held-out measurements of both networks.
+
+    python -m electra_ray.evaluate EXPORT_DIR [--max-sequences 512]
+
+- generator: MLM loss on held-out masked positions, against the unigram entropy of the held-out
+  tokens (the best loss a context-free predictor can reach on them);
+- discriminator on generator replacements: RTD loss against the best constant predictor (the
+  binary entropy of the replaced fraction) and ROC-AUC;
+- discriminator on random replacements (15% of tokens swapped for uniformly drawn ones): ROC-AUC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from electra_ray.config import Config
+from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
+from electra_ray.objective import generator_logits, gumbel_sample, replace_tokens
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney U statistic: P(score of a positive > score of a negative), ties counted half."""
+    labels = labels.astype(bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # average rank (1-based) of each distinct score
+    ends = np.cumsum(counts)
+    average_rank = ends - (counts - 1) / 2.0
+    ranks = average_rank[inverse]
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_entropy(p: float) -> float:
+    return 0.0 if p <= 0 or p >= 1 else float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
+
+
+def unigram_entropy(ids: np.ndarray) -> float:
+    _, counts = np.unique(ids, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+@torch.no_grad()
+def evaluate_export(export_dir: str, max_sequences: int = 512, batch_size: int = 64, seed: int = 0) -> dict:
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    with open(os.path.join(export_dir, "electra_ray.json")) as f:
+        cfg = Config.from_dict(json.load(f)["config"])
+    with open(os.path.join(export_dir, "discriminator", "tokenizer.json")) as f:
+        tokenizer_json = f.read()
+    _, special = tokenizer_from_json(tokenizer_json)
+    generator = ElectraForMaskedLM.from_pretrained(os.path.join(export_dir, "generator")).eval()
+    discriminator = ElectraForPreTraining.from_pretrained(os.path.join(export_dir, "discriminator")).eval()
+    vocab_size = generator.config.vocab_size
+    sequences = load_sequences(cfg.data, tokenizer_json, "eval", max_sequences)
+    special_ids = np.array(sorted(special.values()))
+    rng = np.random.default_rng(seed)
+    torch_rng = torch.Generator().manual_seed(seed)
+
+    mlm_loss_sum, n_masked = 0.0, 0
+    gen_labels, gen_scores, rand_labels, rand_scores = [], [], [], []
+    for start in range(0, len(sequences), batch_size):
+        ids = sequences[start:start + batch_size].astype(np.int64)
+        scored = ~np.isin(ids, special_ids)  # real, non-special tokens
+
+        batch = mask_batch(ids, cfg.data, special, vocab_size, rng)
+        tensors = {k: torch.from_numpy(v) for k, v in vars(batch).items()}
+        logits = generator_logits(generator, tensors["input_ids"], tensors["attention_mask"], tensors["positions"])
+        targets = torch.gather(tensors["original_ids"], 1, tensors["positions"])
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        mlm_loss_sum += float((loss * tensors["weights"].flatten()).sum())
+        n_masked += int(tensors["weights"].sum())
+        sampled = gumbel_sample(logits, cfg.train.temperature, torch_rng)
+        corrupted, labels = replace_tokens(tensors["input_ids"], tensors["original_ids"], tensors["positions"],
+                                           tensors["weights"], sampled)
+        scores = discriminator(input_ids=corrupted, attention_mask=tensors["attention_mask"]).logits
+        gen_labels.append(labels.numpy()[scored])
+        gen_scores.append(scores.numpy()[scored])
+
+        replace = scored & (rng.random(ids.shape) < cfg.data.mask_prob)
+        random_ids = ids.copy()
+        allowed = np.setdiff1d(np.arange(vocab_size), special_ids)
+        random_ids[replace] = allowed[rng.integers(0, len(allowed), int(replace.sum()))]
+        scores = discriminator(input_ids=torch.from_numpy(random_ids),
+                               attention_mask=tensors["attention_mask"]).logits
+        rand_labels.append((random_ids != ids)[scored])
+        rand_scores.append(scores.numpy()[scored])
+
+    gen_labels, gen_scores = np.concatenate(gen_labels), np.concatenate(gen_scores)
+    rtd_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(gen_scores),
+                                                        torch.from_numpy(gen_labels).float()))
+    tokens = sequences[~np.isin(sequences, special_ids)]
+    return {
+        "sequences": int(len(sequences)),
+        "generator_mlm_loss": mlm_loss_sum / max(n_masked, 1),
+        "unigram_entropy": unigram_entropy(tokens),
+        "rtd_loss_generator": rtd_loss,
+        "rtd_loss_constant": binary_entropy(float(gen_labels.mean())),
+        "replaced_fraction_generator": float(gen_labels.mean()),
+        "auc_generator_replacements": roc_auc(gen_labels, gen_scores),
+        "auc_random_replacements": roc_auc(np.concatenate(rand_labels), np.concatenate(rand_scores)),
+    }
+
+
+def format_report(metrics: dict) -> str:
+    return "\n".join([
+        f"held-out ({metrics['sequences']} sequences):",
+        f"  generator MLM loss {metrics['generator_mlm_loss']:.3f} nats vs unigram entropy "
+        f"{metrics['unigram_entropy']:.3f}",
+        f"  discriminator on generator replacements: RTD loss {metrics['rtd_loss_generator']:.4f} vs constant "
+        f"predictor {metrics['rtd_loss_constant']:.4f} ({metrics['replaced_fraction_generator']:.1%} replaced), "
+        f"ROC-AUC {metrics['auc_generator_replacements']:.3f}",
+        f"  discriminator on random replacements: ROC-AUC {metrics['auc_random_replacements']:.3f}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("export", help="directory written by electra_ray.export / pretrain")
+    parser.add_argument("--max-sequences", type=int, default=512)
+    parser.add_argument("--json", help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    from electra_ray.cli import run_cli
+
+    def run():
+        metrics = evaluate_export(args.export, args.max_sequences)
+        print(format_report(metrics))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(metrics, f, indent=1)
+
+    run_cli(run)
+
+
+if __name__ == "__main__":
+    main()

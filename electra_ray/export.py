@@ -1,0 +1,110 @@
+"""Checkpoint -> Hugging Face format: discriminator, generator and tokenizer.
+
+    python -m electra_ray.export CHECKPOINT_DIR OUT_DIR
+
+Writes OUT/discriminator and OUT/generator (each with the tokenizer beside the weights), so that
+`ElectraForPreTraining.from_pretrained(OUT/"discriminator")` and
+`AutoTokenizer.from_pretrained(OUT/"discriminator")` work with no code of ours. ZeRO shards are
+consolidated to fp32 first, whatever the stage. OUT appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+
+import torch
+
+from electra_ray.config import Config
+from electra_ray.errors import UserError
+from electra_ray.train import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR
+
+
+def read_run_state(checkpoint_dir: str) -> dict:
+    path = os.path.join(checkpoint_dir, RUN_STATE)
+    if not os.path.exists(path):
+        raise UserError(f"{checkpoint_dir} is not an electra-ray checkpoint (no {RUN_STATE})")
+    with open(path) as f:
+        return json.load(f)
+
+
+def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of the joint model from a DeepSpeed checkpoint of any ZeRO stage."""
+    if zero_stage == 0:
+        path = os.path.join(checkpoint_dir, CHECKPOINT_TAG, "mp_rank_00_model_states.pt")
+        module = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        return {name: tensor.float() for name, tensor in module.items()}
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=CHECKPOINT_TAG)
+
+
+def load_pretraining_model(checkpoint_dir: str):
+    """(joint model with the checkpoint's weights, Config, tokenizer JSON text)."""
+    from electra_ray.model import build_model
+
+    state = read_run_state(checkpoint_dir)
+    cfg = Config.from_dict(state["config"])
+    with open(os.path.join(checkpoint_dir, TOKENIZER_DIR, "tokenizer.json")) as f:
+        tokenizer_json = f.read()
+    from electra_ray.data import tokenizer_from_json
+
+    _, special = tokenizer_from_json(tokenizer_json)
+    model = build_model(cfg.model, state["vocab_size"], special["[PAD]"], cfg.train.rtd_weight)
+    weights = consolidated_state_dict(checkpoint_dir, state["zero_stage"])
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Tied / shared tensors may be stored under one name only; anything else missing is an error.
+    missing = [k for k in missing if not _is_alias(k)]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {checkpoint_dir} does not match the model: missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]}")
+    return model, cfg, tokenizer_json
+
+
+def _is_alias(name: str) -> bool:
+    return name.startswith("discriminator.electra.embeddings.") or name == "generator.generator_lm_head.weight"
+
+
+def export(checkpoint_dir: str, out_dir: str) -> str:
+    from tokenizers import Tokenizer
+
+    from electra_ray.tokenizer import save_tokenizer
+
+    model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
+    out_dir = os.path.abspath(out_dir)
+    staging = f"{out_dir}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
+        net.save_pretrained(os.path.join(staging, name))
+        save_tokenizer(tokenizer, os.path.join(staging, name), model_max_length=cfg.model.max_position_embeddings)
+    with open(os.path.join(staging, "electra_ray.json"), "w") as f:
+        json.dump({"checkpoint": os.path.abspath(checkpoint_dir), "config": cfg.to_dict()}, f, indent=1)
+    _publish(staging, out_dir)
+    return out_dir
+
+
+def _publish(staging: str, out_dir: str) -> None:
+    """Move a finished directory into place; a previous export is replaced only after."""
+    previous = f"{out_dir}.previous-{os.getpid()}"
+    if os.path.exists(out_dir):
+        os.rename(out_dir, previous)
+    os.rename(staging, out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint directory written by electra_ray.pretrain")
+    parser.add_argument("out", help="output directory")
+    args = parser.parse_args(argv)
+    from electra_ray.cli import run_cli
+
+    run_cli(lambda: print(f"export: {export(args.checkpoint, args.out)}"))
+
+
+if __name__ == "__main__":
+    main()

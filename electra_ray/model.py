@@ -1,0 +1,79 @@
+"""Generator + discriminator as transformers ELECTRA classes, with shared embeddings.
+
+`ElectraPretrainingModel` is the one module DeepSpeed trains: its forward runs the objective.
+Attribute names (`generator`, `discriminator`) are checkpoint keys: keep them stable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from electra_ray.objective import ObjectiveOutput, electra_loss
+
+
+def discriminator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
+    return ElectraConfig(
+        vocab_size=vocab_size, embedding_size=model_cfg.embedding_size, hidden_size=model_cfg.hidden_size,
+        num_hidden_layers=model_cfg.num_layers, num_attention_heads=model_cfg.num_heads,
+        intermediate_size=model_cfg.intermediate_size, max_position_embeddings=model_cfg.max_position_embeddings,
+        hidden_dropout_prob=model_cfg.dropout, attention_probs_dropout_prob=model_cfg.dropout,
+        pad_token_id=pad_id)
+
+
+def generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
+    """Same depth and embeddings as the discriminator; hidden, heads and FFN scaled by
+    `generator_size` (google-research/electra's get_generator_config)."""
+    scale = model_cfg.generator_size
+    config = discriminator_config(model_cfg, vocab_size, pad_id)
+    config.num_attention_heads = max(1, round(model_cfg.num_heads * scale))
+    head_dim = model_cfg.hidden_size // model_cfg.num_heads
+    config.hidden_size = config.num_attention_heads * head_dim
+    config.intermediate_size = max(1, round(model_cfg.intermediate_size * scale))
+    return config
+
+
+class ElectraPretrainingModel(nn.Module):
+    def __init__(self, generator: ElectraForMaskedLM, discriminator: ElectraForPreTraining,
+                 rtd_weight: float = 50.0, temperature: float = 1.0):
+        super().__init__()
+        self.generator = generator
+        self.discriminator = discriminator
+        # Token, position (and token-type) embeddings and their LayerNorm are one module.
+        self.discriminator.electra.embeddings = self.generator.electra.embeddings
+        self.rtd_weight = rtd_weight
+        self.temperature = temperature
+
+    def forward(self, input_ids, original_ids, attention_mask, positions, weights,
+                generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
+        return electra_loss(self.generator, self.discriminator, input_ids=input_ids, original_ids=original_ids,
+                            attention_mask=attention_mask, positions=positions, weights=weights,
+                            rtd_weight=self.rtd_weight, temperature=self.temperature,
+                            generator_rng=generator_rng)
+
+
+def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float = 50.0,
+                temperature: float = 1.0) -> ElectraPretrainingModel:
+    generator = ElectraForMaskedLM(generator_config(model_cfg, vocab_size, pad_id))
+    discriminator = ElectraForPreTraining(discriminator_config(model_cfg, vocab_size, pad_id))
+    for net in (generator, discriminator):
+        net.config._attn_implementation = "sdpa"
+    return ElectraPretrainingModel(generator, discriminator, rtd_weight, temperature)
+
+
+def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float) -> float:
+    """Training FLOPs per input token (forward + backward = 3x forward), generator included, in
+    the spirit of google-research/electra's flops_computation: 2 FLOPs per multiply-add."""
+
+    def encoder(hidden: int, ffn: int) -> float:
+        per_layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * seq_len * hidden  # dense + attention
+        return model_cfg.num_layers * per_layer + 2 * model_cfg.embedding_size * hidden  # + embedding projection
+
+    gen = generator_config(model_cfg, vocab_size)
+    emb = model_cfg.embedding_size
+    generator = encoder(gen.hidden_size, gen.intermediate_size) + \
+        mask_prob * 2 * (gen.hidden_size * emb + emb * vocab_size)  # head on masked positions only
+    discriminator = encoder(model_cfg.hidden_size, model_cfg.intermediate_size) + \
+        2 * (model_cfg.hidden_size * model_cfg.hidden_size + model_cfg.hidden_size)
+    return 3 * (generator + discriminator)

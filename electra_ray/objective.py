@@ -1,0 +1,94 @@
+"""The ELECTRA objective, pure PyTorch: MLM loss + lambda * replaced-token-detection loss.
+
+Shapes: B sequences, T tokens, P prediction slots per sequence (see masking.py), V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Order of the counters in ObjectiveOutput.stats (summed over batches and workers).
+STAT_NAMES = ("mlm_loss_sum", "rtd_loss_sum", "masked", "gen_correct", "tokens", "disc_correct",
+              "replaced", "predicted_replaced", "true_positive", "batches")
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor      # scalar: mlm_loss + rtd_weight * rtd_loss
+    mlm_loss: torch.Tensor  # scalar, mean over selected positions
+    rtd_loss: torch.Tensor  # scalar, mean over non-pad tokens
+    stats: torch.Tensor     # [len(STAT_NAMES)] float counters, detached
+
+
+def gumbel_sample(logits: torch.Tensor, temperature: float = 1.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample ids from softmax(logits / temperature) by Gumbel-max, in fp32 (fp16 Gumbel noise is
+    biased: pytorch#41663). Discrete, so no gradient flows through it."""
+    logits = logits.detach().float() / temperature
+    uniform = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-9, 1.0 - 1e-9)
+    return torch.argmax(logits - torch.log(-torch.log(uniform)), dim=-1)
+
+
+def generator_logits(generator, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     positions: torch.Tensor) -> torch.Tensor:
+    """Generator logits at the selected positions only ([B, P, V]): the vocabulary projection is
+    the generator's most expensive layer, and only P of T positions need it."""
+    hidden = generator.electra(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    hidden = torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, P, H]
+    return generator.generator_lm_head(generator.generator_predictions(hidden))
+
+
+def replace_tokens(input_ids: torch.Tensor, original_ids: torch.Tensor, positions: torch.Tensor,
+                   weights: torch.Tensor, sampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the sampled ids into the used slots. Returns (corrupted ids [B, T], labels [B, T]):
+    label 1 where the token differs from the original; a sample equal to the original is 0."""
+    current = torch.gather(input_ids, 1, positions)
+    corrupted = input_ids.scatter(1, positions, torch.where(weights > 0, sampled, current))
+    return corrupted, (corrupted != original_ids).long()
+
+
+def electra_loss(generator, discriminator, *, input_ids, original_ids, attention_mask, positions, weights,
+                 rtd_weight: float = 50.0, temperature: float = 1.0,
+                 generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
+    targets = torch.gather(original_ids, 1, positions)                                   # [B, P]
+    logits = generator_logits(generator, input_ids, attention_mask, positions)           # [B, P, V]
+    token_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    n_masked = weights.sum().clamp(min=1.0)
+    mlm_loss = (token_loss * weights.flatten()).sum() / n_masked
+
+    sampled = gumbel_sample(logits, temperature, generator_rng)                          # [B, P]
+    corrupted, labels = replace_tokens(input_ids, original_ids, positions, weights, sampled)
+    labels = labels * attention_mask
+    disc_logits = discriminator(input_ids=corrupted, attention_mask=attention_mask).logits.float()  # [B, T]
+    token_mask = attention_mask.float()
+    n_tokens = token_mask.sum().clamp(min=1.0)
+    rtd_loss = (F.binary_cross_entropy_with_logits(disc_logits, labels.float(), reduction="none")
+                * token_mask).sum() / n_tokens
+
+    with torch.no_grad():
+        predicted = (disc_logits > 0).long() * attention_mask
+        stats = torch.stack([
+            mlm_loss * n_masked, rtd_loss * n_tokens, n_masked,
+            ((logits.argmax(-1) == targets).float() * weights).sum(),
+            n_tokens, ((predicted == labels).float() * token_mask).sum(),
+            labels.sum().float(), predicted.sum().float(), (predicted * labels).sum().float(),
+            torch.ones((), device=n_tokens.device)]).detach().float()
+    return ObjectiveOutput(loss=mlm_loss + rtd_weight * rtd_loss, mlm_loss=mlm_loss, rtd_loss=rtd_loss,
+                           stats=stats)
+
+
+def summarize(stats: torch.Tensor | list[float]) -> dict[str, float]:
+    """Counters (summed over steps/workers) -> mean losses, accuracies, precision, recall."""
+    s = dict(zip(STAT_NAMES, [float(x) for x in stats]))
+    mlm, rtd = s["mlm_loss_sum"] / max(s["masked"], 1), s["rtd_loss_sum"] / max(s["tokens"], 1)
+    return {
+        "mlm_loss": mlm, "rtd_loss": rtd,
+        "gen_accuracy": s["gen_correct"] / max(s["masked"], 1),
+        "disc_accuracy": s["disc_correct"] / max(s["tokens"], 1),
+        "disc_precision": s["true_positive"] / max(s["predicted_replaced"], 1),
+        "disc_recall": s["true_positive"] / max(s["replaced"], 1),
+        "replaced_fraction": s["replaced"] / max(s["tokens"], 1),
+    }

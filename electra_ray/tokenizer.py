@@ -1,0 +1,92 @@
+"""Train, save and load the WordPiece tokenizer (BERT-style, uncased).
+
+    python -m electra_ray.tokenizer --input corpus.parquet --vocab-size 8192 --out DIR
+
+The saved directory loads with `transformers.AutoTokenizer.from_pretrained(DIR)` and
+`ElectraTokenizerFast.from_pretrained(DIR)`; `tokenizer.json` in it is what the data pipeline uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4 in this order
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
+    # BERT normalisation: clean control chars, put spaces around CJK characters (one token each),
+    # strip accents and lowercase.
+    tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                      strip_accents=None, lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                        continuing_subword_prefix="##", show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, out_dir: str, model_max_length: int = 512) -> None:
+    # transformers 5 trap: BertTokenizerFast(vocab_file=...) saves a directory that reloads as a
+    # 5-token tokenizer; wrapping the trained tokenizer object saves and reloads correctly.
+    from transformers import PreTrainedTokenizerFast
+
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=UNK, pad_token=PAD,
+                                      cls_token=CLS, sep_token=SEP, mask_token=MASK,
+                                      model_max_length=model_max_length, do_lower_case=True)
+    os.makedirs(out_dir, exist_ok=True)
+    wrapped.save_pretrained(out_dir)
+
+
+def read_tokenizer_json(directory: str) -> str:
+    """The tokenizer as JSON text: small, and what workers on any node rebuild it from."""
+    path = os.path.join(directory, "tokenizer.json")
+    if not os.path.exists(path):
+        from electra_ray.errors import UserError
+
+        raise UserError(f"no tokenizer.json in tokenizer directory {directory}")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    return {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+
+
+def iter_texts(path: str, column: str = "text", batch_rows: int = 256) -> Iterator[str]:
+    from electra_ray.data import open_corpus
+
+    dataset = open_corpus(path, column)
+    for batch in dataset.to_batches(columns=[column], batch_size=batch_rows):
+        yield from (t for t in batch.column(0).to_pylist() if t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="Parquet file or directory (one document per row)")
+    parser.add_argument("--column", default="text", help="text column (default: text)")
+    parser.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (default: 30522)")
+    parser.add_argument("--out", required=True, help="output directory")
+    args = parser.parse_args(argv)
+    from electra_ray.cli import run_cli
+
+    def run():
+        tokenizer = train_tokenizer(iter_texts(args.input, args.column), args.vocab_size)
+        save_tokenizer(tokenizer, args.out)
+        print(f"tokenizer: {args.out} ({tokenizer.get_vocab_size()} tokens)")
+
+    run_cli(run)
+
+
+if __name__ == "__main__":
+    main()

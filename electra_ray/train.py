@@ -1,0 +1,211 @@
+"""The per-worker training loop (Ray Train `train_loop_per_worker`) on a DeepSpeed engine.
+
+Fixed step order on every rank: mask -> forward -> backward -> step; every `log_every` steps the
+counters are all-reduced and reported; every `checkpoint_every` steps (and at the end) every rank
+saves its ZeRO shard into one directory that Ray Train persists as a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from electra_ray.config import Config
+from electra_ray.objective import STAT_NAMES, summarize
+
+CHECKPOINT_TAG = "model"          # DeepSpeed's tag directory inside a checkpoint
+RUN_STATE = "electra_ray.json"    # config, step, vocabulary: what export and resume read
+TOKENIZER_DIR = "tokenizer"
+
+# Dense bf16 peak FLOP/s from the datasheets, for MFU on GPUs.
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def lr_lambda(warmup_steps: int, max_steps: int):
+    """Linear warm-up to the peak, then linear decay to 0 at max_steps (ELECTRA's schedule)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and LayerNorm weights (as google-research/electra's AdamW)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():  # shared embeddings appear once
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(cfg: Config, use_bf16: bool) -> dict:
+    t, world = cfg.train, cfg.scaling.num_workers
+    return {
+        "train_batch_size": t.batch_size,
+        "train_micro_batch_size_per_gpu": t.batch_size // (world * t.grad_accum),
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage, "stage3_gather_16bit_weights_on_model_save": False},
+        "bf16": {"enabled": use_bf16},
+        # torch's AdamW: DeepSpeed's FusedAdam would be JIT-compiled (and needs CUDA).
+        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps,
+                                                  "weight_decay": t.weight_decay, "torch_adam": True}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def peak_flops(device: torch.device, threads: int = 0) -> float:
+    """The device's peak FLOP/s: datasheet bf16 on GPU, a measured fp32 matmul on CPU."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), 989e12)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 1.0:
+        a @ b
+        n += 1
+    torch.set_num_threads(previous)
+    return n * 2 * 2048**3 / (time.perf_counter() - start)
+
+
+def _format_eta(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    import torch.distributed as dist
+
+    cfg = Config.from_dict(loop_config["config"])
+    # Train logs one INFO line per report, metrics dict included; the progress line says it better.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    tokenizer_json: str = loop_config["tokenizer_json"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    use_gpu = cfg.scaling.use_gpu
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
+    import deepspeed
+    from ray.train.torch import get_device
+
+    from electra_ray.data import tokenizer_from_json, masked_batches
+    from electra_ray.model import build_model, flops_per_token
+
+    if not use_gpu and loop_config.get("num_threads"):
+        torch.set_num_threads(loop_config["num_threads"])
+    device = get_device() if use_gpu else torch.device("cpu")
+    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and use_gpu)
+    _, special = tokenizer_from_json(tokenizer_json)
+    vocab_size = loop_config["vocab_size"]
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, cfg.train.temperature)
+    schedule = lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.train.weight_decay),
+        config=deepspeed_config(cfg, use_bf16),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
+
+    # Masking and sampling streams differ per rank (different data) and are part of a checkpoint.
+    mask_rng = np.random.default_rng([cfg.train.seed, rank])
+    sample_rng = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
+    step, epoch = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
+            with open(os.path.join(directory, RUN_STATE)) as f:
+                state = json.load(f)
+            step, epoch = state["step"], state["epoch"]
+            rng_path = os.path.join(directory, f"rng_rank{rank}.pt")
+            if os.path.exists(rng_path):
+                rng_state = torch.load(rng_path, weights_only=False)
+                mask_rng.bit_generator.state = rng_state["mask"]
+                sample_rng.set_state(rng_state["sample"])
+        if rank == 0:
+            print(f"resumed from step {step}", flush=True)
+
+    def save_checkpoint(metrics: dict) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            engine.save_checkpoint(directory, tag=CHECKPOINT_TAG)  # every rank writes its shard
+            torch.save({"mask": mask_rng.bit_generator.state, "sample": sample_rng.get_state()},
+                       os.path.join(directory, f"rng_rank{rank}.pt"))
+            if rank == 0:
+                with open(os.path.join(directory, RUN_STATE), "w") as f:
+                    json.dump({"config": cfg.to_dict(), "step": step, "epoch": epoch, "vocab_size": vocab_size,
+                               "zero_stage": cfg.train.zero_stage, "world_size": world}, f, indent=1)
+                os.makedirs(os.path.join(directory, TOKENIZER_DIR))
+                with open(os.path.join(directory, TOKENIZER_DIR, "tokenizer.json"), "w") as f:
+                    f.write(tokenizer_json)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+    shard = ray.train.get_dataset_shard("train")
+    micro_batch = cfg.train.batch_size // (world * cfg.train.grad_accum)
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    flops_token = flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob)
+    peak = loop_config.get("peak_flops") or peak_flops(device)
+    stats = torch.zeros(len(STAT_NAMES), device=device)
+    interval_start, interval_steps, run_start, start_step = time.perf_counter(), 0, time.perf_counter(), step
+    metrics: dict = {}
+    micro_steps = 0
+
+    while step < cfg.train.max_steps:
+        batches_this_epoch = 0
+        for batch in masked_batches(shard, cfg.data, micro_batch, special, vocab_size, mask_rng,
+                                    shuffle_seed=cfg.train.seed + 1000 * epoch + rank):
+            batches_this_epoch += 1
+            inputs = {name: torch.from_numpy(value).to(device, non_blocking=True)
+                      for name, value in vars(batch).items()}
+            output = engine(**inputs, generator_rng=sample_rng)
+            engine.backward(output.loss)
+            engine.step()
+            stats += output.stats
+            micro_steps += 1
+            if micro_steps % cfg.train.grad_accum:
+                continue
+            step += 1
+            interval_steps += 1
+            last = step >= cfg.train.max_steps
+            if step % cfg.train.log_every == 0 or last:
+                if world > 1:
+                    dist.all_reduce(stats)
+                elapsed = time.perf_counter() - interval_start
+                tokens_per_s = interval_steps * tokens_per_step / elapsed
+                summary = summarize(stats.tolist())
+                metrics = {"step": step, "epoch": epoch,
+                           "loss": summary["mlm_loss"] + cfg.train.rtd_weight * summary["rtd_loss"],
+                           **summary, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
+                           "mfu": flops_token * tokens_per_s / (peak * world)}
+                if not math.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
+                if rank == 0:
+                    rate = (step - start_step) / (time.perf_counter() - run_start)
+                    print(f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} "
+                          f"(mlm {summary['mlm_loss']:.3f}, rtd {summary['rtd_loss']:.4f}) | "
+                          f"gen acc {summary['gen_accuracy']:.3f} | disc acc {summary['disc_accuracy']:.3f} | "
+                          f"{tokens_per_s:,.0f} tok/s | MFU {metrics['mfu']:.1%} | "
+                          f"ETA {_format_eta((cfg.train.max_steps - step) / rate)}", flush=True)
+                stats.zero_()
+                interval_start, interval_steps = time.perf_counter(), 0
+                if not (step % cfg.train.checkpoint_every == 0 or last):
+                    ray.train.report(metrics)
+            if step % cfg.train.checkpoint_every == 0 or last:
+                save_checkpoint(metrics)
+            if last:
+                break
+        if batches_this_epoch == 0:
+            raise RuntimeError(f"worker {rank} got no full batch of {micro_batch} sequences from the corpus: "
+                               f"lower train.batch_size or data.seq_len, or use a larger corpus")
+        epoch += 1
