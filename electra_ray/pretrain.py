@@ -25,20 +25,30 @@ class PretrainResult:
     run_dir: str
     checkpoint: str
     export: str
-    metrics: dict      # last metrics reported by the workers
+    history: list[dict]  # every report of the workers (also in RUN_DIR/metrics.jsonl)
     evaluation: dict   # held-out measurements of the export (evaluate.py)
 
 
 def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
     """The tokenizer's JSON text: loaded from data.tokenizer, or trained on the training split."""
-    from electra_ray.data import iter_documents
+    from electra_ray.data import DataError, iter_documents
     from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
 
     directory = cfg.data.tokenizer or os.path.join(run_dir, "tokenizer")
     if not cfg.data.tokenizer and not os.path.exists(os.path.join(directory, "tokenizer.json")):
         start = time.perf_counter()
-        texts = iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction)
-        tokenizer = train_tokenizer(texts, cfg.data.vocab_size)
+        seen = 0
+
+        def texts():
+            nonlocal seen
+            for seen, text in enumerate(iter_documents(cfg.data.path, cfg.data.text_column, "train",
+                                                       cfg.data.eval_fraction), start=1):
+                yield text
+
+        tokenizer = train_tokenizer(texts(), cfg.data.vocab_size)
+        if not seen:
+            raise DataError(f"corpus {cfg.data.path} has no text to train on: column '{cfg.data.text_column}' "
+                            f"is empty in every row of the training split")
         save_tokenizer(tokenizer, directory, model_max_length=cfg.model.max_position_embeddings)
         print(f"tokenizer: trained {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - start:.1f}s "
               f"-> {directory}", flush=True)
@@ -74,6 +84,7 @@ def pretrain(cfg: Config) -> PretrainResult:
     from electra_ray.data import build_dataset, open_corpus
     from electra_ray.evaluate import evaluate_export, format_report
     from electra_ray.export import export
+    from electra_ray.metrics import MetricsLogger, read_history
     from electra_ray.train import train_loop_per_worker
 
     open_corpus(cfg.data.path, cfg.data.text_column)  # fail fast, before Ray starts
@@ -103,7 +114,8 @@ def pretrain(cfg: Config) -> PretrainResult:
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=cfg.output.name, storage_path=os.path.abspath(cfg.output.dir),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=[MetricsLogger(run_dir)]),
         datasets={"train": build_dataset(cfg.data, tokenizer_json, "train")},
     )
     result = trainer.fit()
@@ -113,7 +125,7 @@ def pretrain(cfg: Config) -> PretrainResult:
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(evaluation, f, indent=1)
     print(format_report(evaluation), flush=True)
-    return PretrainResult(run_dir, checkpoint, export_dir, dict(result.metrics or {}), evaluation)
+    return PretrainResult(run_dir, checkpoint, export_dir, read_history(run_dir), evaluation)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+
+from electra_ray.config import ModelConfig
+from electra_ray.masking import mask_tokens
+from electra_ray.model import build_model, generator_config
+from electra_ray.objective import electra_loss, generator_logits, gumbel_sample, replace_tokens
+
+VOCAB = 300
+TINY = ModelConfig(num_layers=2, hidden_size=64, embedding_size=32, num_heads=4, intermediate_size=128,
+                   generator_size=0.25, max_position_embeddings=64, dropout=0.0)
+
+
+def make_batch(seed=0, batch=4, seq_len=32):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, VOCAB, size=(batch, seq_len))
+    ids[:, 0], ids[:, -1] = 2, 3
+    masked = mask_tokens(ids, rng, mask_prob=0.15, mask_token_prob=0.85, random_token_prob=0.0, mask_id=4,
+                         pad_id=0, special_ids=[0, 1, 2, 3, 4], vocab_size=VOCAB)
+    return {k: torch.from_numpy(v) for k, v in vars(masked).items()}
+
+
+def tiny_model(rtd_weight=50.0, seed=0):
+    torch.manual_seed(seed)
+    return build_model(TINY, VOCAB, rtd_weight=rtd_weight)
+
+
+def test_generator_is_a_quarter_of_the_discriminator():
+    gen = generator_config(TINY, VOCAB)
+    assert (gen.hidden_size, gen.num_attention_heads, gen.intermediate_size) == (16, 1, 32)
+    assert gen.num_hidden_layers == TINY.num_layers and gen.embedding_size == TINY.embedding_size
+
+
+def test_embeddings_are_one_tensor():
+    model = tiny_model()
+    gen, disc = model.generator.electra.embeddings, model.discriminator.electra.embeddings
+    assert gen.word_embeddings.weight is disc.word_embeddings.weight
+    assert gen.position_embeddings.weight is disc.position_embeddings.weight
+    assert model.generator.generator_lm_head.weight is gen.word_embeddings.weight  # tied output layer
+    names = [n for n, _ in model.named_parameters()]
+    assert sum("word_embeddings" in n for n in names) == 1
+
+
+def test_sample_equal_to_original_is_labelled_original():
+    original = torch.tensor([[2, 10, 11, 12, 3]])
+    masked = torch.tensor([[2, 4, 11, 4, 3]])
+    positions = torch.tensor([[1, 3, 0]])
+    weights = torch.tensor([[1.0, 1.0, 0.0]])
+    sampled = torch.tensor([[10, 99, 77]])  # slot 0 samples the original; slot 2 is unused
+    corrupted, labels = replace_tokens(masked, original, positions, weights, sampled)
+    assert corrupted.tolist() == [[2, 10, 11, 99, 3]]
+    assert labels.tolist() == [[0, 0, 0, 1, 0]]
+
+
+def test_no_gradient_reaches_the_generator_from_the_rtd_loss():
+    model = tiny_model()
+    out = model(**make_batch())
+    out.rtd_loss.backward()
+    generator_only = [p for n, p in model.generator.named_parameters() if not n.startswith("electra.embeddings")]
+    assert all(p.grad is None or not p.grad.any() for p in generator_only)
+    assert model.generator.electra.embeddings.word_embeddings.weight.grad.abs().sum() > 0  # shared: it learns
+    assert all(p.grad is not None for n, p in model.discriminator.named_parameters() if "pooler" not in n)
+
+
+def test_mlm_loss_trains_the_generator_only():
+    model = tiny_model()
+    model(**make_batch()).mlm_loss.backward()
+    assert model.generator.electra.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    disc_only = [p for n, p in model.discriminator.named_parameters() if not n.startswith("electra.embeddings")]
+    assert all(p.grad is None or not p.grad.any() for p in disc_only)
+
+
+def test_loss_is_mlm_plus_lambda_rtd():
+    batch = make_batch()
+    results = {}
+    for weight in (1.0, 50.0):
+        model = tiny_model(rtd_weight=weight).eval()
+        results[weight] = model(**batch, generator_rng=torch.Generator().manual_seed(0))
+    one, fifty = results[1.0], results[50.0]
+    assert torch.allclose(one.mlm_loss, fifty.mlm_loss) and torch.allclose(one.rtd_loss, fifty.rtd_loss)
+    assert torch.allclose(fifty.loss, fifty.mlm_loss + 50.0 * fifty.rtd_loss)
+    assert torch.allclose(fifty.loss - one.loss, 49.0 * one.rtd_loss)
+
+
+def test_head_at_masked_positions_equals_full_head():
+    model = tiny_model().eval()
+    batch = make_batch()
+    fast = generator_logits(model.generator, batch["input_ids"], batch["attention_mask"], batch["positions"])
+    full = model.generator(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = torch.gather(full, 1, batch["positions"].unsqueeze(-1).expand(-1, -1, VOCAB))
+    assert torch.allclose(fast, expected, atol=1e-5)
+
+
+def test_gumbel_sampling_follows_the_softmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(200_000, 4)
+    samples = gumbel_sample(logits, generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(samples, minlength=4).float() / len(samples)
+    assert torch.allclose(frequencies, torch.softmax(logits[0], -1), atol=0.005)
+    assert not samples.requires_grad
+
+
+def test_counters_match_the_losses():
+    model = tiny_model().eval()
+    batch = make_batch()
+    out = model(**batch)
+    from electra_ray.objective import summarize
+
+    summary = summarize(out.stats)
+    assert summary["mlm_loss"] == pytest.approx(out.mlm_loss.item(), rel=1e-5)
+    assert summary["rtd_loss"] == pytest.approx(out.rtd_loss.item(), rel=1e-5)
+    assert 0 < summary["replaced_fraction"] <= 0.2
+    assert 0 <= summary["gen_accuracy"] <= 1 and 0 <= summary["disc_accuracy"] <= 1
