@@ -8,7 +8,7 @@ import ray
 import torch
 
 from electra_ray.config import load_config
-from electra_ray.export import consolidated_state_dict, export
+from electra_ray.export import consolidated_state_dict, export, read_run_state
 from electra_ray.pretrain import pretrain
 
 pytestmark = pytest.mark.ray
@@ -71,15 +71,18 @@ def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_d
     assert set(result.evaluation) >= {"generator_mlm_loss", "auc_random_replacements", "auc_generator_replacements"}
 
 
-def test_zero3_checkpoint_exports_full_weights(small_corpus, tokenizer_dir, tmp_path):
-    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{"train.max_steps": 4, "train.zero_stage": 3,
-                                                                "train.log_every": 2})
-    result = pretrain(cfg)
+def test_zero3_with_accumulation_resumes_and_exports_full_weights(small_corpus, tokenizer_dir, tmp_path):
+    settings = {"train.max_steps": 4, "train.zero_stage": 3, "train.log_every": 2, "train.grad_accum": 2}
+    first_run = pretrain(tiny_config(small_corpus, tokenizer_dir, tmp_path, **settings))
+    assert [h["step"] for h in first_run.history] == [2, 4]
+    # Naming the same run again continues it from its latest checkpoint.
+    result = pretrain(tiny_config(small_corpus, tokenizer_dir, tmp_path, **{**settings, "train.max_steps": 6}))
+    assert [h["step"] for h in result.history] == [2, 4, 6]
+    assert read_run_state(result.checkpoint)["step"] == 6
     again = export(result.checkpoint, str(tmp_path / "again"))  # the on-demand verb, same checkpoint
 
     from transformers import ElectraForPreTraining
 
-    torch.manual_seed(cfg.train.seed)
     model, info = ElectraForPreTraining.from_pretrained(os.path.join(again, "discriminator"),
                                                         output_loading_info=True)
     assert not info["missing_keys"] and not info["mismatched_keys"]
