@@ -83,11 +83,12 @@ def pack(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, p
     """Concatenate documents (a [SEP] after each) and cut into rows `[CLS] chunk [SEP]` of
     `seq_len` tokens; the last, partial row is padded. Returns [N, seq_len] int32."""
     body = seq_len - 2
-    stream = np.fromiter((t for tokens in token_lists if tokens for t in (*tokens, sep_id)), dtype=np.int32)
-    if stream.size and stream[-1] == sep_id:
-        stream = stream[:-1]  # the closing [SEP] of each row ends the last document already
-    if stream.size == 0:
+    separator = np.array([sep_id], dtype=np.int32)
+    pieces = [piece for tokens in token_lists if len(tokens)
+              for piece in (np.asarray(tokens, dtype=np.int32), separator)]
+    if not pieces:
         return np.zeros((0, seq_len), dtype=np.int32)
+    stream = np.concatenate(pieces[:-1])  # the closing [SEP] of each row ends the last document
     n_rows = -(-stream.size // body)
     chunks = np.full((n_rows * body,), pad_id, dtype=np.int32)
     chunks[:stream.size] = stream
