@@ -5,7 +5,7 @@ Shapes: B sequences, T tokens, P prediction slots per sequence (see masking.py),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +15,7 @@ STAT_NAMES = ("mlm_loss_sum", "rtd_loss_sum", "masked", "gen_correct", "tokens",
               "replaced", "predicted_replaced", "true_positive", "batches")
 
 
-@dataclass
-class ObjectiveOutput:
+class ObjectiveOutput(NamedTuple):  # a tuple, so DeepSpeed's ZeRO-3 hooks see its tensors
     loss: torch.Tensor      # scalar: mlm_loss + rtd_weight * rtd_loss
     mlm_loss: torch.Tensor  # scalar, mean over selected positions
     rtd_loss: torch.Tensor  # scalar, mean over non-pad tokens

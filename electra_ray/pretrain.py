@@ -75,7 +75,7 @@ def init_ray(cfg: Config) -> int:
     return threads
 
 
-def pretrain(cfg: Config) -> PretrainResult:
+def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     import ray.data
     import ray.train
     import torch
@@ -120,6 +120,8 @@ def pretrain(cfg: Config) -> PretrainResult:
     )
     result = trainer.fit()
     checkpoint = result.checkpoint.path
+    if not export_and_evaluate:
+        return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {})
     export_dir = export(checkpoint, os.path.join(run_dir, "export"))
     evaluation = evaluate_export(export_dir)
     with open(os.path.join(run_dir, "eval.json"), "w") as f:

@@ -79,10 +79,56 @@ def peak_flops(device: torch.device, threads: int = 0) -> float:
     return n * 2 * 2048**3 / (time.perf_counter() - start)
 
 
+def model_state_bytes(engine) -> int:
+    """Bytes of model state this rank holds: parameters (or their ZeRO partitions), gradients
+    (or partitions and reduction buckets), optimizer state and any fp32 master copies. Walks the
+    engine's tensors and counts each storage once."""
+    seen: set[int] = set()
+
+    def size(value, depth: int = 0) -> int:
+        if torch.is_tensor(value):
+            storage = value.untyped_storage()
+            if storage.data_ptr() in seen or storage.nbytes() == 0:
+                return 0
+            seen.add(storage.data_ptr())
+            return storage.nbytes()
+        if depth < 3 and isinstance(value, (list, tuple)):
+            return sum(size(v, depth + 1) for v in value)
+        if depth < 3 and isinstance(value, dict):
+            return sum(size(v, depth + 1) for v in value.values())
+        return 0
+
+    total = 0
+    for param in engine.module.parameters():
+        total += size(getattr(param, "ds_tensor", param.data)) + size(param.grad)
+    optimizer = engine.optimizer
+    inner = getattr(optimizer, "optimizer", optimizer)
+    total += sum(size(state) for state in inner.state.values())
+    if optimizer is not inner:  # a ZeRO wrapper: flat fp32 partitions, gradient partitions, buckets
+        total += sum(size(value) for value in vars(optimizer).values())
+    return total
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _format_eta(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _quiet_report_logging() -> None:
+    """Train logs one INFO line per report, metrics dict included; the progress line says it
+    better. That logger is named after its module's file path."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -90,8 +136,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch.distributed as dist
 
     cfg = Config.from_dict(loop_config["config"])
-    # Train logs one INFO line per report, metrics dict included; the progress line says it better.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    _quiet_report_logging()
     tokenizer_json: str = loop_config["tokenizer_json"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -170,15 +215,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
                       for name, value in vars(batch).items()}
             output = engine(**inputs, generator_rng=sample_rng)
             engine.backward(output.loss)
+            micro_steps += 1
+            boundary = micro_steps % cfg.train.grad_accum == 0
+            last = boundary and step + 1 >= cfg.train.max_steps
+            log_now = boundary and ((step + 1) % cfg.train.log_every == 0 or last)
+            if log_now:  # gradients are still held here; the step frees them
+                state_bytes = model_state_bytes(engine)
             engine.step()
             stats += output.stats
-            micro_steps += 1
-            if micro_steps % cfg.train.grad_accum:
+            if not boundary:
                 continue
             step += 1
             interval_steps += 1
-            last = step >= cfg.train.max_steps
-            if step % cfg.train.log_every == 0 or last:
+            if log_now:
                 if world > 1:
                     dist.all_reduce(stats)
                 elapsed = time.perf_counter() - interval_start
@@ -187,7 +236,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 metrics = {"step": step, "epoch": epoch,
                            "loss": summary["mlm_loss"] + cfg.train.rtd_weight * summary["rtd_loss"],
                            **summary, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
-                           "mfu": flops_token * tokens_per_s / (peak * world)}
+                           "mfu": flops_token * tokens_per_s / (peak * world),
+                           "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
                 if not math.isfinite(metrics["loss"]):
                     raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
                 if rank == 0:

@@ -43,6 +43,7 @@ def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_d
     assert [h["step"] for h in result.history] == list(range(5, 45, 5))
     assert sum(losses[-2:]) / 2 < 0.8 * losses[0], losses
     assert all(h["tokens_per_s"] > 0 and 0 < h["mfu"] < 1 for h in result.history)
+    assert all(h["model_state_mb"] > 0 and h["peak_rss_mb"] > h["model_state_mb"] for h in result.history)
     assert os.path.exists(os.path.join(result.run_dir, "tensorboard"))
 
     # every rank's ZeRO-2 optimizer shard reached the checkpoint

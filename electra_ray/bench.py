@@ -1,0 +1,287 @@
+"""`make bench`: how fast is each part, measured as ratios within one run.
+
+    python -m electra_ray.bench [--rounds 3] [--steps 30] [--batch-size 16] [--out bench]
+
+1. data pipeline: tokens/s of tokenize+pack and of masking on one core, against what the
+   trainer consumes per second (tiny and small configs);
+2. training step, small config at seq 128: our full path (Ray Train + DeepSpeed, 1 worker)
+   against (a) a plain single-process PyTorch loop over the same model and batches and (b) the
+   naive transformers loop (generator head over every position); runs alternate A B C A B C;
+3. MFU: analytic FLOPs per token x tokens/s / measured fp32 matmul peak (datasheet bf16 on GPU);
+4. memory per worker under ZeRO stages 0-3 with 2 workers: model-state bytes against theory.
+
+Writes OUT/results.json and prints a table. Each single measurement can also be run alone:
+`python -m electra_ray.bench --measure plain|naive --config configs/small.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from electra_ray.config import Config, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {name: os.path.join(ROOT, "configs", f"{name}.yaml") for name in ("tiny", "small")}
+
+
+def bench_config(name: str, tokenizer_dir: str, batch_size: int, extra: list[str] = ()) -> Config:
+    return load_config(CONFIGS[name], [f"data.tokenizer={tokenizer_dir}", f"train.batch_size={batch_size}",
+                                       "scaling.use_gpu=false", "train.zero_stage=0", "train.warmup_steps=10",
+                                       "train.checkpoint_every=1000000", *extra])
+
+
+# -- the single-process loops -------------------------------------------------------------------
+
+def naive_loss(model, batch: dict, rtd_weight: float) -> torch.Tensor:
+    """What a user writes with transformers alone: the generator's head over every position."""
+    labels = torch.full_like(batch["original_ids"], -100)
+    rows = torch.arange(labels.size(0)).unsqueeze(1).expand_as(batch["positions"])
+    used = batch["weights"] > 0
+    labels[rows[used], batch["positions"][used]] = batch["original_ids"][rows[used], batch["positions"][used]]
+    out = model.generator(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+    selected = labels != -100
+    with torch.no_grad():
+        noise = -torch.log(-torch.log(torch.rand_like(out.logits[selected].float()).clamp(1e-9, 1 - 1e-9)))
+        sampled = (out.logits[selected].float() + noise).argmax(-1)
+    corrupted = batch["input_ids"].clone()
+    corrupted[selected] = sampled
+    is_replaced = (corrupted != batch["original_ids"]).float()
+    logits = model.discriminator(input_ids=corrupted, attention_mask=batch["attention_mask"]).logits
+    mask = batch["attention_mask"].float()
+    rtd = (F.binary_cross_entropy_with_logits(logits, is_replaced, reduction="none") * mask).sum() / mask.sum()
+    return out.loss + rtd_weight * rtd
+
+
+def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
+    """Median step time of a plain PyTorch loop (our model and objective, or the naive one)."""
+    from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
+    from electra_ray.model import build_model
+    from electra_ray.tokenizer import read_tokenizer_json
+    from electra_ray.train import lr_lambda, param_groups
+
+    tokenizer_json = read_tokenizer_json(cfg.data.tokenizer)
+    tokenizer, special = tokenizer_from_json(tokenizer_json)
+    vocab_size = tokenizer.get_vocab_size()
+    batch_size = cfg.train.batch_size
+    rows = load_sequences(cfg.data, tokenizer_json, "train", batch_size * (steps + warmup))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                  betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
+    rng = np.random.default_rng(cfg.train.seed)
+    times = []
+    for step in range(steps + warmup):
+        start = time.perf_counter()
+        masked = mask_batch(rows[step * batch_size:(step + 1) * batch_size], cfg.data, special, vocab_size, rng)
+        batch = {k: torch.from_numpy(v) for k, v in vars(masked).items()}
+        loss = naive_loss(model, batch, cfg.train.rtd_weight) if naive else model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    step_time = statistics.median(times[warmup:])
+    return {"step_s": step_time, "tokens_per_s": batch_size * cfg.data.seq_len / step_time}
+
+
+def measure_ours(cfg: Config) -> dict:
+    """Our full path: Ray Data -> Ray Train -> DeepSpeed; tokens/s of the steady intervals."""
+    from electra_ray.pretrain import pretrain
+
+    result = pretrain(cfg, export_and_evaluate=False)
+    steady = [h["tokens_per_s"] for h in result.history[1:]]  # the first interval includes warm-up
+    tokens_per_s = statistics.median(steady)
+    return {"tokens_per_s": tokens_per_s, "step_s": cfg.train.batch_size * cfg.data.seq_len / tokens_per_s,
+            "mfu": statistics.median(h["mfu"] for h in result.history[1:]),
+            "model_state_mb": result.history[-1]["model_state_mb"], "peak_rss_mb": result.history[-1]["peak_rss_mb"]}
+
+
+def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
+    """One plain/naive measurement in a fresh process, so runs do not share warm state."""
+    out = subprocess.run([sys.executable, "-m", "electra_ray.bench", "--measure", kind, "--config", config_name,
+                          "--tokenizer", tokenizer_dir, "--batch-size", str(batch_size), "--steps", str(steps)],
+                         capture_output=True, text=True, cwd=ROOT, check=False)
+    if out.returncode:
+        raise RuntimeError(f"bench --measure {kind} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the sections -------------------------------------------------------------------------------
+
+def measure_data(cfg: Config, tokenizer_json: str) -> dict:
+    from electra_ray.data import iter_documents, mask_batch, tokenize_and_pack, tokenizer_from_json
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    texts = list(iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction))[:60]
+    start = time.perf_counter()
+    rows = tokenize_and_pack(texts, tokenizer_json, cfg.data.seq_len)
+    tokenize_s = time.perf_counter() - start
+    tokenizer, special = tokenizer_from_json(tokenizer_json)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for _ in range(5):
+        for i in range(0, len(rows), 128):
+            mask_batch(rows[i:i + 128], cfg.data, special, tokenizer.get_vocab_size(), rng)
+    mask_s = (time.perf_counter() - start) / 5
+    torch.set_num_threads(threads)
+    return {"tokenize_pack_tokens_per_s_per_core": rows.size / tokenize_s,
+            "mask_tokens_per_s_per_core": rows.size / mask_s}
+
+
+def theoretical_state(zero_stage: int, workers: int) -> float:
+    """Bytes per parameter of model state (fp32 weights 4, gradients 4, AdamW moments 8)."""
+    weights, grads, adam = 4.0, 4.0, 8.0
+    if zero_stage >= 1:
+        adam /= workers
+    if zero_stage >= 2:
+        grads /= workers
+    if zero_stage >= 3:
+        weights /= workers
+    return weights + grads + adam
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the step comparison")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    parser.add_argument("--measure", choices=["plain", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="small", help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.measure:
+        cfg = bench_config(args.config, args.tokenizer, args.batch_size)
+        print(json.dumps(measure_loop(cfg, args.steps, warmup=3, naive=args.measure == "naive")))
+        return
+    run_bench(args)
+
+
+def run_bench(args) -> dict:
+    import ray
+
+    from electra_ray.data import iter_documents, tokenizer_from_json
+    from electra_ray.model import build_model, flops_per_token
+    from electra_ray.pretrain import pretrain
+    from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
+    from electra_ray.train import peak_flops
+
+    started = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="electra-bench-")
+    small = load_config(CONFIGS["small"])
+    tokenizer_dir = os.path.join(work, "tokenizer")
+    save_tokenizer(train_tokenizer(iter_documents(small.data.path, "text", "train", small.data.eval_fraction),
+                                   small.data.vocab_size), tokenizer_dir)
+    tokenizer_json = read_tokenizer_json(tokenizer_dir)
+    vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
+    cores = os.cpu_count() or 1
+    peak = peak_flops(torch.device("cpu"), cores)
+    results: dict = {"machine": {"cores": cores, "torch_threads": cores, "peak_flops_fp32": peak,
+                                 "torch": torch.__version__}, "batch_size": args.batch_size}
+    print(f"peak fp32 matmul: {peak / 1e9:.0f} GFLOP/s on {cores} cores", flush=True)
+
+    # 1. data pipeline, per core
+    results["data"] = measure_data(small, tokenizer_json)
+    tiny_plain = run_measure("plain", "tiny", tokenizer_dir, args.batch_size, max(5, args.steps // 3))
+    results["data"]["tiny_trainer_tokens_per_s"] = tiny_plain["tokens_per_s"]
+    print(f"data: {results['data']}", flush=True)
+
+    # 2. training step: ours / plain / naive, alternated
+    ray.init(num_cpus=cores + 2, logging_level="warning",
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": []}
+    for round_index in range(args.rounds):
+        cfg = bench_config("small", tokenizer_dir, args.batch_size,
+                           [f"train.max_steps={args.steps + 5}", "train.log_every=5",
+                            f"output.dir={work}", f"output.name=ours-{round_index}"])
+        runs["ours"].append(measure_ours(cfg))
+        runs["plain"].append(run_measure("plain", "small", tokenizer_dir, args.batch_size, args.steps))
+        runs["naive"].append(run_measure("naive", "small", tokenizer_dir, args.batch_size, args.steps))
+        print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]['tokens_per_s']:,.0f} tok/s"
+                                                       for k, v in runs.items()), flush=True)
+    ratio_plain = [o["tokens_per_s"] / p["tokens_per_s"] for o, p in zip(runs["ours"], runs["plain"])]
+    ratio_naive = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
+    median = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
+    results["step"] = {"runs": runs, "median_tokens_per_s": median,
+                       "ours_over_plain": statistics.median(ratio_plain),
+                       "ours_over_naive": statistics.median(ratio_naive)}
+    results["data"]["small_trainer_tokens_per_s"] = median["ours"]
+    for name in ("tiny", "small"):
+        consumed = results["data"][f"{name}_trainer_tokens_per_s"]
+        results["data"][f"{name}_data_over_trainer"] = \
+            results["data"]["tokenize_pack_tokens_per_s_per_core"] / consumed
+
+    # 3. MFU (analytic FLOPs, generator included)
+    flops = flops_per_token(small.model, vocab_size, small.data.seq_len, small.data.mask_prob)
+    results["mfu"] = {"flops_per_token": flops, "ours": flops * median["ours"] / peak,
+                      "plain": flops * median["plain"] / peak, "naive_useful": flops * median["naive"] / peak}
+
+    # 4. memory: model state per worker, ZeRO 0-3, 2 workers
+    memory = {}
+    n_params = None
+    for stage in (0, 1, 2, 3):
+        cfg = bench_config("small", tokenizer_dir, args.batch_size,
+                           ["train.max_steps=2", "train.log_every=2", f"train.zero_stage={stage}",
+                            "scaling.num_workers=2", f"output.dir={work}", f"output.name=zero{stage}"])
+        history = pretrain(cfg, export_and_evaluate=False).history
+        if n_params is None:
+            n_params = sum(p.numel() for p in build_model(small.model, vocab_size).parameters())
+        memory[stage] = {"model_state_mb": history[-1]["model_state_mb"], "peak_rss_mb": history[-1]["peak_rss_mb"],
+                         "theoretical_mb": theoretical_state(stage, 2) * n_params / 2**20}
+    for stage in memory:
+        memory[stage]["measured_vs_zero0"] = memory[stage]["model_state_mb"] / memory[0]["model_state_mb"]
+        memory[stage]["theoretical_vs_zero0"] = theoretical_state(stage, 2) / theoretical_state(0, 2)
+    results["memory"] = {"parameters": n_params, "workers": 2, "stages": memory}
+    ray.shutdown()
+    results["wall_s"] = time.perf_counter() - started
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    table = format_table(results)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    return results
+
+
+def format_table(r: dict) -> str:
+    d, s, m = r["data"], r["step"], r["mfu"]
+    med = s["median_tokens_per_s"]
+    lines = [
+        f"| measure | value |", "|---|---|",
+        f"| tokenize+pack, 1 core | {d['tokenize_pack_tokens_per_s_per_core']:,.0f} tokens/s |",
+        f"| masking, 1 core | {d['mask_tokens_per_s_per_core']:,.0f} tokens/s |",
+        f"| data / trainer, tiny | {d['tiny_data_over_trainer']:.1f}x |",
+        f"| data / trainer, small | {d['small_data_over_trainer']:.1f}x |",
+        f"| step, small seq 128 batch {r['batch_size']}: ours / plain / naive | {med['ours']:,.0f} / "
+        f"{med['plain']:,.0f} / {med['naive']:,.0f} tokens/s |",
+        f"| ours / plain (median of alternated pairs) | {s['ours_over_plain']:.3f}x |",
+        f"| ours / naive transformers loop | {s['ours_over_naive']:.2f}x |",
+        f"| MFU ours / plain (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s) | {m['ours']:.1%} / {m['plain']:.1%} |",
+    ]
+    for stage, v in r["memory"]["stages"].items():
+        lines.append(f"| ZeRO-{stage}, 2 workers: model state per worker | {v['model_state_mb']:.1f} MB "
+                     f"({v['measured_vs_zero0']:.2f} of ZeRO-0; theory {v['theoretical_vs_zero0']:.2f}), "
+                     f"peak RSS {v['peak_rss_mb']:.0f} MB |")
+    lines.append(f"| bench wall time | {r['wall_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
