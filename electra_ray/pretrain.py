@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from electra_ray.config import Config, describe_options, load_config
+from electra_ray.errors import UserError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
 
@@ -85,7 +86,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     from electra_ray.evaluate import evaluate_export, format_report
     from electra_ray.export import export
     from electra_ray.metrics import MetricsLogger, read_history
-    from electra_ray.train import train_loop_per_worker
+    from electra_ray.train import TrainingError, train_loop_per_worker
 
     open_corpus(cfg.data.path, cfg.data.text_column)  # fail fast, before Ray starts
     if not cfg.output.name:
@@ -118,7 +119,13 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
             callbacks=[MetricsLogger(run_dir)]),
         datasets={"train": build_dataset(cfg.data, tokenizer_json, "train")},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.WorkerGroupError as error:
+        known = [e for e in error.worker_failures.values() if isinstance(e, TrainingError)]
+        if not known:
+            raise
+        raise UserError(f"training stopped: {known[0].args[0] if known[0].args else known[0]}") from None
     checkpoint = result.checkpoint.path
     if not export_and_evaluate:
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {})

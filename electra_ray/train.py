@@ -28,6 +28,10 @@ TOKENIZER_DIR = "tokenizer"
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on for a reason the user can act on (non-finite loss, too little data)."""
+
+
 def lr_lambda(warmup_steps: int, max_steps: int):
     """Linear warm-up to the peak, then linear decay to 0 at max_steps (ELECTRA's schedule)."""
     def factor(step: int) -> float:
@@ -239,7 +243,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                            "mfu": flops_token * tokens_per_s / (peak * world),
                            "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
                 if not math.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"loss is {metrics['loss']} at step {step}")
+                    raise TrainingError(f"loss is {metrics['loss']} at step {step} (mlm {summary['mlm_loss']}, "
+                                        f"rtd {summary['rtd_loss']}); lower train.lr or raise train.warmup_steps")
                 if rank == 0:
                     rate = (step - start_step) / (time.perf_counter() - run_start)
                     print(f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} "
@@ -256,6 +261,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if last:
                 break
         if batches_this_epoch == 0:
-            raise RuntimeError(f"worker {rank} got no full batch of {micro_batch} sequences from the corpus: "
+            raise TrainingError(f"worker {rank} got no full batch of {micro_batch} sequences from the corpus: "
                                f"lower train.batch_size or data.seq_len, or use a larger corpus")
         epoch += 1

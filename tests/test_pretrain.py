@@ -92,3 +92,13 @@ def test_zero3_with_accumulation_resumes_and_exports_full_weights(small_corpus, 
     first = ElectraForPreTraining.from_pretrained(os.path.join(result.export, "discriminator"))
     for (name, a), b in zip(model.state_dict().items(), first.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_non_finite_loss_is_a_clear_error(small_corpus, tokenizer_dir, tmp_path):
+    from electra_ray.errors import UserError
+
+    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{
+        "train.max_steps": 30, "train.log_every": 1, "train.lr": 1e12, "train.warmup_steps": 1,
+        "train.grad_clip": 0, "scaling.num_workers": 1})
+    with pytest.raises(UserError, match=r"training stopped: loss is (nan|inf) at step \d+ .*lower train.lr"):
+        pretrain(cfg)
