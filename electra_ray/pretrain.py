@@ -57,23 +57,25 @@ def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
 
 
 def init_ray(cfg: Config) -> int:
-    """Join the configured cluster or start a local Ray; returns torch threads per worker (0: leave)."""
+    """Join the configured cluster or start a local Ray. Returns torch threads per worker: on a
+    single-node Ray the machine's cores divided among the workers (Ray would give each worker
+    only the one CPU it reserves); 0 on a cluster (keep Ray's setting)."""
     import ray
 
-    address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS", "")
-    if ray.is_initialized() or address:
-        if not ray.is_initialized():
+    if not ray.is_initialized():
+        address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS", "")
+        if address:
             ray.init(address=address)
+        else:
+            # Logical CPUs: the workers' reservation plus room for Ray Data's tasks, which would
+            # otherwise wait forever behind the workers on a 2-core machine.
+            ray.init(num_cpus=cfg.scaling.num_workers * max(1, int(cfg.scaling.cpus_per_worker or 1)) + 2,
+                     logging_level="warning",
+                     # Train's print patch would echo each progress line twice on the console.
+                     runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    if cfg.scaling.use_gpu or len([node for node in ray.nodes() if node["Alive"]]) > 1:
         return 0
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // cfg.scaling.num_workers)
-    # Logical CPUs: the workers' reservation plus room for Ray Data's tasks, which would otherwise
-    # wait forever behind the workers on a 2-core machine.
-    ray.init(num_cpus=cfg.scaling.num_workers * max(1, int(cfg.scaling.cpus_per_worker or 1)) + 2,
-             logging_level="warning",
-             # Train's print patch would echo each progress line twice on the console.
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    return threads
+    return max(1, (os.cpu_count() or 1) // cfg.scaling.num_workers)
 
 
 def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
