@@ -158,7 +158,7 @@ def theoretical_state(zero_stage: int, workers: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the step comparison")
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
     parser.add_argument("--measure", choices=["plain", "naive"], help=argparse.SUPPRESS)
