@@ -84,7 +84,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     import torch
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from electra_ray.data import build_dataset, open_corpus
+    from electra_ray.data import build_dataset, open_corpus, tokenizer_from_json
     from electra_ray.evaluate import evaluate_export, format_report
     from electra_ray.export import export
     from electra_ray.metrics import MetricsLogger, read_history
@@ -96,8 +96,6 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     run_dir = os.path.abspath(cfg.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     tokenizer_json = prepare_tokenizer(cfg, run_dir)
-    from electra_ray.data import tokenizer_from_json
-
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
     threads = init_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the training progress line suffices
