@@ -1,6 +1,6 @@
 """`make bench`: how fast is each part, measured as ratios within one run.
 
-    python -m electra_ray.bench [--rounds 3] [--steps 30] [--batch-size 16] [--out bench]
+    python -m electra_ray.bench [--rounds 3] [--steps 10] [--batch-size 16] [--out bench]
 
 1. data pipeline: tokens/s of tokenize+pack and of masking on one core, against what the
    trainer consumes per second (tiny and small configs);
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from electra_ray.config import Config, load_config
+from electra_ray.objective import gumbel_sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {name: os.path.join(ROOT, "configs", f"{name}.yaml") for name in ("tiny", "small")}
@@ -52,9 +53,7 @@ def naive_loss(model, batch: dict, rtd_weight: float) -> torch.Tensor:
     labels[rows[used], batch["positions"][used]] = batch["original_ids"][rows[used], batch["positions"][used]]
     out = model.generator(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
     selected = labels != -100
-    with torch.no_grad():
-        noise = -torch.log(-torch.log(torch.rand_like(out.logits[selected].float()).clamp(1e-9, 1 - 1e-9)))
-        sampled = (out.logits[selected].float() + noise).argmax(-1)
+    sampled = gumbel_sample(out.logits[selected])
     corrupted = batch["input_ids"].clone()
     corrupted[selected] = sampled
     is_replaced = (corrupted != batch["original_ids"]).float()
@@ -125,8 +124,6 @@ def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int
 def measure_data(cfg: Config, tokenizer_json: str) -> dict:
     from electra_ray.data import iter_documents, mask_batch, tokenize_and_pack, tokenizer_from_json
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     texts = list(iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction))[:60]
     start = time.perf_counter()
     rows = tokenize_and_pack(texts, tokenizer_json, cfg.data.seq_len)
@@ -138,7 +135,6 @@ def measure_data(cfg: Config, tokenizer_json: str) -> dict:
         for i in range(0, len(rows), 128):
             mask_batch(rows[i:i + 128], cfg.data, special, tokenizer.get_vocab_size(), rng)
     mask_s = (time.perf_counter() - start) / 5
-    torch.set_num_threads(threads)
     return {"tokenize_pack_tokens_per_s_per_core": rows.size / tokenize_s,
             "mask_tokens_per_s_per_core": rows.size / mask_s}
 

@@ -10,6 +10,7 @@ Ends with `checkpoint: PATH` and `export: PATH`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -38,18 +39,12 @@ def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
     directory = cfg.data.tokenizer or os.path.join(run_dir, "tokenizer")
     if not cfg.data.tokenizer and not os.path.exists(os.path.join(directory, "tokenizer.json")):
         start = time.perf_counter()
-        seen = 0
-
-        def texts():
-            nonlocal seen
-            for seen, text in enumerate(iter_documents(cfg.data.path, cfg.data.text_column, "train",
-                                                       cfg.data.eval_fraction), start=1):
-                yield text
-
-        tokenizer = train_tokenizer(texts(), cfg.data.vocab_size)
-        if not seen:
+        texts = iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction)
+        first = next(texts, None)
+        if first is None:
             raise DataError(f"corpus {cfg.data.path} has no text to train on: column '{cfg.data.text_column}' "
                             f"is empty in every row of the training split")
+        tokenizer = train_tokenizer(itertools.chain([first], texts), cfg.data.vocab_size)
         save_tokenizer(tokenizer, directory, model_max_length=cfg.model.max_position_embeddings)
         print(f"tokenizer: trained {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - start:.1f}s "
               f"-> {directory}", flush=True)

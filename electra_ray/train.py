@@ -267,5 +267,5 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 break
         if batches_this_epoch == 0:
             raise TrainingError(f"worker {rank} got no full batch of {micro_batch} sequences from the corpus: "
-                               f"lower train.batch_size or data.seq_len, or use a larger corpus")
+                                f"lower train.batch_size or data.seq_len, or use a larger corpus")
         epoch += 1
