@@ -45,9 +45,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = _f(SHIPPED_CORPUS, "Parquet file or directory of Parquet files, one document per row")
+    path: str = _f(SHIPPED_CORPUS, "Parquet file or directory / s3:// prefix of Parquet files, one "
+                                   "document per row")
     text_column: str = _f("text", "column holding the document text")
-    tokenizer: str = _f("", "directory of a saved tokenizer; empty: train one on the corpus")
+    tokenizer: str = _f("", "directory (or s3:// prefix) of a saved tokenizer; empty: train one on the corpus")
     vocab_size: int = _f(30522, "vocabulary size when the tokenizer is trained here")
     seq_len: int = _f(128, "tokens per packed sequence, [CLS] and [SEP] included")
     mask_prob: float = _f(0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)")
@@ -93,9 +94,13 @@ class ScalingConfig:
 
 @dataclass
 class OutputConfig:
-    dir: str = _f("runs", "where runs are written: checkpoints, tokenizer, export")
+    dir: str = _f("runs", "where runs are written, a local path or s3://bucket/prefix: checkpoints and "
+                          "the export in DIR/NAME")
     name: str = _f("", "run name; the run lives in DIR/NAME. Empty: run-<date>-<time>. Naming an "
                        "existing run continues it from its latest checkpoint")
+    local_dir: str = _f("", "local directory for the run's logs (metrics.jsonl, TensorBoard), trained "
+                            "tokenizer and a copy of the export; empty: DIR/NAME, or runs/NAME when "
+                            "DIR is s3://")
 
 
 @dataclass
@@ -108,7 +113,16 @@ class Config:
 
     @property
     def run_dir(self) -> str:
+        """Where checkpoints and the export go: a local path or an s3:// URL."""
+        if "://" in self.output.dir:
+            return f"{self.output.dir.rstrip('/')}/{self.output.name}"
         return os.path.join(self.output.dir, self.output.name)
+
+    @property
+    def local_run_dir(self) -> str:
+        if self.output.local_dir:
+            return self.output.local_dir
+        return os.path.join("runs" if "://" in self.output.dir else self.output.dir, self.output.name)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -10,7 +10,6 @@ each document's text: stable across runs, file layouts and worker counts.
 from __future__ import annotations
 
 import functools
-import os
 import zlib
 from typing import Iterator
 
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from electra_ray import storage
 from electra_ray.errors import UserError
 from electra_ray.masking import MaskedBatch, mask_tokens
 
@@ -27,23 +27,12 @@ class DataError(UserError):
     """The corpus cannot be used: missing, empty, unreadable or without the text column."""
 
 
-def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
-    """A local path or URI (s3://...) -> (pyarrow filesystem, path inside it)."""
-    if "://" in path:
-        try:
-            return pafs.FileSystem.from_uri(path)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise DataError(f"cannot open {path}: {error}") from None
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
 def open_corpus(path: str, column: str = "text") -> pads.Dataset:
     """Open and check a Parquet corpus; every problem is a DataError naming the path."""
-    filesystem, inner = resolve_path(path)
-    try:
+    filesystem, inner = storage.resolve(path)
+    storage.check(path)
+    with storage.s3_errors(path):
         info = filesystem.get_file_info(inner)
-    except OSError as error:
-        raise DataError(f"cannot reach corpus {path}: {error}") from None
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"corpus path not found: {path}")
     try:
@@ -53,6 +42,8 @@ def open_corpus(path: str, column: str = "text") -> pads.Dataset:
             raise DataError(f"no Parquet files under corpus path {path}")
         rows = dataset.count_rows()  # reads every file's footer: finds corrupt files up front
     except (pa.ArrowInvalid, OSError) as error:
+        if storage.is_remote(path) and not isinstance(error, pa.ArrowInvalid):
+            raise storage.StorageError(storage.explain(error, path)) from None
         raise DataError(f"cannot read Parquet corpus {path}: {error}") from None
     names = dataset.schema.names
     if column not in names:
@@ -131,7 +122,7 @@ def build_dataset(data_cfg, tokenizer_json: str, split: str = "train"):
     import ray.data
 
     corpus = open_corpus(data_cfg.path, data_cfg.text_column)
-    filesystem, _ = resolve_path(data_cfg.path)
+    filesystem, _ = storage.resolve(data_cfg.path)
     dataset = ray.data.read_parquet(corpus.files, filesystem=filesystem, columns=[data_cfg.text_column])
     return dataset.map_batches(
         _tokenize_block, batch_size=data_cfg.docs_per_block, batch_format="numpy",

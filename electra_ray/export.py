@@ -5,7 +5,9 @@
 Writes OUT/discriminator and OUT/generator (each with the tokenizer beside the weights), so that
 `ElectraForPreTraining.from_pretrained(OUT/"discriminator")` and
 `AutoTokenizer.from_pretrained(OUT/"discriminator")` work with no code of ours. ZeRO shards are
-consolidated to fp32 first, whatever the stage. OUT appears complete or not at all.
+consolidated to fp32 first, whatever the stage. CHECKPOINT and OUT may be s3:// URLs; OUT appears
+complete or not at all (storage.publish_directory): on S3 a `_MANIFEST.json` is written last, and
+`electra_ray.storage.fetch_directory(URL, DIR)` downloads only a complete export.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
+from typing import Callable
 
 import torch
 
+from electra_ray import storage
 from electra_ray.config import Config
 from electra_ray.errors import UserError
 from electra_ray.train import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR
@@ -68,38 +73,40 @@ def _is_alias(name: str) -> bool:
     return name.startswith("discriminator.electra.embeddings.") or name == "generator.generator_lm_head.weight"
 
 
-def export(checkpoint_dir: str, out_dir: str) -> str:
+def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = None) -> str:
+    """Checkpoint (local or s3://) -> HF-format export at `out` (local or s3://), published whole."""
+    storage.check(checkpoint)
+    storage.check(out, write=True)
+    with storage.local_directory(checkpoint) as checkpoint_dir:
+        model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
+    source = checkpoint if storage.is_remote(checkpoint) else os.path.abspath(checkpoint)
+    if storage.is_remote(out):
+        with tempfile.TemporaryDirectory(prefix="electra-ray-export-") as staging:
+            write_export(model, cfg, tokenizer_json, source, staging)
+            return storage.publish_directory(staging, out, progress)
+    staging = f"{os.path.abspath(out)}.partial-{os.getpid()}"  # beside OUT: the final rename is atomic
+    shutil.rmtree(staging, ignore_errors=True)
+    write_export(model, cfg, tokenizer_json, source, staging)
+    return storage.publish_directory(staging, out)
+
+
+def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, directory: str) -> None:
     from tokenizers import Tokenizer
 
     from electra_ray.tokenizer import save_tokenizer
 
-    model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
-    out_dir = os.path.abspath(out_dir)
-    staging = f"{out_dir}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     tokenizer = Tokenizer.from_str(tokenizer_json)
     for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
-        net.save_pretrained(os.path.join(staging, name))
-        save_tokenizer(tokenizer, os.path.join(staging, name), model_max_length=cfg.model.max_position_embeddings)
-    with open(os.path.join(staging, "electra_ray.json"), "w") as f:
-        json.dump({"checkpoint": os.path.abspath(checkpoint_dir), "config": cfg.to_dict()}, f, indent=1)
-    _publish(staging, out_dir)
-    return out_dir
-
-
-def _publish(staging: str, out_dir: str) -> None:
-    """Move a finished directory into place; a previous export is replaced only after."""
-    previous = f"{out_dir}.previous-{os.getpid()}"
-    if os.path.exists(out_dir):
-        os.rename(out_dir, previous)
-    os.rename(staging, out_dir)
-    shutil.rmtree(previous, ignore_errors=True)
+        net.save_pretrained(os.path.join(directory, name))
+        save_tokenizer(tokenizer, os.path.join(directory, name), model_max_length=cfg.model.max_position_embeddings)
+    with open(os.path.join(directory, "electra_ray.json"), "w") as f:
+        json.dump({"checkpoint": checkpoint, "config": cfg.to_dict()}, f, indent=1)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a checkpoint directory written by electra_ray.pretrain")
-    parser.add_argument("out", help="output directory")
+    parser.add_argument("checkpoint", help="a checkpoint directory written by electra_ray.pretrain (or s3://...)")
+    parser.add_argument("out", help="output directory, or s3://bucket/prefix")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 

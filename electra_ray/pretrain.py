@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from electra_ray import storage
 from electra_ray.config import Config, describe_options, load_config
 from electra_ray.errors import UserError
 
@@ -24,10 +25,10 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 @dataclass
 class PretrainResult:
-    run_dir: str
-    checkpoint: str
-    export: str
-    history: list[dict]  # every report of the workers (also in RUN_DIR/metrics.jsonl)
+    run_dir: str       # local: metrics.jsonl, TensorBoard, eval.json, a copy of the export
+    checkpoint: str    # the latest checkpoint: a local path or an s3:// URL
+    export: str        # the HF-format export: a local path or an s3:// URL
+    history: list[dict]  # every report of the workers (also in run_dir/metrics.jsonl)
     evaluation: dict   # held-out measurements of the export (evaluate.py)
 
 
@@ -85,10 +86,14 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     from electra_ray.metrics import MetricsLogger, read_history
     from electra_ray.train import TrainingError, train_loop_per_worker
 
-    open_corpus(cfg.data.path, cfg.data.text_column)  # fail fast, before Ray starts
+    # Fail fast, before Ray starts: a corpus, tokenizer or storage that cannot be used.
+    open_corpus(cfg.data.path, cfg.data.text_column)
+    if cfg.data.tokenizer:
+        storage.check(cfg.data.tokenizer)
+    storage.check(cfg.output.dir, write=True)
     if not cfg.output.name:
         cfg.output.name = time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = os.path.abspath(cfg.run_dir)
+    run_dir = os.path.abspath(cfg.local_run_dir)
     os.makedirs(run_dir, exist_ok=True)
     tokenizer_json = prepare_tokenizer(cfg, run_dir)
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
@@ -101,6 +106,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
 
         peak = peak_flops(torch.device("cpu"), threads)
     cpus = cfg.scaling.cpus_per_worker or 1.0
+    storage_filesystem, storage_path = storage.resolve(cfg.output.dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "tokenizer_json": tokenizer_json, "vocab_size": vocab_size,
@@ -109,7 +115,8 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
                                                resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=cfg.output.name, storage_path=os.path.abspath(cfg.output.dir),
+            name=cfg.output.name, storage_path=storage_path,
+            storage_filesystem=storage_filesystem if storage.is_remote(cfg.output.dir) else None,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=[MetricsLogger(run_dir)]),
         datasets={"train": build_dataset(cfg.data, tokenizer_json, "train")},
@@ -122,6 +129,8 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
             raise
         raise UserError(f"training stopped: {known[0].args[0] if known[0].args else known[0]}") from None
     checkpoint = result.checkpoint.path
+    if storage.is_remote(cfg.output.dir):
+        checkpoint = f"{cfg.output.dir.partition('://')[0]}://{checkpoint}"
     if not export_and_evaluate:
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {})
     export_dir = export(checkpoint, os.path.join(run_dir, "export"))
@@ -129,6 +138,11 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(evaluation, f, indent=1)
     print(format_report(evaluation), flush=True)
+    if storage.is_remote(cfg.run_dir):  # the local directory may not outlive the machine
+        export_dir = storage.publish_directory(export_dir, storage.join(cfg.run_dir, "export"))
+        for name in ("metrics.jsonl", "eval.json"):
+            with open(os.path.join(run_dir, name)) as f:
+                storage.write_text(storage.join(cfg.run_dir, name), f.read())
     return PretrainResult(run_dir, checkpoint, export_dir, read_history(run_dir), evaluation)
 
 

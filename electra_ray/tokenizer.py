@@ -50,13 +50,12 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, model_max_length: int = 5
 
 def read_tokenizer_json(directory: str) -> str:
     """The tokenizer as JSON text: small, and what workers on any node rebuild it from."""
-    path = os.path.join(directory, "tokenizer.json")
-    if not os.path.exists(path):
-        from electra_ray.errors import UserError
+    from electra_ray import storage
 
-        raise UserError(f"no tokenizer.json in tokenizer directory {directory}")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    path = storage.join(directory, "tokenizer.json")
+    if not storage.exists(path):
+        raise storage.StorageError(f"no tokenizer.json in tokenizer directory {directory}")
+    return storage.read_text(path)
 
 
 def special_ids(tokenizer: Tokenizer) -> dict[str, int]:

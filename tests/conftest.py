@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pyarrow as pa
@@ -41,3 +42,105 @@ def tokenizer_json(tokenizer_dir) -> str:
 def write_parquet(path, **columns) -> str:
     pq.write_table(pa.table(columns), path)
     return str(path)
+
+
+class S3Server:
+    """A real S3-compatible HTTP server on 127.0.0.1, started and stopped (by pid) by the tests.
+
+    "moto": moto's server, in memory, full S3 semantics (Ray Train's directory markers included).
+    "rclone": `rclone serve s3` over a local directory: its data survives a restart.
+    """
+
+    ACCESS_KEY, SECRET_KEY = "electrakeyid", "electra-test-secret-5f3a"
+
+    def __init__(self, kind: str, data_dir: str):
+        self.kind, self.data_dir, self.process = kind, data_dir, None
+        self.port = _free_port()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY, "AWS_REGION": "us-east-1",
+                # rclone does not implement the newer default checksums of the AWS SDKs
+                "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+                "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def start(self) -> "S3Server":
+        import shutil
+        import subprocess
+        import sys
+        import time
+
+        binary = os.path.join(os.path.dirname(sys.executable), "moto_server" if self.kind == "moto" else "rclone")
+        if self.kind == "moto":
+            command = [binary, "-H", "127.0.0.1", "-p", str(self.port)]
+        else:
+            command = [binary, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--config", "/dev/null",
+                       "--auth-key", f"{self.ACCESS_KEY},{self.SECRET_KEY}", self.data_dir]
+        assert os.path.exists(binary) or shutil.which(binary), f"{binary} missing: run make install"
+        self.log = open(os.path.join(os.path.dirname(self.data_dir), f"{self.kind}-{self.port}.log"), "ab")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not _port_open(self.port):
+            assert self.process.poll() is None, f"{self.kind} S3 server exited: see {self.log.name}"
+            assert time.monotonic() < deadline, f"{self.kind} S3 server did not start"
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.ACCESS_KEY,
+                     aws_secret_access_key=self.SECRET_KEY, region_name="us-east-1").create_bucket(Bucket=name)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """Set environment variables for the block (a process-wide change, for fixtures wider than a test)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def rclone_s3(tmp_path_factory):
+    """An rclone S3 server (data on disk, survives restarts) with bucket 'electra'; the AWS
+    variables point at it for the module."""
+    data = tmp_path_factory.mktemp("rclone") / "data"
+    data.mkdir()
+    server = S3Server("rclone", str(data)).start()
+    server.create_bucket("electra")
+    with environment(server.env()):
+        yield server
+    server.stop()
