@@ -5,7 +5,8 @@ S3 follows the AWS conventions, nothing of ours to configure:
                instance role -- resolved by the AWS SDK in each process;
   region       AWS_REGION / AWS_DEFAULT_REGION, else looked up from the bucket;
   endpoint     AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for S3-compatible stores (MinIO, Ceph, R2);
-  retries      AWS_MAX_ATTEMPTS (default 5), exponential backoff on throttling and transient errors.
+  retries      AWS_MAX_ATTEMPTS (default 10), exponential backoff on throttling and transient errors
+               (the up-front `check` of a path tries 3 times, so a wrong endpoint fails in seconds).
 Credentials are never handed to pyarrow or boto3 explicitly, so a filesystem pickled into a Ray task
 carries none, and nothing here logs them.
 
@@ -34,9 +35,6 @@ import pyarrow.fs as pafs
 from electra_ray.errors import UserError
 
 MANIFEST = "_MANIFEST.json"  # written last; its presence is what makes an S3 directory complete
-# Settings that say where S3 is, not who the caller is: safe to forward to Ray workers and to log.
-S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS",
-               "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
 
 
 class StorageError(UserError):
@@ -49,6 +47,10 @@ def is_remote(path: str) -> bool:
 
 def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def max_attempts() -> int:
+    return int(os.environ.get("AWS_MAX_ATTEMPTS") or 10)
 
 
 def endpoint_url() -> str:
@@ -91,8 +93,7 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), os.path.abspath(path)
     inner = _inner(path)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "")
-    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)
-    return _s3_filesystem(endpoint_url(), region, attempts, inner.split("/")[0]), inner
+    return _s3_filesystem(endpoint_url(), region, max_attempts(), inner.split("/")[0]), inner
 
 
 def explain(error: Exception, path: str) -> str:
@@ -131,7 +132,7 @@ def s3_errors(path: str) -> Iterator[None]:
         raise StorageError(explain(error, path)) from None
 
 
-def _client(session=None):
+def _client(session=None, attempts: int = 0):
     """boto3 for object operations (its retries, and none of pyarrow's directory markers, which
     some S3-compatible stores reject); endpoint, region and retries come from the AWS variables."""
     import boto3
@@ -139,7 +140,7 @@ def _client(session=None):
 
     return (session or boto3.session.Session()).client(
         "s3", endpoint_url=endpoint_url() or None,
-        config=Config(retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)},
+        config=Config(retries={"mode": "standard", "max_attempts": attempts or max_attempts()},
                       connect_timeout=5, read_timeout=60))
 
 
@@ -157,7 +158,7 @@ def check(path: str, write: bool = False) -> None:
 
     bucket, key = _bucket_key(path)
     session = boto3.session.Session()
-    client = _client(session)
+    client = _client(session, attempts=min(3, max_attempts()))  # a wrong endpoint fails in seconds
     with s3_errors(path):
         if session.get_credentials() is None:
             raise NoCredentialsError()
@@ -178,13 +179,13 @@ def exists(path: str) -> bool:
 
 def read_text(path: str) -> str:
     filesystem, inner = resolve(path)
-    with s3_errors(path), filesystem.open_input_stream(inner) as stream:
+    with s3_errors(path), filesystem.open_input_stream(inner, compression=None) as stream:
         return stream.read().decode("utf-8")
 
 
 def write_text(path: str, text: str) -> None:
     filesystem, inner = resolve(path)
-    with s3_errors(path), filesystem.open_output_stream(inner) as stream:
+    with s3_errors(path), filesystem.open_output_stream(inner, compression=None) as stream:
         stream.write(text.encode("utf-8"))
 
 
