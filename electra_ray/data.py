@@ -28,7 +28,7 @@ class DataError(UserError):
 
 
 def open_corpus(path: str, column: str = "text") -> pads.Dataset:
-    """Open and check a Parquet corpus; every problem is a DataError naming the path."""
+    """Open and check a Parquet corpus; every problem is a DataError (StorageError for S3) naming the path."""
     filesystem, inner = storage.resolve(path)
     storage.check(path)
     with storage.s3_errors(path):

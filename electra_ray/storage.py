@@ -58,8 +58,8 @@ def endpoint_url() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _s3_filesystem(endpoint: str, region: str, max_attempts: int, bucket: str) -> pafs.S3FileSystem:
-    options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+def _s3_filesystem(endpoint: str, region: str, attempts: int, bucket: str) -> pafs.S3FileSystem:
+    options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
                "connect_timeout": 5, "request_timeout": 60}
     if endpoint:
         scheme, _, address = endpoint.rpartition("://")

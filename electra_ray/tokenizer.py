@@ -72,16 +72,26 @@ def iter_texts(path: str, column: str = "text", batch_rows: int = 256) -> Iterat
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="Parquet file or directory (one document per row)")
+    parser.add_argument("--input", required=True, help="Parquet file, directory or s3:// prefix (one document per row)")
     parser.add_argument("--column", default="text", help="text column (default: text)")
     parser.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (default: 30522)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory or s3:// prefix")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 
     def run():
+        import tempfile
+
+        from electra_ray import storage
+
+        storage.check(args.out, write=True)
         tokenizer = train_tokenizer(iter_texts(args.input, args.column), args.vocab_size)
-        save_tokenizer(tokenizer, args.out)
+        if storage.is_remote(args.out):
+            with tempfile.TemporaryDirectory() as local:
+                save_tokenizer(tokenizer, local)
+                storage.publish_directory(local, args.out)
+        else:
+            save_tokenizer(tokenizer, args.out)
         print(f"tokenizer: {args.out} ({tokenizer.get_vocab_size()} tokens)")
 
     run_cli(run)
