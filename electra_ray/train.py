@@ -91,6 +91,8 @@ def model_state_bytes(engine) -> int:
 
     def size(value, depth: int = 0) -> int:
         if torch.is_tensor(value):
+            if value.device.type == "meta":  # shape-only bookkeeping (ZeRO's round-robin metadata)
+                return 0
             storage = value.untyped_storage()
             if storage.data_ptr() in seen or storage.nbytes() == 0:
                 return 0
