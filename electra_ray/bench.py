@@ -268,7 +268,7 @@ def format_table(r: dict) -> str:
     d, s, m = r["data"], r["step"], r["mfu"]
     med = s["median_tokens_per_s"]
     lines = [
-        f"| measure | value |", "|---|---|",
+        "| measure | value |", "|---|---|",
         f"| tokenize+pack, 1 core | {d['tokenize_pack_tokens_per_s_per_core']:,.0f} tokens/s |",
         f"| masking, 1 core | {d['mask_tokens_per_s_per_core']:,.0f} tokens/s |",
         f"| data / trainer, tiny | {d['tiny_data_over_trainer']:.1f}x |",

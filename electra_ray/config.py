@@ -78,7 +78,11 @@ class TrainConfig:
     precision: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
     log_every: int = _f(50, "optimizer steps between progress lines / metric reports")
     checkpoint_every: int = _f(10_000, "optimizer steps between checkpoints (and one at the end)")
-    keep_checkpoints: int = _f(2, "checkpoints kept (newest first)")
+    keep_checkpoints: int = _f(2, "checkpoints kept (newest first); the newest complete one is never deleted")
+    max_failures: int = _f(3, "worker-group restarts from the latest checkpoint after a worker dies (-1: no limit)")
+    max_bad_steps: int = _f(20, "non-finite losses skipped in a row before the run stops with an error")
+    inject_nan_steps: list = _f([], "fault injection for testing the divergence guard: optimizer steps whose "
+                                    "first micro-batch gets a NaN loss")
     seed: int = _f(0, "random seed (model init, masking, sampling)")
 
 
@@ -224,14 +228,17 @@ def validate(config: Config) -> None:
          f"train.batch_size ({t.batch_size}) must be divisible by scaling.num_workers x "
          f"train.grad_accum ({s.num_workers} x {t.grad_accum})"),
         (len(t.adam_betas) == 2, "train.adam_betas must have two values"),
+        (t.keep_checkpoints >= 1 and t.max_bad_steps >= 0,
+         "train.keep_checkpoints must be >= 1 and train.max_bad_steps >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    values: dict = {}
+def load_config(path: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (or `base`: a saved config's values), then overrides."""
+    values: dict = dict(base or {})
     if path:
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")

@@ -10,6 +10,7 @@ each document's text: stable across runs, file layouts and worker counts.
 from __future__ import annotations
 
 import functools
+import itertools
 import zlib
 from typing import Iterator
 
@@ -148,9 +149,13 @@ def mask_batch(input_ids: np.ndarray, data_cfg, special: dict[str, int], vocab_s
 
 
 def masked_batches(shard, data_cfg, micro_batch: int, special: dict[str, int], vocab_size: int,
-                   rng: np.random.Generator, shuffle_seed: int) -> Iterator[MaskedBatch]:
-    """One epoch of a worker's shard, in micro-batches, each masked afresh."""
-    for batch in shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True,
-                                    prefetch_batches=4, local_shuffle_buffer_size=micro_batch * 16,
-                                    local_shuffle_seed=shuffle_seed):
+                   rng: np.random.Generator, shuffle_seed: int, skip: int = 0) -> Iterator[MaskedBatch]:
+    """One epoch of a worker's shard, in micro-batches, each masked afresh. `skip`: micro-batches
+    already consumed before a resume, passed over unmasked (the masking stream is restored as it
+    was after them). The shard's order is the same in every run: the trainer's DataConfig asks
+    Ray Data to preserve order, and the shuffle is seeded."""
+    batches = shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True,
+                                 prefetch_batches=4, local_shuffle_buffer_size=micro_batch * 16,
+                                 local_shuffle_seed=shuffle_seed)
+    for batch in itertools.islice(batches, skip, None):
         yield mask_batch(batch["input_ids"], data_cfg, special, vocab_size, rng)

@@ -24,7 +24,7 @@ import torch
 from electra_ray import storage
 from electra_ray.config import Config
 from electra_ray.errors import UserError
-from electra_ray.train import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR
+from electra_ray.checkpoint import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR
 
 
 def read_run_state(checkpoint_dir: str) -> dict:

@@ -10,9 +10,12 @@ Ends with `checkpoint: PATH` and `export: PATH`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -20,6 +23,7 @@ from electra_ray import storage
 from electra_ray.config import Config, describe_options, load_config
 from electra_ray.errors import UserError
 
+CONFIG_FILE = "config.json"  # in the run directory: what --resume starts from
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
 
 
@@ -27,9 +31,10 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 class PretrainResult:
     run_dir: str       # local: metrics.jsonl, TensorBoard, eval.json, a copy of the export
     checkpoint: str    # the latest checkpoint: a local path or an s3:// URL
-    export: str        # the HF-format export: a local path or an s3:// URL
+    export: str        # the HF-format export: a local path or an s3:// URL ("" if not exported)
     history: list[dict]  # every report of the workers (also in run_dir/metrics.jsonl)
     evaluation: dict   # held-out measurements of the export (evaluate.py)
+    stopped: bool = False  # stopped early by SIGTERM / Ctrl-C, after saving a checkpoint
 
 
 def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
@@ -84,7 +89,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     from electra_ray.evaluate import evaluate_export, format_report
     from electra_ray.export import export
     from electra_ray.metrics import MetricsLogger, read_history
-    from electra_ray.train import TrainingError, train_loop_per_worker
+    from electra_ray.train import StopRequest, TrainingError, train_loop_per_worker
 
     # Fail fast, before Ray starts: a corpus, tokenizer or storage that cannot be used.
     open_corpus(cfg.data.path, cfg.data.text_column)
@@ -107,10 +112,12 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
         peak = peak_flops(torch.device("cpu"), threads)
     cpus = cfg.scaling.cpus_per_worker or 1.0
     storage_filesystem, storage_path = storage.resolve(cfg.output.dir)
+    storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
+    stop_request = ray.remote(num_cpus=0)(StopRequest).remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "tokenizer_json": tokenizer_json, "vocab_size": vocab_size,
-                           "num_threads": threads, "peak_flops": peak},
+                           "num_threads": threads, "peak_flops": peak, "stop_actor": stop_request},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker={"CPU": cpus}),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
@@ -118,19 +125,29 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
             name=cfg.output.name, storage_path=storage_path,
             storage_filesystem=storage_filesystem if storage.is_remote(cfg.output.dir) else None,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # A dead worker: Ray Train restarts the group, which resumes from the latest checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=[MetricsLogger(run_dir)]),
+        # Each worker's shard in the same order in every run, so a resume can skip what was consumed.
+        dataset_config=ray.train.DataConfig(execution_options=_ordered_execution()),
         datasets={"train": build_dataset(cfg.data, tokenizer_json, "train")},
     )
     try:
-        result = trainer.fit()
+        with _stop_on_signals(stop_request):
+            result = trainer.fit()
     except ray.train.WorkerGroupError as error:
         known = [e for e in error.worker_failures.values() if isinstance(e, TrainingError)]
         if not known:
             raise
-        raise UserError(f"training stopped: {known[0].args[0] if known[0].args else known[0]}") from None
+        raise UserError(f"training stopped: {known[0].args[0] if known[0].args else known[0]} "
+                        f"(run {cfg.run_dir})") from None
     checkpoint = result.checkpoint.path
     if storage.is_remote(cfg.output.dir):
         checkpoint = f"{cfg.output.dir.partition('://')[0]}://{checkpoint}"
+    if result.metrics.get("step", cfg.train.max_steps) < cfg.train.max_steps:
+        print(f"stopped at step {result.metrics['step']}; continue with: "
+              f"python -m electra_ray.pretrain --resume {cfg.run_dir}", flush=True)
+        return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {}, stopped=True)
     if not export_and_evaluate:
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {})
     export_dir = export(checkpoint, os.path.join(run_dir, "export"))
@@ -146,6 +163,51 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     return PretrainResult(run_dir, checkpoint, export_dir, read_history(run_dir), evaluation)
 
 
+def _ordered_execution():
+    from ray.data import ExecutionOptions
+
+    return ExecutionOptions(preserve_order=True)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop_request):
+    """SIGTERM or Ctrl-C asks the workers to save a checkpoint and stop (a second one acts as usual)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def request_stop(signum, frame):
+        print(f"{signal.Signals(signum).name}: saving a checkpoint at the next logging step, then stopping "
+              f"(again to abort)", flush=True)
+        stop_request.request.remote()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in previous:
+        signal.signal(sig, request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def resume_config(run: str, overrides: list[str]) -> Config:
+    """The config a run was started with (RUN/config.json), pointed at RUN, then `overrides`."""
+    run = run.rstrip("/")
+    path = storage.join(run, CONFIG_FILE)
+    if not storage.exists(path):
+        raise UserError(f"cannot resume {run}: no {CONFIG_FILE} there (is it a run directory of electra_ray.pretrain?)")
+    values = json.loads(storage.read_text(path))
+    if storage.is_remote(run):
+        parent, _, name = run.rpartition("/")
+    else:
+        parent, name = os.path.split(os.path.abspath(run))
+    values["output"].update(dir=parent, name=name)
+    return load_config(None, overrides, base=values)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m electra_ray.pretrain", description=__doc__,
@@ -155,13 +217,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="YAML config file (default: configs/tiny.yaml)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                         help="override config keys, e.g. --set train.max_steps=200 data.path=corpus/")
+    parser.add_argument("--resume", metavar="RUN", help="continue a stopped run (its directory or s3:// prefix, "
+                        "output.dir/output.name) with the config it was started with; --set still applies")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 
     def run():
-        result = pretrain(load_config(args.config, args.set))
+        cfg = resume_config(args.resume, args.set) if args.resume else load_config(args.config, args.set)
+        result = pretrain(cfg)
         print(f"checkpoint: {result.checkpoint}")
-        print(f"export: {result.export}")
+        if result.export:
+            print(f"export: {result.export}")
 
     run_cli(run)
 

@@ -7,9 +7,7 @@ saves its ZeRO shard into one directory that Ray Train persists as a checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -17,12 +15,10 @@ import time
 import numpy as np
 import torch
 
+from electra_ray import checkpoint as checkpoints
 from electra_ray.config import Config
 from electra_ray.objective import STAT_NAMES, summarize
 
-CHECKPOINT_TAG = "model"          # DeepSpeed's tag directory inside a checkpoint
-RUN_STATE = "electra_ray.json"    # config, step, vocabulary: what export and resume read
-TOKENIZER_DIR = "tokenizer"
 
 # Dense bf16 peak FLOP/s from the datasheets, for MFU on GPUs.
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -127,6 +123,32 @@ def _format_eta(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+class StopRequest:
+    """A flag the driver raises on SIGTERM / Ctrl-C (a Ray actor); workers read it at logging
+    steps, agree on it, save a checkpoint and return."""
+
+    def __init__(self):
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def is_requested(self) -> bool:
+        return self.requested
+
+
+def stop_requested(actor, world: int, device: torch.device) -> bool:
+    if actor is None:
+        return False
+    import ray
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(ray.get(actor.is_requested.remote()))], device=device)
+    if world > 1:  # ranks may read the flag on either side of its change: agree on one answer
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _quiet_report_logging() -> None:
     """Train logs one INFO line per report, metrics dict included; the progress line says it
     better. That logger is named after its module's file path."""
@@ -177,34 +199,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Masking and sampling streams differ per rank (different data) and are part of a checkpoint.
     mask_rng = np.random.default_rng([cfg.train.seed, rank])
     sample_rng = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + rank)
-    step, epoch = 0, 0
+    step, epoch, consumed = 0, 0, 0  # consumed: micro-batches of this epoch already trained on
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as directory:
-            engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
-            with open(os.path.join(directory, RUN_STATE)) as f:
-                state = json.load(f)
-            step, epoch = state["step"], state["epoch"]
-            rng_path = os.path.join(directory, f"rng_rank{rank}.pt")
-            if os.path.exists(rng_path):
-                rng_state = torch.load(rng_path, weights_only=False)
-                mask_rng.bit_generator.state = rng_state["mask"]
-                sample_rng.set_state(rng_state["sample"])
+        state = checkpoints.restore(engine, checkpoint, rank, world, device)
+        step, epoch, consumed = state["step"], state["epoch"], state.get("consumed", 0)
+        mask_rng.bit_generator.state = state["rng"]["mask"]
+        sample_rng.set_state(state["rng"]["sample"])
+        torch.set_rng_state(state["rng"]["torch"])
         if rank == 0:
-            print(f"resumed from step {step}", flush=True)
+            print(f"resumed from step {step} (epoch {epoch}, {consumed} batches into it)", flush=True)
 
     def save_checkpoint(metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
-            engine.save_checkpoint(directory, tag=CHECKPOINT_TAG)  # every rank writes its shard
-            torch.save({"mask": mask_rng.bit_generator.state, "sample": sample_rng.get_state()},
-                       os.path.join(directory, f"rng_rank{rank}.pt"))
-            if rank == 0:
-                with open(os.path.join(directory, RUN_STATE), "w") as f:
-                    json.dump({"config": cfg.to_dict(), "step": step, "epoch": epoch, "vocab_size": vocab_size,
-                               "zero_stage": cfg.train.zero_stage, "world_size": world}, f, indent=1)
-                os.makedirs(os.path.join(directory, TOKENIZER_DIR))
-                with open(os.path.join(directory, TOKENIZER_DIR, "tokenizer.json"), "w") as f:
-                    f.write(tokenizer_json)
+            checkpoints.save(
+                directory, engine, rank=rank, tokenizer_json=tokenizer_json,
+                run_state={"config": cfg.to_dict(), "step": step, "epoch": epoch, "consumed": consumed,
+                           "vocab_size": vocab_size, "zero_stage": cfg.train.zero_stage, "world_size": world},
+                rng_state={"mask": mask_rng.bit_generator.state, "sample": sample_rng.get_state(),
+                           "torch": torch.get_rng_state()})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
     shard = ray.train.get_dataset_shard("train")
@@ -215,17 +228,40 @@ def train_loop_per_worker(loop_config: dict) -> None:
     stats = torch.zeros(len(STAT_NAMES), device=device)
     interval_start, interval_steps, run_start, start_step = time.perf_counter(), 0, time.perf_counter(), step
     metrics: dict = {}
-    micro_steps = 0
+    micro_steps, bad_in_a_row, skipped, nan_steps = 0, 0, 0, set(cfg.train.inject_nan_steps)
+    checkpoint_step = step if checkpoint else None
+    stop_request = loop_config.get("stop_actor")  # the driver's StopRequest actor
 
     while step < cfg.train.max_steps:
-        batches_this_epoch = 0
         for batch in masked_batches(shard, cfg.data, micro_batch, special, vocab_size, mask_rng,
-                                    shuffle_seed=cfg.train.seed + 1000 * epoch + rank):
-            batches_this_epoch += 1
+                                    shuffle_seed=cfg.train.seed + 1000 * epoch + rank, skip=consumed):
+            consumed += 1
             inputs = {name: torch.from_numpy(value).to(device, non_blocking=True)
                       for name, value in vars(batch).items()}
             output = engine(**inputs, generator_rng=sample_rng)
-            engine.backward(output.loss)
+            loss = output.loss
+            if step + 1 in nan_steps:  # injected once per listed step (see train.inject_nan_steps)
+                nan_steps.remove(step + 1)
+                loss = loss * float("nan")
+            # Divergence guard: a micro-batch whose loss is not finite on any rank is dropped by
+            # all ranks before its backward, so DeepSpeed never sees it. One host sync per micro-step.
+            finite = torch.isfinite(loss.detach()).float()
+            if world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
+                bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
+                if rank == 0:
+                    print(f"warning: non-finite loss at step {step + 1}, batch skipped ({bad_in_a_row} in a row, "
+                          f"{skipped} in all)", flush=True)
+                if bad_in_a_row > cfg.train.max_bad_steps:
+                    last_good = f"step {checkpoint_step}" if checkpoint_step is not None else "none yet"
+                    raise TrainingError(
+                        f"loss is {loss.item()} at step {step + 1} for {bad_in_a_row} batches in a row "
+                        f"(mlm {output.stats[0].item() / max(output.stats[1].item(), 1):.4g}); last good "
+                        f"checkpoint: {last_good}; lower train.lr or raise train.warmup_steps")
+                continue
+            bad_in_a_row = 0
+            engine.backward(loss)
             micro_steps += 1
             boundary = micro_steps % cfg.train.grad_accum == 0
             last = boundary and step + 1 >= cfg.train.max_steps
@@ -238,6 +274,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 continue
             step += 1
             interval_steps += 1
+            stop = False
             if log_now:
                 if world > 1:
                     dist.all_reduce(stats)
@@ -247,11 +284,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 metrics = {"step": step, "epoch": epoch,
                            "loss": summary["mlm_loss"] + cfg.train.rtd_weight * summary["rtd_loss"],
                            **summary, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
-                           "mfu": flops_token * tokens_per_s / (peak * world),
+                           "mfu": flops_token * tokens_per_s / (peak * world), "skipped_batches": skipped,
                            "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
-                if not math.isfinite(metrics["loss"]):
-                    raise TrainingError(f"loss is {metrics['loss']} at step {step} (mlm {summary['mlm_loss']}, "
-                                        f"rtd {summary['rtd_loss']}); lower train.lr or raise train.warmup_steps")
                 if rank == 0:
                     rate = (step - start_step) / (time.perf_counter() - run_start)
                     print(f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} "
@@ -261,13 +295,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
                           f"ETA {_format_eta((cfg.train.max_steps - step) / rate)}", flush=True)
                 stats.zero_()
                 interval_start, interval_steps = time.perf_counter(), 0
-                if not (step % cfg.train.checkpoint_every == 0 or last):
+                stop = stop_requested(stop_request, world, device)
+                if not (step % cfg.train.checkpoint_every == 0 or last or stop):
                     ray.train.report(metrics)
-            if step % cfg.train.checkpoint_every == 0 or last:
+            if step % cfg.train.checkpoint_every == 0 or last or stop:
                 save_checkpoint(metrics)
-            if last:
+                checkpoint_step = step
+            if last or stop:
                 break
-        if batches_this_epoch == 0:
-            raise TrainingError(f"worker {rank} got no full batch of {micro_batch} sequences from the corpus: "
-                                f"lower train.batch_size or data.seq_len, or use a larger corpus")
-        epoch += 1
+        else:
+            if consumed == 0:
+                raise TrainingError(f"worker {rank} got no full batch of {micro_batch} sequences from the corpus: "
+                                    f"lower train.batch_size or data.seq_len, or use a larger corpus")
+            epoch, consumed = epoch + 1, 0
+            continue
+        break
