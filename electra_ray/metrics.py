@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import ray.train
 
@@ -22,7 +23,7 @@ class MetricsLogger(ray.train.UserCallback):
         if not values:
             return
         os.makedirs(self.run_dir, exist_ok=True)
-        record = dict(values, checkpoint=checkpoint.path if checkpoint else None)
+        record = dict(values, checkpoint=checkpoint.path if checkpoint else None, time=time.time())
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._writer is None:

@@ -23,6 +23,11 @@ def local_ray():
 
 
 def tiny_config(corpus, tokenizer_dir, out, **overrides):
+    return load_config(None, tiny_overrides(corpus, tokenizer_dir, out, **overrides))
+
+
+def tiny_overrides(corpus, tokenizer_dir, out, **overrides) -> list[str]:
+    """`--set` arguments of a 2-layer, 64-wide model trained with 2 workers."""
     values = {
         "model.num_layers": 2, "model.hidden_size": 64, "model.embedding_size": 64, "model.num_heads": 4,
         "model.intermediate_size": 128, "model.max_position_embeddings": 64,
@@ -31,7 +36,7 @@ def tiny_config(corpus, tokenizer_dir, out, **overrides):
         "scaling.num_workers": 2, "scaling.cpus_per_worker": 1, "output.dir": str(out), "output.name": "run",
     }
     values.update(overrides)
-    return load_config(None, [f"{k}={v}" for k, v in values.items()])
+    return [f"{k}={v}" for k, v in values.items()]
 
 
 def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_dir, tmp_path):
@@ -92,13 +97,3 @@ def test_zero3_with_accumulation_resumes_and_exports_full_weights(small_corpus, 
     first = ElectraForPreTraining.from_pretrained(os.path.join(result.export, "discriminator"))
     for (name, a), b in zip(model.state_dict().items(), first.state_dict().values()):
         assert torch.equal(a, b), name
-
-
-def test_non_finite_loss_is_a_clear_error(small_corpus, tokenizer_dir, tmp_path):
-    from electra_ray.errors import UserError
-
-    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{
-        "train.max_steps": 30, "train.log_every": 1, "train.lr": 1e12, "train.warmup_steps": 1,
-        "train.grad_clip": 0, "scaling.num_workers": 1})
-    with pytest.raises(UserError, match=r"training stopped: loss is (nan|inf) at step \d+ .*lower train.lr"):
-        pretrain(cfg)

@@ -1,0 +1,166 @@
+"""Fault tolerance on a real local Ray: a worker killed from outside, a driver stopped and resumed,
+a corrupt newest checkpoint, non-finite losses. Each interrupted run must end with exactly the
+weights of the same run left alone: checkpoints hold the data position and every random stream,
+Ray Data delivers each worker's shard in the same order, and gloo's sums are deterministic."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from electra_ray.export import consolidated_state_dict
+from electra_ray.pretrain import pretrain
+from test_pretrain import tiny_config, tiny_overrides
+
+pytestmark = pytest.mark.ray
+
+STEPS = {"train.max_steps": 24, "train.checkpoint_every": 8, "train.log_every": 4, "train.keep_checkpoints": 2,
+         "train.zero_stage": 2, "model.dropout": 0.1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=4, logging_level="warning",
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(small_corpus, tokenizer_dir, tmp_path_factory):
+    """The uninterrupted run every other run is compared with."""
+    out = tmp_path_factory.mktemp("reference")
+    result = pretrain(tiny_config(small_corpus, tokenizer_dir, out, **STEPS), export_and_evaluate=False)
+    return result, discriminator_weights(result.checkpoint)
+
+
+def discriminator_weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    weights = consolidated_state_dict(checkpoint, zero_stage=2)
+    return {k: v for k, v in weights.items() if k.startswith("discriminator.")}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def checkpoints_in(run_dir: str) -> list[str]:
+    return sorted(path for path in glob.glob(os.path.join(run_dir, "checkpoint_*")) if os.path.isdir(path))
+
+
+def registered_checkpoints(run_dir: str) -> list[str]:
+    """Checkpoints Ray Train has registered (a directory appears before its registration)."""
+    import json
+
+    try:
+        with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
+            return [r["checkpoint_dir_name"] for r in json.load(f)["checkpoint_results"]]
+    except (OSError, ValueError):
+        return []
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_killed_worker_costs_steps_not_the_run(reference, small_corpus, tokenizer_dir, tmp_path):
+    from ray.util.state import list_actors
+
+    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **STEPS)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=pretrain(cfg, export_and_evaluate=False)))
+    runner.start()
+    run_dir = os.path.join(tmp_path, "run")
+    wait_for(lambda: registered_checkpoints(run_dir), 600, "the first registered checkpoint")
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+    workers = [actor for actor in alive if "RayTrainWorker" in actor.class_name]
+    assert len(workers) == 2
+    os.kill(workers[1].pid, signal.SIGKILL)  # from outside, as the OOM killer or a preemption would
+    killed_at = time.monotonic()
+    runner.join(timeout=900)
+    result = outcome["result"]
+
+    steps = [h["step"] for h in result.history]
+    # resumed from a checkpoint (step 8 or later), not from scratch
+    assert steps[:2] == [4, 8] and steps.count(4) == steps.count(8) == 1 and steps[-1] == 24
+    assert_same_weights(discriminator_weights(result.checkpoint), reference[1])
+    killed_wall = time.time() - (time.monotonic() - killed_at)
+    after = [h for h in result.history if h["time"] > killed_wall]
+    before = [h["step"] for h in result.history if h["time"] <= killed_wall]
+    print(f"\nworker killed after step {before[-1]} was reported; first report after the restart: step "
+          f"{after[0]['step']} {after[0]['time'] - killed_wall:.1f}s later; step time "
+          f"{(after[-1]['time'] - after[0]['time']) / max(1, after[-1]['step'] - after[0]['step']):.2f}s; reports {steps}")
+
+
+def test_driver_stopped_then_resumed_ends_with_the_same_weights(reference, small_corpus, tokenizer_dir, tmp_path):
+    run_dir = os.path.join(tmp_path, "run")
+    overrides = tiny_overrides(small_corpus, tokenizer_dir, tmp_path, **STEPS)
+    driver = subprocess.Popen([sys.executable, "-m", "electra_ray.pretrain", "--set", *overrides],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: registered_checkpoints(run_dir), 600, "the first checkpoint")
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    assert "SIGTERM: saving a checkpoint" in output and f"--resume {run_dir}" in output, output[-3000:]
+    assert "export:" not in output
+
+    resumed = subprocess.run([sys.executable, "-m", "electra_ray.pretrain", "--resume", run_dir],
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from step" in resumed.stdout + resumed.stderr
+    final = os.path.join(run_dir, registered_checkpoints(run_dir)[-1])
+    assert_same_weights(discriminator_weights(final), reference[1])
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous(reference, small_corpus, tokenizer_dir, tmp_path):
+    import shutil
+
+    first, _ = reference
+    run_dir = os.path.join(tmp_path, "run")
+    shutil.copytree(first.run_dir, run_dir)  # steps 16 and 24 kept
+    newest = checkpoints_in(run_dir)[-1]
+    for shard in glob.glob(os.path.join(newest, "model", "*optim_states.pt")):
+        with open(shard, "r+b") as f:
+            f.truncate(100)
+
+    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{**STEPS, "train.max_steps": 32})
+    result = pretrain(cfg, export_and_evaluate=False)
+    steps = [h["step"] for h in result.history]
+    assert steps[steps.index(24) + 1:] == [20, 24, 28, 32]  # after the reference's reports: from step 16 again
+    logs = ray._private.worker.global_worker.node.get_logs_dir_path()
+    warnings = [line for path in glob.glob(os.path.join(logs, "worker-*.out")) for line in open(path, errors="replace")
+                if "cannot be read" in line and os.path.basename(newest) in line]
+    assert warnings, "no warning naming the corrupt checkpoint in the workers' logs"
+
+
+def test_a_nan_loss_is_skipped_and_counted(reference, small_corpus, tokenizer_dir, tmp_path):
+    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{**STEPS, "train.max_steps": 12,
+                                                                "train.inject_nan_steps": "[6, 10]"})
+    result = pretrain(cfg, export_and_evaluate=False)
+    assert [(h["step"], h["skipped_batches"]) for h in result.history] == [(4, 0), (8, 1), (12, 2)]
+    assert all(torch.isfinite(v).all() for v in discriminator_weights(result.checkpoint).values())
+
+
+def test_persistent_non_finite_loss_stops_naming_the_last_good_checkpoint(small_corpus, tokenizer_dir, tmp_path):
+    from electra_ray.errors import UserError
+
+    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{
+        "train.max_steps": 30, "train.log_every": 1, "train.checkpoint_every": 2, "train.lr": 1e12,
+        "train.warmup_steps": 1, "train.grad_clip": 0, "train.max_bad_steps": 3, "scaling.num_workers": 1})
+    with pytest.raises(UserError, match=r"training stopped: loss is (nan|inf) at step (\d+) for 4 batches in a row "
+                                        r".*last good checkpoint: step \d+; lower train.lr .*\(run .*run\)"):
+        pretrain(cfg)
