@@ -20,12 +20,12 @@ class MetricsLogger(ray.train.UserCallback):
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         values = metrics[0]  # every rank reports the same all-reduced values
-        if not values:
-            return
         os.makedirs(self.run_dir, exist_ok=True)
         record = dict(values, checkpoint=checkpoint.path if checkpoint else None, time=time.time())
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
+        if "step" not in values:  # {"training_error": ...}: the driver raises it
+            return
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
@@ -36,9 +36,20 @@ class MetricsLogger(ray.train.UserCallback):
         self._writer.flush()
 
 
-def read_history(run_dir: str) -> list[dict]:
+def _records(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_history(run_dir: str) -> list[dict]:
+    """Every training report of the run (and of the runs it resumed), oldest first."""
+    return [record for record in _records(run_dir) if "step" in record]
+
+
+def training_error(run_dir: str) -> str | None:
+    """The error that ended the latest attempt of the run, if one did."""
+    records = _records(run_dir)
+    return records[-1].get("training_error") if records else None

@@ -88,7 +88,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     from electra_ray.data import build_dataset, open_corpus, tokenizer_from_json
     from electra_ray.evaluate import evaluate_export, format_report
     from electra_ray.export import export
-    from electra_ray.metrics import MetricsLogger, read_history
+    from electra_ray.metrics import MetricsLogger, read_history, training_error
     from electra_ray.train import StopRequest, TrainingError, train_loop_per_worker
 
     # Fail fast, before Ray starts: a corpus, tokenizer or storage that cannot be used.
@@ -139,8 +139,9 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
         known = [e for e in error.worker_failures.values() if isinstance(e, TrainingError)]
         if not known:
             raise
-        raise UserError(f"training stopped: {known[0].args[0] if known[0].args else known[0]} "
-                        f"(run {cfg.run_dir})") from None
+        raise UserError(f"training stopped: {known[0]} (run {cfg.run_dir})") from None
+    if training_error(run_dir):
+        raise UserError(f"training stopped: {training_error(run_dir)} (run {cfg.run_dir})")
     checkpoint = result.checkpoint.path
     if storage.is_remote(cfg.output.dir):
         checkpoint = f"{cfg.output.dir.partition('://')[0]}://{checkpoint}"

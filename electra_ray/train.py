@@ -160,6 +160,18 @@ def _quiet_report_logging() -> None:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's entry point. A TrainingError is reported, not raised: Ray Train would restart
+    the workers (train.max_failures) for an error that would only happen again. Every rank
+    raises it at the same step (the ranks agree on what causes one), so every rank reports it."""
+    import ray.train
+
+    try:
+        _train(loop_config)
+    except TrainingError as error:
+        ray.train.report({"training_error": str(error)})
+
+
+def _train(loop_config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
