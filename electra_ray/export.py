@@ -4,8 +4,12 @@
 
 Writes OUT/discriminator and OUT/generator (each with the tokenizer beside the weights), so that
 `ElectraForPreTraining.from_pretrained(OUT/"discriminator")` and
-`AutoTokenizer.from_pretrained(OUT/"discriminator")` work with no code of ours. ZeRO shards are
-consolidated to fp32 first, whatever the stage. OUT appears complete or not at all.
+`AutoTokenizer.from_pretrained(OUT/"discriminator")` work with no code of ours. A run of the MLM
+baseline (train.objective=mlm) has one network, written to OUT/mlm
+(`ElectraForMaskedLM.from_pretrained`). Either way the encoder's weights are under `electra.`,
+which is what `ElectraForSequenceClassification.from_pretrained` takes (it drops the pre-training
+head and adds a new classifier). ZeRO shards are consolidated to fp32 first, whatever the stage.
+OUT appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ def load_pretraining_model(checkpoint_dir: str):
     from electra_ray.data import tokenizer_from_json
 
     _, special = tokenizer_from_json(tokenizer_json)
-    model = build_model(cfg.model, state["vocab_size"], special["[PAD]"], cfg.train.rtd_weight)
+    model = build_model(cfg.model, state["vocab_size"], special["[PAD]"], cfg.train.rtd_weight,
+                        objective=cfg.train.objective)
     weights = consolidated_state_dict(checkpoint_dir, state["zero_stage"])
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied / shared tensors may be stored under one name only; anything else missing is an error.
@@ -65,7 +70,7 @@ def load_pretraining_model(checkpoint_dir: str):
 
 
 def _is_alias(name: str) -> bool:
-    return name.startswith("discriminator.electra.embeddings.") or name == "generator.generator_lm_head.weight"
+    return name.startswith("discriminator.electra.embeddings.") or name.endswith(".generator_lm_head.weight")
 
 
 def export(checkpoint_dir: str, out_dir: str) -> str:
@@ -78,8 +83,8 @@ def export(checkpoint_dir: str, out_dir: str) -> str:
     staging = f"{out_dir}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = Tokenizer.from_str(tokenizer_json)
-    for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
-        net.save_pretrained(os.path.join(staging, name))
+    for name in model.NETWORKS:
+        getattr(model, name).save_pretrained(os.path.join(staging, name))
         save_tokenizer(tokenizer, os.path.join(staging, name), model_max_length=cfg.model.max_position_embeddings)
     with open(os.path.join(staging, "electra_ray.json"), "w") as f:
         json.dump({"checkpoint": os.path.abspath(checkpoint_dir), "config": cfg.to_dict()}, f, indent=1)
