@@ -71,6 +71,8 @@ class FinetuneConfig:
     seeds: list = _f([0, 1, 2], "one fine-tuning run per seed (head initialisation, example order, dropout)")
     max_train_examples: int = _f(0, "fine-tune on the first N training examples only (0: all)")
     num_workers: int = _f(1, "Ray Train workers (data-parallel); 0: train in this process, without Ray")
+    threads: int = _f(0, "torch threads of each worker (or of this process); 0: on a local Ray the machine's "
+                         "cores divided among the workers, in this process torch's default")
     use_gpu: bool = _f(False, "one GPU per worker (in this process: the first GPU)")
     out: str = _f("", "output directory; empty: runs/finetune-<date>-<time>")
 
@@ -214,13 +216,22 @@ def layer_param_groups(model, lr: float, layer_decay: float, weight_decay: float
     return groups
 
 
+def build_optimizer(model, cfg: FinetuneConfig, total_steps: int):
+    """AdamW over the layer-wise groups, and the schedule: warm-up for `warmup` of the steps, then
+    linear decay to 0 (the pre-training schedule)."""
+    from electra_ray.train import lr_lambda
+
+    optimizer = torch.optim.AdamW(layer_param_groups(model, cfg.lr, cfg.layer_decay, cfg.weight_decay),
+                                  lr=cfg.lr, eps=cfg.adam_eps)
+    schedule = lr_lambda(int(cfg.warmup * total_steps), total_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 # -- training (the same loop in this process and on each Ray Train worker) -----------------------
 
 def train_worker(loop_config: dict) -> list[dict]:
     """Fine-tune one seed. In this process, saves the model to loop_config["out"]; on Ray Train,
     rank 0 reports it as the checkpoint. Returns the per-epoch training losses."""
-    from electra_ray.train import lr_lambda
-
     cfg = FinetuneConfig(**loop_config["config"])
     data: TaskData = loop_config["train"]
     seed, on_ray = loop_config["seed"], loop_config["ray"]
@@ -229,17 +240,17 @@ def train_worker(loop_config: dict) -> list[dict]:
         import ray.train
         import ray.train.torch
 
+        from electra_ray.train import _quiet_report_logging
+
+        _quiet_report_logging()
         rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
         device = ray.train.torch.get_device() if cfg.use_gpu else device
-        if loop_config.get("num_threads"):
-            torch.set_num_threads(loop_config["num_threads"])
+    if loop_config["num_threads"]:
+        torch.set_num_threads(loop_config["num_threads"])
     torch.manual_seed(seed)  # the same head on every rank
     model = load_classifier(loop_config["model_dir"], cfg, loop_config["labels"]).to(device)
-    optimizer = torch.optim.AdamW(layer_param_groups(model, cfg.lr, cfg.layer_decay, cfg.weight_decay),
-                                  lr=cfg.lr, eps=cfg.adam_eps)
     steps_per_epoch = math.ceil(len(data.lengths) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup * total), total))
+    optimizer, scheduler = build_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
     if on_ray:
         model = ray.train.torch.prepare_model(model)  # DDP when world > 1
     order_rng = np.random.default_rng(seed)  # the same example order on every rank; each takes its part
@@ -342,8 +353,26 @@ def summarize(runs: list[dict], names: tuple[str, ...]) -> dict[str, dict]:
 
 # -- the verb ------------------------------------------------------------------------------------
 
+def run_seed(cfg: FinetuneConfig, model_dir: str, tokenizer, train: TaskData, evaluation: TaskData,
+             labels: list | None, seed: int, out: str, num_threads: int) -> dict:
+    """Fine-tune with one seed, save the model with its tokenizer, score it on the eval data."""
+    from transformers import ElectraForSequenceClassification
+
+    start = time.perf_counter()
+    seed_dir = os.path.join(out, f"seed-{seed}")
+    train_loss = train_seed(cfg, model_dir, train, labels, seed, seed_dir, num_threads)
+    tokenizer.save_pretrained(seed_dir)
+    metrics = score(evaluation, predict(ElectraForSequenceClassification.from_pretrained(seed_dir), evaluation),
+                    labels)
+    run = {"seed": seed, "model": seed_dir, "train_loss": train_loss, "metrics": metrics,
+           "seconds": time.perf_counter() - start}
+    print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
+          f" | train loss {train_loss:.4f} | {run['seconds']:.0f}s", flush=True)
+    return run
+
+
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    from transformers import AutoConfig, AutoTokenizer, ElectraForSequenceClassification
+    from transformers import AutoConfig, AutoTokenizer
 
     validate(cfg)
     model_dir = model_directory(cfg.model)
@@ -352,33 +381,26 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     train, evaluation, labels = load_task(cfg, tokenizer, max_len)
     out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("finetune-%Y%m%d-%H%M%S")))
     os.makedirs(out, exist_ok=True)
-    num_threads = 0
+    num_threads = cfg.threads
     if cfg.num_workers:
         from electra_ray.config import Config, ScalingConfig
         from electra_ray.pretrain import init_ray
 
-        num_threads = init_ray(Config(scaling=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu)))
-    names = METRICS[cfg.task]
-    metric = cfg.metric or ("accuracy" if cfg.task == "classification" else "spearman")
+        num_threads = cfg.threads or init_ray(Config(scaling=ScalingConfig(num_workers=cfg.num_workers,
+                                                                           use_gpu=cfg.use_gpu)))
     print(f"fine-tuning {model_dir} on {len(train.lengths)} examples ({cfg.train}), evaluating on "
           f"{len(evaluation.lengths)} ({cfg.eval}); seeds {list(cfg.seeds)}", flush=True)
-    runs = []
-    for seed in cfg.seeds:
-        start = time.perf_counter()
-        seed_dir = os.path.join(out, f"seed-{seed}")
-        train_loss = train_seed(cfg, model_dir, train, labels, seed, seed_dir, num_threads)
-        tokenizer.save_pretrained(seed_dir)
-        model = ElectraForSequenceClassification.from_pretrained(seed_dir)
-        metrics = score(evaluation, predict(model, evaluation), labels)
-        runs.append({"seed": seed, "model": seed_dir, "train_loss": train_loss, "metrics": metrics,
-                     "seconds": time.perf_counter() - start})
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
-              f" | train loss {train_loss:.4f} | {runs[-1]['seconds']:.0f}s", flush=True)
-    summary = summarize(runs, names)
+    previous_threads = torch.get_num_threads()  # in this process, cfg.threads holds only while we run
+    try:
+        runs = [run_seed(cfg, model_dir, tokenizer, train, evaluation, labels, seed, out, num_threads)
+                for seed in cfg.seeds]
+    finally:
+        torch.set_num_threads(previous_threads)
     result = {"model": model_dir, "train": cfg.train, "eval": cfg.eval, "task": cfg.task, "labels": labels,
-              "metric": metric, "train_examples": len(train.lengths), "eval_examples": len(evaluation.lengths),
-              "majority_baseline": majority_baseline(train, evaluation, labels), "summary": summary, "runs": runs,
-              "config": dataclasses.asdict(cfg)}
+              "metric": cfg.metric or ("accuracy" if cfg.task == "classification" else "spearman"),
+              "train_examples": len(train.lengths), "eval_examples": len(evaluation.lengths),
+              "majority_baseline": majority_baseline(train, evaluation, labels),
+              "summary": summarize(runs, METRICS[cfg.task]), "runs": runs, "config": dataclasses.asdict(cfg)}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(format_summary(result), flush=True)
