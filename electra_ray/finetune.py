@@ -122,15 +122,10 @@ def validate(cfg: FinetuneConfig) -> None:
 # -- data ----------------------------------------------------------------------------------------
 
 def encode(tokenizer, data: Examples, max_len: int) -> TaskData:
-    encoded = tokenizer(data.texts, data.pairs, truncation=True, max_length=max_len, return_token_type_ids=True)
-    lengths = np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
-    width = int(lengths.max()) if len(lengths) else 1
-    input_ids = np.full((len(lengths), width), tokenizer.pad_token_id, dtype=np.int64)
-    token_type_ids = np.zeros((len(lengths), width), dtype=np.int64)
-    for row, (ids, types) in enumerate(zip(encoded["input_ids"], encoded["token_type_ids"])):
-        input_ids[row, :len(ids)] = ids
-        token_type_ids[row, :len(types)] = types
-    return TaskData(input_ids, token_type_ids, lengths, data.labels)
+    encoded = tokenizer(data.texts, data.pairs, truncation=True, max_length=max_len, padding=True,
+                        return_token_type_ids=True, return_tensors="np")
+    return TaskData(encoded["input_ids"].astype(np.int64), encoded["token_type_ids"].astype(np.int64),
+                    encoded["attention_mask"].sum(axis=1), data.labels)
 
 
 def load_task(cfg: FinetuneConfig, tokenizer, max_len: int) -> tuple[TaskData, TaskData, list | None]:
