@@ -149,7 +149,8 @@ def test_regression_from_jsonl(electra_export, tmp_path):
 
 def test_layer_wise_lr_decay_gives_each_layer_its_rate():
     """One real AdamW step from zero moments moves every weight by its group's rate (|m / sqrt(v)|
-    is 1 at step 1): the rate each layer actually trains at, layers 1 and 10 told apart."""
+    is 1 at step 1, with epsilon negligible): the rate each layer actually trains at, layers 1 and
+    10 told apart."""
     from transformers import ElectraConfig, ElectraForSequenceClassification
 
     layers, lr, decay = 12, 1e-3, 0.8
@@ -157,7 +158,8 @@ def test_layer_wise_lr_decay_gives_each_layer_its_rate():
     model = ElectraForSequenceClassification(ElectraConfig(
         vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    optimizer, _ = build_optimizer(model, FinetuneConfig(lr=lr, layer_decay=decay, warmup=0.0, weight_decay=0.0), 10)
+    settings = FinetuneConfig(lr=lr, layer_decay=decay, warmup=0.0, weight_decay=0.0, adam_eps=1e-12)
+    optimizer, _ = build_optimizer(model, settings, total_steps=10)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = torch.randint(5, 50, (8, 12))
     model(input_ids=ids, labels=torch.randint(0, 2, (8,))).loss.backward()
@@ -174,9 +176,10 @@ def test_layer_wise_lr_decay_gives_each_layer_its_rate():
 
     checked = set()
     for name, param in model.named_parameters():
-        moved = (param.detach() - before[name]).abs()[grads[name].abs() > 1e-5]
+        moved = (param.detach() - before[name]).abs()[grads[name].abs() > 1e-8]
         if moved.numel():
-            assert moved.median().item() == pytest.approx(expected(name), rel=1e-2), name
+            assert moved.min().item() == pytest.approx(expected(name), rel=1e-3), name
+            assert moved.max().item() == pytest.approx(expected(name), rel=1e-3), name
             checked.add(expected(name))
     assert len(checked) == layers + 2  # head, 12 layers, embeddings: 14 distinct rates
 
