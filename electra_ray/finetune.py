@@ -206,7 +206,7 @@ def layer_param_groups(model, lr: float, layer_decay: float, weight_decay: float
         by_depth = defaultdict(list)
         for param in group["params"]:
             by_depth[layer_depth(names[id(param)], num_layers)].append(param)
-        groups += [{"params": params, "weight_decay": group["weight_decay"], "depth": depth,
+        groups += [{"params": params, "weight_decay": group["weight_decay"],
                     "lr": lr * layer_decay ** (num_layers + 1 - depth)} for depth, params in sorted(by_depth.items())]
     return groups
 
