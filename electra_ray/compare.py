@@ -216,7 +216,7 @@ def format_report(results: dict) -> str:
         f"`{os.path.basename(pre['data']['path'].rstrip('/'))}`. Training FLOPs per step: " +
         ", ".join(f"{OBJECTIVES[o]} {b['step_flops']:.3g}" for o, b in results["budget"].items()) + ".",
         f"- Fine-tuning: lr {ft['lr']}, layer-wise decay {ft['layer_decay']}, warm-up {ft['warmup']:.0%}, "
-        f"{ft['epochs']} epochs, batch {ft['batch_size']}, dropout {ft['dropout']}, seeds {ft['seeds']}.",
+        f"epochs {ft['epochs']}, batch {ft['batch_size']}, dropout {ft['dropout']}, seeds {ft['seeds']}.",
         f"- Majority class on dev: {metric} {majority[metric]:.4f}." if majority and metric in majority else "",
         f"- Wall time: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v / 60:.1f} min"
                                      for k, v in results["timings"].items()) + ".",
@@ -228,7 +228,9 @@ def format_report(results: dict) -> str:
         s = _score(p)
         lines.append(f"| {OBJECTIVES.get(p['objective'], 'none (random init)')} | {p['step']} | {p['flops']:.3g} | "
                      f"{s['mean']:.4f} ± {s['std']:.4f} | {s['median']:.4f} | {len(s['values'])} |")
-    lines += ["", verdict(results), "", "![dev score against pre-training FLOPs](curve.png)", ""]
+    lines += ["", "Earlier points are checkpoints of the same runs (their learning rate not yet decayed), not "
+                  "runs with smaller budgets.", "", verdict(results), "",
+              "![dev score against pre-training FLOPs](curve.png)", ""]
     return "\n".join(lines)
 
 
