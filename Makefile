@@ -11,7 +11,7 @@ export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install pretrain test bench clean
+.PHONY: install pretrain test bench compare clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ test: install
 
 bench: install
 	$(PY) -m electra_ray.bench $(ARGS)
+
+compare: install
+	$(PY) -m electra_ray.compare --config configs/compare-tiny.yaml $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

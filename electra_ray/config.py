@@ -18,6 +18,9 @@ import yaml
 from electra_ray.errors import UserError
 
 SHIPPED_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "sotu.parquet")
+# (data.mask_token_prob, data.random_token_prob) each objective implies where the config does not
+# set them: ELECTRA 85% [MASK], 15% kept; BERT 80% [MASK], 10% random, 10% kept.
+OBJECTIVE_MASKING = {"electra": (0.85, 0.0), "mlm": (0.8, 0.1)}
 
 
 class ConfigError(UserError):
@@ -53,16 +56,19 @@ class DataConfig:
     seq_len: int = _f(128, "tokens per packed sequence, [CLS] and [SEP] included")
     mask_prob: float = _f(0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)")
     mask_token_prob: float = _f(0.85, "of the selected tokens, fraction replaced by [MASK] "
-                                      "(ELECTRA 0.85; BERT 0.8)")
-    random_token_prob: float = _f(0.0, "of the selected tokens, fraction replaced by a random "
-                                       "token (ELECTRA 0; BERT 0.1); the rest stay unchanged")
+                                      "(ELECTRA 0.85; BERT 0.8, the default with train.objective=mlm)")
+    random_token_prob: float = _f(0.0, "of the selected tokens, fraction replaced by a random token "
+                                       "(ELECTRA 0; BERT 0.1, the default with train.objective=mlm); "
+                                       "the rest stay unchanged")
     eval_fraction: float = _f(0.02, "fraction of documents held out for evaluation (by text hash)")
     docs_per_block: int = _f(64, "documents tokenized and packed together by one Ray Data task")
 
 
 @dataclass
 class TrainConfig:
-    objective: str = _f("electra", "pre-training objective", ("electra",))
+    objective: str = _f("electra", "pre-training objective: electra (generator + discriminator, "
+                                   "replaced-token detection) or mlm (BERT's masked LM on the "
+                                   "discriminator-sized encoder: the equal-compute baseline)", ("electra", "mlm"))
     max_steps: int = _f(1_000_000, "optimizer steps")
     batch_size: int = _f(128, "sequences per optimizer step, summed over workers and accumulation")
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step on each worker")
@@ -134,7 +140,7 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
         config = cls()
-        _apply(config, values, prefix="")
+        apply_values(config, values, prefix="")
         validate(config)
         return config
 
@@ -175,7 +181,9 @@ def _convert(key: str, value, kind):
     raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {value!r}")
 
 
-def _apply(obj, values: dict, prefix: str) -> None:
+def apply_values(obj, values: dict, prefix: str = "") -> None:
+    """Set the fields of a config dataclass from a nested mapping, coercing each value to the
+    field's type; an unknown key or an ill-typed value is a ConfigError naming it."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(obj)}
@@ -185,7 +193,7 @@ def _apply(obj, values: dict, prefix: str) -> None:
         if key not in fields:
             raise ConfigError(f"unknown config key '{name}' (known: {', '.join(sorted(fields))})")
         if dataclasses.is_dataclass(hints[key]):
-            _apply(getattr(obj, key), value, prefix=f"{name}.")
+            apply_values(getattr(obj, key), value, prefix=f"{name}.")
         else:
             setattr(obj, key, _convert(name, value, hints[key]))
 
@@ -236,19 +244,42 @@ def validate(config: Config) -> None:
             raise ConfigError(message)
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
-    """Defaults, then the YAML file at `path` (or `base`: a saved config's values), then overrides."""
+def apply_file_and_overrides(config, path: str | None, overrides: list[str] | None,
+                             base: dict | None = None) -> set[str]:
+    """Set a config dataclass from `base` (a saved config's values) or a YAML file, then
+    `section.key=value` overrides. Returns the keys that were given ("data.seq_len", ...)."""
     values: dict = dict(base or {})
     if path:
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
+    given: set[str] = set()
+    for layer in (values, parse_overrides(overrides or [])):
+        apply_values(config, layer, prefix="")
+        given |= _keys(layer, prefix="")
+    return given
+
+
+def _keys(values: dict, prefix: str) -> set[str]:
+    return {key for name, value in values.items()
+            for key in (_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}"})}
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (or `base`: a saved config's values), then overrides."""
     config = Config()
-    _apply(config, values, prefix="")
-    _apply(config, parse_overrides(overrides or []), prefix="")
+    given = apply_file_and_overrides(config, path, overrides, base)
+    apply_objective_masking(config, given)
     validate(config)
     return config
+
+
+def apply_objective_masking(config: Config, given: set[str]) -> None:
+    """Masking the objective implies (OBJECTIVE_MASKING), where the keys `given` do not set it."""
+    for key, value in zip(("mask_token_prob", "random_token_prob"), OBJECTIVE_MASKING.get(config.train.objective, ())):
+        if f"data.{key}" not in given:
+            setattr(config.data, key, value)
 
 
 def describe_options() -> str:

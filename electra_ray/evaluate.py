@@ -1,4 +1,5 @@
-"""Has the exported model learned anything? Held-out measurements of both networks.
+"""Has the exported model learned anything? Held-out measurements of both networks (of the one
+masked LM, for the MLM baseline).
 
     python -m electra_ray.evaluate EXPORT_DIR [--max-sequences 512]
 
@@ -24,17 +25,20 @@ from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
 from electra_ray.objective import generator_logits, gumbel_sample, replace_tokens
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values`; tied values share the average of their ranks."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse]
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Mann-Whitney U statistic: P(score of a positive > score of a negative), ties counted half."""
     labels = labels.astype(bool)
     n_pos, n_neg = labels.sum(), (~labels).sum()
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    # average rank (1-based) of each distinct score
-    ends = np.cumsum(counts)
-    average_rank = ends - (counts - 1) / 2.0
-    ranks = average_rank[inverse]
+    ranks = average_ranks(scores)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -50,15 +54,20 @@ def unigram_entropy(ids: np.ndarray) -> float:
 
 @torch.no_grad()
 def evaluate_export(export_dir: str, max_sequences: int = 512, batch_size: int = 64, seed: int = 0) -> dict:
+    """Held-out measurements of an export. For the MLM baseline (no discriminator) only the
+    masked LM's loss and the unigram entropy."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
     with open(os.path.join(export_dir, "electra_ray.json")) as f:
         cfg = Config.from_dict(json.load(f)["config"])
-    with open(os.path.join(export_dir, "discriminator", "tokenizer.json")) as f:
+    electra = cfg.train.objective == "electra"
+    masked_lm_dir = os.path.join(export_dir, "generator" if electra else "mlm")
+    with open(os.path.join(masked_lm_dir, "tokenizer.json")) as f:
         tokenizer_json = f.read()
     _, special = tokenizer_from_json(tokenizer_json)
-    generator = ElectraForMaskedLM.from_pretrained(os.path.join(export_dir, "generator")).eval()
-    discriminator = ElectraForPreTraining.from_pretrained(os.path.join(export_dir, "discriminator")).eval()
+    generator = ElectraForMaskedLM.from_pretrained(masked_lm_dir).eval()
+    discriminator = ElectraForPreTraining.from_pretrained(os.path.join(export_dir, "discriminator")).eval() \
+        if electra else None
     vocab_size = generator.config.vocab_size
     sequences = load_sequences(cfg.data, tokenizer_json, "eval", max_sequences)
     special_ids = np.array(sorted(special.values()))
@@ -78,6 +87,8 @@ def evaluate_export(export_dir: str, max_sequences: int = 512, batch_size: int =
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         mlm_loss_sum += float((loss * tensors["weights"].flatten()).sum())
         n_masked += int(tensors["weights"].sum())
+        if discriminator is None:
+            continue
         sampled = gumbel_sample(logits, cfg.train.temperature, torch_rng)
         corrupted, labels = replace_tokens(tensors["input_ids"], tensors["original_ids"], tensors["positions"],
                                            tensors["weights"], sampled)
@@ -94,14 +105,16 @@ def evaluate_export(export_dir: str, max_sequences: int = 512, batch_size: int =
         rand_labels.append((random_ids != ids)[scored])
         rand_scores.append(scores.numpy()[scored])
 
+    tokens = sequences[~np.isin(sequences, special_ids)]
+    metrics = {"sequences": int(len(sequences)), "unigram_entropy": unigram_entropy(tokens)}
+    if discriminator is None:
+        return {**metrics, "mlm_loss": mlm_loss_sum / max(n_masked, 1)}
     gen_labels, gen_scores = np.concatenate(gen_labels), np.concatenate(gen_scores)
     rtd_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(gen_scores),
                                                         torch.from_numpy(gen_labels).float()))
-    tokens = sequences[~np.isin(sequences, special_ids)]
     return {
-        "sequences": int(len(sequences)),
+        **metrics,
         "generator_mlm_loss": mlm_loss_sum / max(n_masked, 1),
-        "unigram_entropy": unigram_entropy(tokens),
         "rtd_loss_generator": rtd_loss,
         "rtd_loss_constant": binary_entropy(float(gen_labels.mean())),
         "replaced_fraction_generator": float(gen_labels.mean()),
@@ -111,6 +124,9 @@ def evaluate_export(export_dir: str, max_sequences: int = 512, batch_size: int =
 
 
 def format_report(metrics: dict) -> str:
+    if "mlm_loss" in metrics:  # the MLM baseline
+        return (f"held-out ({metrics['sequences']} sequences):\n  MLM loss {metrics['mlm_loss']:.3f} nats vs "
+                f"unigram entropy {metrics['unigram_entropy']:.3f}")
     return "\n".join([
         f"held-out ({metrics['sequences']} sequences):",
         f"  generator MLM loss {metrics['generator_mlm_loss']:.3f} nats vs unigram entropy "

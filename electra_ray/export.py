@@ -4,9 +4,13 @@
 
 Writes OUT/discriminator and OUT/generator (each with the tokenizer beside the weights), so that
 `ElectraForPreTraining.from_pretrained(OUT/"discriminator")` and
-`AutoTokenizer.from_pretrained(OUT/"discriminator")` work with no code of ours. ZeRO shards are
-consolidated to fp32 first, whatever the stage. CHECKPOINT and OUT may be s3:// URLs; OUT appears
-complete or not at all (storage.publish_directory): on S3 a `_MANIFEST.json` is written last, and
+`AutoTokenizer.from_pretrained(OUT/"discriminator")` work with no code of ours. A run of the MLM
+baseline (train.objective=mlm) has one network, written to OUT/mlm
+(`ElectraForMaskedLM.from_pretrained`). Either way the encoder's weights are under `electra.`,
+which is what `ElectraForSequenceClassification.from_pretrained` takes (it drops the pre-training
+head and adds a new classifier). ZeRO shards are consolidated to fp32 first, whatever the stage.
+CHECKPOINT and OUT may be s3:// URLs; OUT appears complete or not at all
+(storage.publish_directory): on S3 a `_MANIFEST.json` is written last, and
 `electra_ray.storage.fetch_directory(URL, DIR)` downloads only a complete export.
 """
 
@@ -58,7 +62,8 @@ def load_pretraining_model(checkpoint_dir: str):
     from electra_ray.data import tokenizer_from_json
 
     _, special = tokenizer_from_json(tokenizer_json)
-    model = build_model(cfg.model, state["vocab_size"], special["[PAD]"], cfg.train.rtd_weight)
+    model = build_model(cfg.model, state["vocab_size"], special["[PAD]"], cfg.train.rtd_weight,
+                        objective=cfg.train.objective)
     weights = consolidated_state_dict(checkpoint_dir, state["zero_stage"])
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied / shared tensors may be stored under one name only; anything else missing is an error.
@@ -70,7 +75,7 @@ def load_pretraining_model(checkpoint_dir: str):
 
 
 def _is_alias(name: str) -> bool:
-    return name.startswith("discriminator.electra.embeddings.") or name == "generator.generator_lm_head.weight"
+    return name.startswith("discriminator.electra.embeddings.") or name.endswith(".generator_lm_head.weight")
 
 
 def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = None) -> str:
@@ -96,8 +101,8 @@ def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, direc
     from electra_ray.tokenizer import save_tokenizer
 
     tokenizer = Tokenizer.from_str(tokenizer_json)
-    for name, net in (("discriminator", model.discriminator), ("generator", model.generator)):
-        net.save_pretrained(os.path.join(directory, name))
+    for name in model.NETWORKS:
+        getattr(model, name).save_pretrained(os.path.join(directory, name))
         save_tokenizer(tokenizer, os.path.join(directory, name), model_max_length=cfg.model.max_position_embeddings)
     with open(os.path.join(directory, "electra_ray.json"), "w") as f:
         json.dump({"checkpoint": checkpoint, "config": cfg.to_dict()}, f, indent=1)

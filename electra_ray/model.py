@@ -1,7 +1,9 @@
-"""Generator + discriminator as transformers ELECTRA classes, with shared embeddings.
+"""Generator + discriminator as transformers ELECTRA classes, with shared embeddings; or, for the
+MLM baseline, one masked LM of the discriminator's size.
 
-`ElectraPretrainingModel` is the one module DeepSpeed trains: its forward runs the objective.
-Attribute names (`generator`, `discriminator`) are checkpoint keys: keep them stable.
+`ElectraPretrainingModel` / `MaskedLMPretrainingModel` is the one module DeepSpeed trains: its
+forward runs the objective. Attribute names (`generator`, `discriminator`, `mlm`) are checkpoint
+keys and the export's directory names (`NETWORKS`): keep them stable.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-from electra_ray.objective import ObjectiveOutput, electra_loss
+from electra_ray.objective import ObjectiveOutput, electra_loss, masked_lm_loss
 
 
 def discriminator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
@@ -35,6 +37,8 @@ def generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConf
 
 
 class ElectraPretrainingModel(nn.Module):
+    NETWORKS = ("discriminator", "generator")
+
     def __init__(self, generator: ElectraForMaskedLM, discriminator: ElectraForPreTraining,
                  rtd_weight: float = 50.0, temperature: float = 1.0):
         super().__init__()
@@ -53,27 +57,52 @@ class ElectraPretrainingModel(nn.Module):
                             generator_rng=generator_rng)
 
 
+class MaskedLMPretrainingModel(nn.Module):
+    """The MLM baseline: an ElectraForMaskedLM whose encoder (`mlm.electra`) has the
+    discriminator's shape, so it fine-tunes exactly as ELECTRA's discriminator does."""
+    NETWORKS = ("mlm",)
+
+    def __init__(self, mlm: ElectraForMaskedLM):
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, input_ids, original_ids, attention_mask, positions, weights,
+                generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
+        return masked_lm_loss(self.mlm, input_ids=input_ids, original_ids=original_ids,
+                              attention_mask=attention_mask, positions=positions, weights=weights)
+
+
 def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float = 50.0,
-                temperature: float = 1.0) -> ElectraPretrainingModel:
-    generator = ElectraForMaskedLM(generator_config(model_cfg, vocab_size, pad_id))
-    discriminator = ElectraForPreTraining(discriminator_config(model_cfg, vocab_size, pad_id))
-    for net in (generator, discriminator):
+                temperature: float = 1.0, objective: str = "electra") -> nn.Module:
+    if objective == "mlm":
+        networks = [ElectraForMaskedLM(discriminator_config(model_cfg, vocab_size, pad_id))]
+    else:
+        networks = [ElectraForMaskedLM(generator_config(model_cfg, vocab_size, pad_id)),
+                    ElectraForPreTraining(discriminator_config(model_cfg, vocab_size, pad_id))]
+    for net in networks:
         net.config._attn_implementation = "sdpa"
-    return ElectraPretrainingModel(generator, discriminator, rtd_weight, temperature)
+    if objective == "mlm":
+        return MaskedLMPretrainingModel(*networks)
+    return ElectraPretrainingModel(*networks, rtd_weight, temperature)
 
 
-def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float) -> float:
+def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float,
+                    objective: str = "electra") -> float:
     """Training FLOPs per input token (forward + backward = 3x forward), generator included, in
-    the spirit of google-research/electra's flops_computation: 2 FLOPs per multiply-add."""
+    the spirit of google-research/electra's flops_computation: 2 FLOPs per multiply-add. For the
+    MLM baseline: the discriminator-sized encoder and its masked-LM head."""
 
     def encoder(hidden: int, ffn: int) -> float:
         per_layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * seq_len * hidden  # dense + attention
         return model_cfg.num_layers * per_layer + 2 * model_cfg.embedding_size * hidden  # + embedding projection
 
+    def masked_lm(hidden: int, ffn: int) -> float:
+        emb = model_cfg.embedding_size
+        return encoder(hidden, ffn) + mask_prob * 2 * (hidden * emb + emb * vocab_size)  # head on masked positions only
+
+    if objective == "mlm":
+        return 3 * masked_lm(model_cfg.hidden_size, model_cfg.intermediate_size)
     gen = generator_config(model_cfg, vocab_size)
-    emb = model_cfg.embedding_size
-    generator = encoder(gen.hidden_size, gen.intermediate_size) + \
-        mask_prob * 2 * (gen.hidden_size * emb + emb * vocab_size)  # head on masked positions only
     discriminator = encoder(model_cfg.hidden_size, model_cfg.intermediate_size) + \
         2 * (model_cfg.hidden_size * model_cfg.hidden_size + model_cfg.hidden_size)
-    return 3 * (generator + discriminator)
+    return 3 * (masked_lm(gen.hidden_size, gen.intermediate_size) + discriminator)

@@ -1,4 +1,5 @@
-"""The ELECTRA objective, pure PyTorch: MLM loss + lambda * replaced-token-detection loss.
+"""The pre-training objectives, pure PyTorch: ELECTRA's MLM loss + lambda * replaced-token-detection
+loss, and BERT's masked-LM loss alone (the equal-compute baseline).
 
 Shapes: B sequences, T tokens, P prediction slots per sequence (see masking.py), V vocabulary.
 """
@@ -33,8 +34,9 @@ def gumbel_sample(logits: torch.Tensor, temperature: float = 1.0,
 
 def generator_logits(generator, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      positions: torch.Tensor) -> torch.Tensor:
-    """Generator logits at the selected positions only ([B, P, V]): the vocabulary projection is
-    the generator's most expensive layer, and only P of T positions need it."""
+    """Logits of a masked LM (ELECTRA's generator, or the MLM baseline) at the selected positions
+    only ([B, P, V]): the vocabulary projection is its most expensive layer, and only P of T
+    positions need it."""
     hidden = generator.electra(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
     hidden = torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, P, H]
     return generator.generator_lm_head(generator.generator_predictions(hidden))
@@ -49,14 +51,20 @@ def replace_tokens(input_ids: torch.Tensor, original_ids: torch.Tensor, position
     return corrupted, (corrupted != original_ids).long()
 
 
+def _masked_lm(model, input_ids, original_ids, attention_mask, positions, weights):
+    """(logits [B, P, V], targets [B, P], mean cross-entropy over the used slots, used slots)."""
+    targets = torch.gather(original_ids, 1, positions)                                   # [B, P]
+    logits = generator_logits(model, input_ids, attention_mask, positions)               # [B, P, V]
+    token_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    n_masked = weights.sum().clamp(min=1.0)
+    return logits, targets, (token_loss * weights.flatten()).sum() / n_masked, n_masked
+
+
 def electra_loss(generator, discriminator, *, input_ids, original_ids, attention_mask, positions, weights,
                  rtd_weight: float = 50.0, temperature: float = 1.0,
                  generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
-    targets = torch.gather(original_ids, 1, positions)                                   # [B, P]
-    logits = generator_logits(generator, input_ids, attention_mask, positions)           # [B, P, V]
-    token_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    n_masked = weights.sum().clamp(min=1.0)
-    mlm_loss = (token_loss * weights.flatten()).sum() / n_masked
+    logits, targets, mlm_loss, n_masked = _masked_lm(generator, input_ids, original_ids, attention_mask,
+                                                     positions, weights)
 
     sampled = gumbel_sample(logits, temperature, generator_rng)                          # [B, P]
     corrupted, labels = replace_tokens(input_ids, original_ids, positions, weights, sampled)
@@ -77,6 +85,21 @@ def electra_loss(generator, discriminator, *, input_ids, original_ids, attention
             torch.ones((), device=n_tokens.device)]).detach().float()
     return ObjectiveOutput(loss=mlm_loss + rtd_weight * rtd_loss, mlm_loss=mlm_loss, rtd_loss=rtd_loss,
                            stats=stats)
+
+
+def masked_lm_loss(model, *, input_ids, original_ids, attention_mask, positions, weights) -> ObjectiveOutput:
+    """BERT's objective: cross-entropy of `model` (an ElectraForMaskedLM) at the selected positions.
+    The RTD loss and the discriminator counters are 0."""
+    logits, targets, mlm_loss, n_masked = _masked_lm(model, input_ids, original_ids, attention_mask,
+                                                     positions, weights)
+    with torch.no_grad():
+        stats = torch.zeros(len(STAT_NAMES), device=mlm_loss.device)
+        stats[STAT_NAMES.index("mlm_loss_sum")] = mlm_loss * n_masked
+        stats[STAT_NAMES.index("masked")] = n_masked
+        stats[STAT_NAMES.index("gen_correct")] = ((logits.argmax(-1) == targets).float() * weights).sum()
+        stats[STAT_NAMES.index("tokens")] = attention_mask.sum()
+        stats[STAT_NAMES.index("batches")] = 1
+    return ObjectiveOutput(loss=mlm_loss, mlm_loss=mlm_loss, rtd_loss=torch.zeros_like(mlm_loss), stats=stats)
 
 
 def summarize(stats: torch.Tensor | list[float]) -> dict[str, float]:

@@ -196,7 +196,8 @@ def _train(loop_config: dict) -> None:
     vocab_size = loop_config["vocab_size"]
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, cfg.train.temperature)
+    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, cfg.train.temperature,
+                        cfg.train.objective)
     schedule = lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.train.weight_decay),
@@ -235,7 +236,7 @@ def _train(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     micro_batch = cfg.train.batch_size // (world * cfg.train.grad_accum)
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-    flops_token = flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob)
+    flops_token = flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob, cfg.train.objective)
     peak = loop_config.get("peak_flops") or peak_flops(device)
     stats = torch.zeros(len(STAT_NAMES), device=device)
     interval_start, interval_steps, run_start, start_step = time.perf_counter(), 0, time.perf_counter(), step
@@ -300,9 +301,10 @@ def _train(loop_config: dict) -> None:
                            "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
                 if rank == 0:
                     rate = (step - start_step) / (time.perf_counter() - run_start)
-                    print(f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} "
-                          f"(mlm {summary['mlm_loss']:.3f}, rtd {summary['rtd_loss']:.4f}) | "
-                          f"gen acc {summary['gen_accuracy']:.3f} | disc acc {summary['disc_accuracy']:.3f} | "
+                    losses = f"| mlm acc {summary['gen_accuracy']:.3f}" if cfg.train.objective == "mlm" else (
+                        f"(mlm {summary['mlm_loss']:.3f}, rtd {summary['rtd_loss']:.4f}) | "
+                        f"gen acc {summary['gen_accuracy']:.3f} | disc acc {summary['disc_accuracy']:.3f}")
+                    print(f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} {losses} | "
                           f"{tokens_per_s:,.0f} tok/s | MFU {metrics['mfu']:.1%} | "
                           f"ETA {_format_eta((cfg.train.max_steps - step) / rate)}", flush=True)
                 stats.zero_()

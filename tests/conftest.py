@@ -39,6 +39,17 @@ def tokenizer_json(tokenizer_dir) -> str:
     return read_tokenizer_json(tokenizer_dir)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray for one test module (modules that start Ray use it: pytestmark)."""
+    import ray
+
+    ray.init(num_cpus=4, logging_level="warning",
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
+    yield
+    ray.shutdown()
+
+
 def write_parquet(path, **columns) -> str:
     pq.write_table(pa.table(columns), path)
     return str(path)

@@ -62,7 +62,26 @@ def test_parse_overrides_nests():
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
 def test_shipped_configs_load(path):
-    load_config(path)
+    if os.path.basename(path).startswith("compare-"):  # python -m electra_ray.compare's configs
+        from electra_ray.compare import load_compare_config
+
+        load_compare_config(path, [])
+    else:
+        load_config(path)
+
+
+def test_mlm_objective_masks_as_bert_unless_the_config_says_otherwise(tmp_path):
+    def masking(cfg):
+        return cfg.data.mask_token_prob, cfg.data.random_token_prob
+
+    assert masking(load_config(None)) == (0.85, 0.0)
+    assert masking(load_config(None, ["train.objective=mlm"])) == (0.8, 0.1)
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  random_token_prob: 0.0\n")
+    assert masking(load_config(str(path), ["train.objective=mlm"])) == (0.8, 0.0)
+    assert masking(load_config(None, ["train.objective=mlm", "data.mask_token_prob=0.85"])) == (0.85, 0.1)
+    with pytest.raises(ConfigError, match=r"'train.objective' must be one of \['electra', 'mlm'\], got 'bert'"):
+        load_config(None, ["train.objective=bert"])
 
 
 def test_paper_configs():

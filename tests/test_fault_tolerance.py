@@ -19,22 +19,14 @@ from electra_ray.export import consolidated_state_dict
 from electra_ray.pretrain import pretrain
 from test_pretrain import tiny_config, tiny_overrides
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 STEPS = {"train.max_steps": 24, "train.checkpoint_every": 8, "train.log_every": 4, "train.keep_checkpoints": 2,
          "train.zero_stage": 2, "model.dropout": 0.1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=4, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
-def reference(small_corpus, tokenizer_dir, tmp_path_factory):
+def reference(local_ray, small_corpus, tokenizer_dir, tmp_path_factory):
     """The uninterrupted run every other run is compared with."""
     out = tmp_path_factory.mktemp("reference")
     result = pretrain(tiny_config(small_corpus, tokenizer_dir, out, **STEPS), export_and_evaluate=False)

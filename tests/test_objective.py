@@ -4,8 +4,8 @@ import torch
 
 from electra_ray.config import ModelConfig
 from electra_ray.masking import mask_tokens
-from electra_ray.model import build_model, generator_config
-from electra_ray.objective import electra_loss, generator_logits, gumbel_sample, replace_tokens
+from electra_ray.model import build_model, flops_per_token, generator_config
+from electra_ray.objective import electra_loss, generator_logits, gumbel_sample, replace_tokens, summarize
 
 VOCAB = 300
 TINY = ModelConfig(num_layers=2, hidden_size=64, embedding_size=32, num_heads=4, intermediate_size=128,
@@ -104,10 +104,38 @@ def test_counters_match_the_losses():
     model = tiny_model().eval()
     batch = make_batch()
     out = model(**batch)
-    from electra_ray.objective import summarize
-
     summary = summarize(out.stats)
     assert summary["mlm_loss"] == pytest.approx(out.mlm_loss.item(), rel=1e-5)
     assert summary["rtd_loss"] == pytest.approx(out.rtd_loss.item(), rel=1e-5)
     assert 0 < summary["replaced_fraction"] <= 0.2
     assert 0 <= summary["gen_accuracy"] <= 1 and 0 <= summary["disc_accuracy"] <= 1
+
+
+def test_mlm_baseline_is_one_discriminator_sized_masked_lm():
+    torch.manual_seed(0)
+    model = build_model(TINY, VOCAB, objective="mlm")
+    config = model.mlm.config
+    assert model.NETWORKS == ("mlm",) and [n for n, _ in model.named_children()] == ["mlm"]
+    assert (config.hidden_size, config.intermediate_size, config.num_attention_heads) == (64, 128, 4)
+    batch = make_batch()
+    out = model(**batch)
+    # BERT's loss: the cross-entropy of the full masked-LM head, at the used slots only
+    logits = model.mlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    picked = torch.gather(logits, 1, batch["positions"].unsqueeze(-1).expand(-1, -1, VOCAB))
+    targets = torch.gather(batch["original_ids"], 1, batch["positions"])
+    token_loss = torch.nn.functional.cross_entropy(picked.flatten(0, 1), targets.flatten(), reduction="none")
+    expected = (token_loss * batch["weights"].flatten()).sum() / batch["weights"].sum()
+    assert torch.allclose(out.mlm_loss, expected, atol=1e-5) and torch.equal(out.loss, out.mlm_loss)
+    summary = summarize(out.stats)
+    assert summary["mlm_loss"] == pytest.approx(out.mlm_loss.item(), rel=1e-5) and summary["rtd_loss"] == 0
+    assert out.rtd_loss.item() == 0 and 0 <= summary["gen_accuracy"] <= 1
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_mlm_flops_are_the_encoder_and_its_head_at_masked_positions():
+    h, f, e, layers, seq, p = 64, 128, 32, 2, 32, 0.15
+    encoder = layers * (2 * (4 * h * h + 2 * h * f) + 2 * 2 * seq * h) + 2 * e * h
+    mlm = flops_per_token(TINY, VOCAB, seq, p, objective="mlm")
+    assert mlm == pytest.approx(3 * (encoder + p * 2 * (h * e + e * VOCAB)))
+    assert flops_per_token(TINY, VOCAB, seq, p) > mlm  # ELECTRA adds its generator

@@ -4,22 +4,13 @@ import glob
 import os
 
 import pytest
-import ray
 import torch
 
 from electra_ray.config import load_config
 from electra_ray.export import consolidated_state_dict, export, read_run_state
 from electra_ray.pretrain import pretrain
 
-pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=4, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 
 def tiny_config(corpus, tokenizer_dir, out, **overrides):

@@ -1,0 +1,443 @@
+"""Fine-tune a pre-trained encoder on a labeled task and measure it, with ELECTRA's recipe.
+
+    python -m electra_ray.finetune --model runs/run-.../export --train train.parquet --eval dev.parquet
+    python -m electra_ray.finetune --model EXPORT --train train.tsv --eval dev.tsv --task regression \\
+        --text-column sentence1 --pair-column sentence2 --label-column score --epochs 10
+
+Sequence classification (single sentences or pairs) or regression (STS-B style) on the encoder of
+an export (the discriminator; the MLM baseline's masked LM) or of any HF ELECTRA directory. One
+run per seed: OUT/seed-N holds the fine-tuned model and its tokenizer (HF format, loadable with
+`ElectraForSequenceClassification.from_pretrained`); OUT/metrics.json every seed's scores on the
+eval file, their mean, standard deviation and median, and the majority-class baseline. Runs on Ray
+Train (--num-workers N data-parallel workers) or in this process (--num-workers 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import typing
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import yaml
+
+from electra_ray.config import _f, apply_values
+from electra_ray.errors import UserError
+from electra_ray.tasks import (Examples, class_labels, classification_metrics, examples, read_task_file,
+                               regression_metrics)
+
+METRICS = {"classification": ("accuracy", "f1", "mcc"), "regression": ("pearson", "spearman", "mse")}
+
+
+class FinetuneError(UserError):
+    """Fine-tuning cannot start: no model at the path, or settings that do not fit together."""
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = _f("", "pre-trained model: an export directory (its discriminator/, or mlm/ for the MLM "
+                        "baseline) or any Hugging Face ELECTRA model directory")
+    train: str = _f("", "training file: Parquet, CSV, TSV or JSONL, one example per row")
+    eval: str = _f("", "evaluation file, laid out as the training file")
+    task: str = _f("classification", "classification (a class per example) or regression (a number per "
+                                     "example, as STS-B)", ("classification", "regression"))
+    text_column: str = _f("text", "column of the text (the first sentence of a pair)")
+    pair_column: str = _f("", "column of the second sentence of a pair; empty: single sentences")
+    label_column: str = _f("label", "column of the label")
+    labels: list = _f([], "the classes in index order; empty: the sorted distinct labels of the training file")
+    metric: str = _f("", "the metric of the summary line; empty: accuracy (classification), spearman "
+                         "(regression). All of accuracy/f1/mcc or pearson/spearman/mse are measured")
+    max_seq_len: int = _f(128, "tokens per example, [CLS] and [SEP] included; longer examples are truncated")
+    lr: float = _f(1e-4, "peak learning rate (ELECTRA: 1e-4; Large 5e-5)")
+    layer_decay: float = _f(0.8, "layer-wise LR decay: the task head gets lr, the top layer lr x decay, ..., "
+                                 "the embeddings lr x decay^(layers+1) (ELECTRA: 0.8; Large 0.9)")
+    warmup: float = _f(0.1, "fraction of the steps of linear warm-up; then linear decay to 0")
+    epochs: int = _f(3, "passes over the training data (ELECTRA: 3; 10 for RTE and STS-B)")
+    batch_size: int = _f(32, "examples per optimizer step, summed over workers")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
+    adam_eps: float = _f(1e-6, "AdamW epsilon")
+    grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)")
+    dropout: float = _f(0.1, "dropout in the encoder and the task head while fine-tuning")
+    seeds: list = _f([0, 1, 2], "one fine-tuning run per seed (head initialisation, example order, dropout)")
+    max_train_examples: int = _f(0, "fine-tune on the first N training examples only (0: all)")
+    num_workers: int = _f(1, "Ray Train workers (data-parallel); 0: train in this process, without Ray")
+    threads: int = _f(0, "torch threads of each worker (or of this process); 0: on a local Ray the machine's "
+                         "cores divided among the workers, in this process torch's default")
+    use_gpu: bool = _f(False, "one GPU per worker (in this process: the first GPU)")
+    out: str = _f("", "output directory; empty: runs/finetune-<date>-<time>")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Tokenized examples, padded to the longest; each batch is cut to its own longest."""
+    input_ids: np.ndarray       # [N, L] int64
+    token_type_ids: np.ndarray  # [N, L] int64: 0 for the first sentence, 1 for the second
+    lengths: np.ndarray         # [N] tokens of each example
+    labels: np.ndarray          # [N] int64 class indices or float32 targets
+
+
+@dataclass
+class FinetuneResult:
+    out: str
+    metrics: dict  # the content of OUT/metrics.json
+
+
+def model_directory(path: str) -> str:
+    """The Hugging Face directory to fine-tune: PATH itself when it holds a model, else the encoder
+    network of an electra-ray export: discriminator/ (ELECTRA) or mlm/ (the MLM baseline)."""
+    for candidate in (path, os.path.join(path, "discriminator"), os.path.join(path, "mlm")):
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate
+    raise FinetuneError(f"no model at {path}: expected a Hugging Face model directory (config.json) or an "
+                        f"electra-ray export (discriminator/ or mlm/)")
+
+
+def validate(cfg: FinetuneConfig) -> None:
+    metrics = METRICS[cfg.task] if cfg.task in METRICS else ()
+    checks = [
+        (cfg.task in METRICS, f"task must be one of {list(METRICS)}, got {cfg.task!r}"),
+        (not cfg.metric or cfg.metric in metrics, f"metric {cfg.metric!r} is not one of {list(metrics)} "
+                                                  f"(the metrics of a {cfg.task} task)"),
+        (cfg.epochs >= 1 and cfg.batch_size >= 1 and cfg.seeds, "epochs, batch_size and seeds must be set"),
+        (cfg.batch_size % max(1, cfg.num_workers) == 0,
+         f"batch_size ({cfg.batch_size}) must be divisible by num_workers ({cfg.num_workers})"),
+        (0 < cfg.layer_decay <= 1 and 0 <= cfg.warmup < 1, "layer_decay must be in (0, 1] and warmup in [0, 1)"),
+        (cfg.max_seq_len >= 3, "max_seq_len must be >= 3"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FinetuneError(message)
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def encode(tokenizer, data: Examples, max_len: int) -> TaskData:
+    encoded = tokenizer(data.texts, data.pairs, truncation=True, max_length=max_len, padding=True,
+                        return_token_type_ids=True, return_tensors="np")
+    return TaskData(encoded["input_ids"].astype(np.int64), encoded["token_type_ids"].astype(np.int64),
+                    encoded["attention_mask"].sum(axis=1), data.labels)
+
+
+def load_task(cfg: FinetuneConfig, tokenizer, max_len: int) -> tuple[TaskData, TaskData, list | None]:
+    """(train, eval, classes): both files read, checked and tokenized. Classes are None for
+    regression."""
+    texts = [c for c in (cfg.text_column, cfg.pair_column) if c]
+    columns = texts + [cfg.label_column]
+    train = read_task_file(cfg.train, columns, texts)
+    if cfg.max_train_examples:
+        train = train.slice(0, cfg.max_train_examples)
+    labels = None
+    if cfg.task == "classification":
+        labels = list(cfg.labels) or class_labels(train, cfg.label_column)
+        if len(labels) < 2:
+            raise FinetuneError(f"training file {cfg.train} has {len(labels)} distinct label(s) in column "
+                                f"'{cfg.label_column}'; classification needs at least 2")
+    columns_of = dict(text_column=cfg.text_column, pair_column=cfg.pair_column, label_column=cfg.label_column)
+    train_examples = examples(train, cfg.train, **columns_of, labels=labels)
+    eval_examples = examples(read_task_file(cfg.eval, columns, texts), cfg.eval, **columns_of, labels=labels)
+    if not train_examples.texts or not eval_examples.texts:
+        raise FinetuneError(f"no examples in {cfg.train if not train_examples.texts else cfg.eval}")
+    return encode(tokenizer, train_examples, max_len), encode(tokenizer, eval_examples, max_len), labels
+
+
+def batch(data: TaskData, index: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    width = int(data.lengths[index].max())
+    tensors = {"input_ids": data.input_ids[index, :width], "token_type_ids": data.token_type_ids[index, :width],
+               "attention_mask": (np.arange(width)[None, :] < data.lengths[index, None]).astype(np.int64),
+               "labels": data.labels[index]}
+    return {name: torch.from_numpy(value).to(device) for name, value in tensors.items()}
+
+
+# -- model and optimizer -------------------------------------------------------------------------
+
+def load_classifier(model_dir: str, cfg: FinetuneConfig, labels: list | None):
+    """ElectraForSequenceClassification on the encoder of `model_dir`, with a new task head. Any
+    encoder weight missing from the directory is an error, not a silently random layer."""
+    import transformers
+    from transformers import ElectraForSequenceClassification
+
+    task = {"num_labels": len(labels), "id2label": {i: str(v) for i, v in enumerate(labels)},
+            "label2id": {str(v): i for i, v in enumerate(labels)}} if labels else \
+        {"num_labels": 1, "problem_type": "regression"}
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "newly initialized: classifier.*" is the point here
+    try:
+        model, info = ElectraForSequenceClassification.from_pretrained(
+            model_dir, output_loading_info=True, hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout, **task)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    missing = [k for k in info["missing_keys"] if not k.startswith("classifier.")]
+    if missing or info["mismatched_keys"]:
+        raise FinetuneError(f"model {model_dir} lacks encoder weights: missing {missing[:3]}, "
+                            f"mismatched {list(info['mismatched_keys'])[:3]}")
+    return model
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """0 for the embeddings (and their projection), i + 1 for encoder layer i, num_layers + 1 for
+    the task head. Layer numbers are parsed whole, so layer 1 never matches layer 10."""
+    match = re.search(r"\.encoder\.layer\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    return 0 if name.startswith("electra.embeddings") else num_layers + 1
+
+
+def layer_param_groups(model, lr: float, layer_decay: float, weight_decay: float) -> list[dict]:
+    """AdamW groups with layer-wise LR decay (ELECTRA's fine-tuning; the intended rates of
+    google-research/electra#51): depth d gets lr x layer_decay^(num_layers + 1 - d). Weight decay
+    as in pre-training (none on biases and LayerNorm)."""
+    from electra_ray.train import param_groups
+
+    num_layers = model.config.num_hidden_layers
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for group in param_groups(model, weight_decay):
+        by_depth = defaultdict(list)
+        for param in group["params"]:
+            by_depth[layer_depth(names[id(param)], num_layers)].append(param)
+        groups += [{"params": params, "weight_decay": group["weight_decay"],
+                    "lr": lr * layer_decay ** (num_layers + 1 - depth)} for depth, params in sorted(by_depth.items())]
+    return groups
+
+
+def build_optimizer(model, cfg: FinetuneConfig, total_steps: int):
+    """AdamW over the layer-wise groups, and the schedule: warm-up for `warmup` of the steps, then
+    linear decay to 0 (the pre-training schedule)."""
+    from electra_ray.train import lr_lambda
+
+    optimizer = torch.optim.AdamW(layer_param_groups(model, cfg.lr, cfg.layer_decay, cfg.weight_decay),
+                                  lr=cfg.lr, eps=cfg.adam_eps)
+    schedule = lr_lambda(int(cfg.warmup * total_steps), total_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+# -- training (the same loop in this process and on each Ray Train worker) -----------------------
+
+def train_worker(loop_config: dict) -> list[dict]:
+    """Fine-tune one seed. In this process, saves the model to loop_config["out"]; on Ray Train,
+    rank 0 reports it as the checkpoint. Returns the per-epoch training losses."""
+    cfg = FinetuneConfig(**loop_config["config"])
+    data: TaskData = loop_config["train"]
+    seed, on_ray = loop_config["seed"], loop_config["ray"]
+    rank, world, device = 0, 1, torch.device("cuda" if cfg.use_gpu else "cpu")
+    if on_ray:
+        import ray.train
+        import ray.train.torch
+
+        from electra_ray.train import _quiet_report_logging
+
+        _quiet_report_logging()
+        rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+        device = ray.train.torch.get_device() if cfg.use_gpu else device
+    if loop_config["num_threads"]:
+        torch.set_num_threads(loop_config["num_threads"])
+    torch.manual_seed(seed)  # the same head on every rank
+    model = load_classifier(loop_config["model_dir"], cfg, loop_config["labels"]).to(device)
+    steps_per_epoch = math.ceil(len(data.lengths) / cfg.batch_size)
+    optimizer, scheduler = build_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
+    if on_ray:
+        model = ray.train.torch.prepare_model(model)  # DDP when world > 1
+    order_rng = np.random.default_rng(seed)  # the same example order on every rank; each takes its part
+    per_rank = cfg.batch_size // world
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        # Every step has batch_size examples: the last one is completed from the epoch's start.
+        steps = np.resize(order_rng.permutation(len(data.lengths)), steps_per_epoch * cfg.batch_size)
+        loss_sum = 0.0
+        for index in steps.reshape(steps_per_epoch, cfg.batch_size):
+            loss = model(**batch(data, index[rank * per_rank:(rank + 1) * per_rank], device)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item()
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch})
+        if on_ray and epoch + 1 < cfg.epochs:
+            ray.train.report(history[-1])
+    trained = getattr(model, "module", model)
+    if not on_ray:
+        trained.save_pretrained(loop_config["out"])
+        return history
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            trained.save_pretrained(directory)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(history[-1], checkpoint=checkpoint)
+    return history
+
+
+def train_seed(cfg: FinetuneConfig, model_dir: str, train: TaskData, labels: list | None, seed: int,
+               seed_dir: str, num_threads: int = 0) -> float:
+    """One fine-tuning run, in this process or on Ray Train; the model ends in seed_dir. Returns
+    the last epoch's training loss."""
+    loop_config = {"config": dataclasses.asdict(cfg), "train": train, "labels": labels, "seed": seed,
+                   "model_dir": os.path.abspath(model_dir), "ray": cfg.num_workers > 0, "out": seed_dir,
+                   "num_threads": num_threads}
+    if cfg.num_workers == 0:
+        return train_worker(loop_config)[-1]["train_loss"]
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    storage = os.path.join(os.path.dirname(seed_dir), "ray-train")
+    trainer = TorchTrainer(
+        train_worker, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": 1}),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(name=os.path.basename(seed_dir), storage_path=storage))
+    result = trainer.fit()
+    result.checkpoint.to_directory(seed_dir)
+    shutil.rmtree(storage, ignore_errors=True)  # the model is in seed_dir now
+    return result.metrics["train_loss"]
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model, data: TaskData, batch_size: int = 128) -> np.ndarray:
+    """Class indices (classification) or predicted values (regression), one per example."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for start in range(0, len(data.lengths), batch_size):
+        inputs = batch(data, np.arange(start, min(start + batch_size, len(data.lengths))), device)
+        inputs.pop("labels")
+        logits = model(**inputs).logits.float().cpu()
+        outputs.append(logits[:, 0] if model.config.problem_type == "regression" else logits.argmax(-1))
+    return torch.cat(outputs).numpy()
+
+
+def score(data: TaskData, predictions: np.ndarray, labels: list | None) -> dict[str, float]:
+    if labels is None:
+        return regression_metrics(data.labels, predictions)
+    return classification_metrics(data.labels, predictions, len(labels))
+
+
+def majority_baseline(train: TaskData, evaluation: TaskData, labels: list | None) -> dict | None:
+    """The eval scores of always predicting the most frequent training class (classification)."""
+    if labels is None:
+        return None
+    majority = int(np.bincount(train.labels, minlength=len(labels)).argmax())
+    return {"label": labels[majority], **score(evaluation, np.full_like(evaluation.labels, majority), labels)}
+
+
+def summarize(runs: list[dict], names: tuple[str, ...]) -> dict[str, dict]:
+    """Mean, standard deviation (ddof=1: a sample of seeds) and median of each metric over seeds."""
+    summary = {}
+    for name in names:
+        values = np.array([run["metrics"][name] for run in runs])
+        summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                         "median": float(np.median(values)), "values": values.tolist()}
+    return summary
+
+
+# -- the verb ------------------------------------------------------------------------------------
+
+def run_seed(cfg: FinetuneConfig, model_dir: str, tokenizer, train: TaskData, evaluation: TaskData,
+             labels: list | None, seed: int, out: str, num_threads: int) -> dict:
+    """Fine-tune with one seed, save the model with its tokenizer, score it on the eval data."""
+    from transformers import ElectraForSequenceClassification
+
+    start = time.perf_counter()
+    seed_dir = os.path.join(out, f"seed-{seed}")
+    train_loss = train_seed(cfg, model_dir, train, labels, seed, seed_dir, num_threads)
+    tokenizer.save_pretrained(seed_dir)
+    metrics = score(evaluation, predict(ElectraForSequenceClassification.from_pretrained(seed_dir), evaluation),
+                    labels)
+    run = {"seed": seed, "model": seed_dir, "train_loss": train_loss, "metrics": metrics,
+           "seconds": time.perf_counter() - start}
+    print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
+          f" | train loss {train_loss:.4f} | {run['seconds']:.0f}s", flush=True)
+    return run
+
+
+def finetune(cfg: FinetuneConfig) -> FinetuneResult:
+    from transformers import AutoConfig, AutoTokenizer
+
+    validate(cfg)
+    model_dir = model_directory(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    max_len = min(cfg.max_seq_len, AutoConfig.from_pretrained(model_dir).max_position_embeddings)
+    train, evaluation, labels = load_task(cfg, tokenizer, max_len)
+    out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("finetune-%Y%m%d-%H%M%S")))
+    os.makedirs(out, exist_ok=True)
+    num_threads = cfg.threads
+    if cfg.num_workers:
+        from electra_ray.config import Config, ScalingConfig
+        from electra_ray.pretrain import init_ray
+
+        num_threads = cfg.threads or init_ray(Config(scaling=ScalingConfig(num_workers=cfg.num_workers,
+                                                                           use_gpu=cfg.use_gpu)))
+    print(f"fine-tuning {model_dir} on {len(train.lengths)} examples ({cfg.train}), evaluating on "
+          f"{len(evaluation.lengths)} ({cfg.eval}); seeds {list(cfg.seeds)}", flush=True)
+    previous_threads = torch.get_num_threads()  # in this process, cfg.threads holds only while we run
+    try:
+        runs = [run_seed(cfg, model_dir, tokenizer, train, evaluation, labels, seed, out, num_threads)
+                for seed in cfg.seeds]
+    finally:
+        torch.set_num_threads(previous_threads)
+    result = {"model": model_dir, "train": cfg.train, "eval": cfg.eval, "task": cfg.task, "labels": labels,
+              "metric": cfg.metric or ("accuracy" if cfg.task == "classification" else "spearman"),
+              "train_examples": len(train.lengths), "eval_examples": len(evaluation.lengths),
+              "majority_baseline": majority_baseline(train, evaluation, labels),
+              "summary": summarize(runs, METRICS[cfg.task]), "runs": runs, "config": dataclasses.asdict(cfg)}
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(format_summary(result), flush=True)
+    return FinetuneResult(out, result)
+
+
+def format_summary(result: dict) -> str:
+    metric, stats = result["metric"], result["summary"][result["metric"]]
+    line = (f"{metric} {stats['mean']:.4f} ± {stats['std']:.4f} (median {stats['median']:.4f}, "
+            f"{len(stats['values'])} seeds)")
+    if result["majority_baseline"] and metric in result["majority_baseline"]:
+        line += f"; majority class: {result['majority_baseline'][metric]:.4f}"
+    return line
+
+
+def parser() -> argparse.ArgumentParser:
+    """One flag per FinetuneConfig field (--layer-decay for layer_decay), its help and default."""
+    parser = argparse.ArgumentParser(prog="python -m electra_ray.finetune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(FinetuneConfig)
+    for field in dataclasses.fields(FinetuneConfig):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        listed = hints[field.name] is list
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=argparse.SUPPRESS,
+                            required=field.name in ("model", "train", "eval"), nargs="+" if listed else None,
+                            type=yaml.safe_load if listed else str, choices=field.metadata["choices"],
+                            help=f"{field.metadata['help']} (default: {default!r})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    from electra_ray.cli import run_cli
+
+    def run():
+        cfg = FinetuneConfig()
+        apply_values(cfg, vars(args))
+        result = finetune(cfg)
+        print(f"metrics: {os.path.join(result.out, 'metrics.json')}")
+
+    run_cli(run)
+
+
+if __name__ == "__main__":
+    main()
