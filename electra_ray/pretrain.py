@@ -74,6 +74,16 @@ def init_ray(cfg: Config) -> int:
     return max(1, (os.cpu_count() or 1) // cfg.scaling.num_workers)
 
 
+def scaling_config(cfg: Config):
+    """What Ray Train asks the cluster for: scaling.num_workers workers, each with
+    scaling.cpus_per_worker CPUs (default 1) and, with scaling.use_gpu, one GPU. On an autoscaling
+    cluster these requests are what brings up worker nodes."""
+    import ray.train
+
+    return ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                   resources_per_worker={"CPU": cfg.scaling.cpus_per_worker or 1.0})
+
+
 def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     import ray.data
     import ray.train
@@ -105,21 +115,19 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
         from electra_ray.train import peak_flops
 
         peak = peak_flops(torch.device("cpu"), threads)
-    cpus = cfg.scaling.cpus_per_worker or 1.0
     storage_filesystem, storage_path = storage.resolve(cfg.output.dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "tokenizer_json": tokenizer_json, "vocab_size": vocab_size,
                            "num_threads": threads, "peak_flops": peak},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                               resources_per_worker={"CPU": cpus}),
+        scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=cfg.output.name, storage_path=storage_path,
             storage_filesystem=storage_filesystem if storage.is_remote(cfg.output.dir) else None,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=[MetricsLogger(run_dir)]),
-        datasets={"train": build_dataset(cfg.data, tokenizer_json, "train")},
+        datasets={"train": build_dataset(cfg.data, tokenizer_json, "train", cfg.scaling.data_resource)},
     )
     try:
         result = trainer.fit()

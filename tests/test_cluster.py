@@ -1,0 +1,240 @@
+"""Cluster configs and multi-node runs.
+
+The YAMLs in cluster/ are checked against Ray's own autoscaler schema. Then real Ray clusters on
+this machine, several nodes each, started with `ray start` in subprocesses: a job submitted with
+`ray job submit` trains and exports, with Ray Data's tasks on the node that has `data_node`; and
+a cluster started from a fake multi-node autoscaling config grows when training asks for more
+workers than the head node has. Every process a test starts is stopped by pid at the end.
+"""
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import psutil
+import pytest
+import yaml
+
+from conftest import _free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+class LocalCluster:
+    """Ray nodes on this machine: a head (dashboard and job API on 127.0.0.1) plus any workers.
+
+    Each node is a `ray start --block` subprocess with a temp dir of its own under `self.temp_dir`
+    (as on separate machines: nodes sharing one would delete each other's unpacked working dirs).
+    Every Ray process of the cluster descends from one of them or names that dir, and `stop` ends
+    exactly those, by pid. Token authentication is on, with a token of this cluster's own."""
+
+    def __init__(self, log_dir: str, env: dict[str, str] | None = None):
+        self.temp_dir = tempfile.mkdtemp(prefix="er7-", dir="/tmp")  # short: Ray's socket paths are capped
+        self.port, self.dashboard_port = _free_port(), _free_port()
+        self.token = secrets.token_hex(16)
+        self.env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN": self.token, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env or {})}
+        self.nodes: list[subprocess.Popen] = []
+        self.log = open(os.path.join(log_dir, "ray-nodes.log"), "ab")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, args: list[str]) -> None:
+        temp_dir = os.path.join(self.temp_dir, f"n{len(self.nodes)}")
+        common = [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
+                  f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+                  "--object-store-memory=200000000", "--disable-usage-stats", "--block"]
+        self.nodes.append(subprocess.Popen([os.path.join(BIN, "ray"), "start", *args, *common], env=self.env,
+                                           stdout=self.log, stderr=subprocess.STDOUT))
+
+    def start_head(self, num_cpus: int, *extra: str) -> "LocalCluster":
+        self._start(["--head", f"--port={self.port}", f"--num-cpus={num_cpus}", "--include-dashboard=true",
+                     "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                     f"--ray-client-server-port={_free_port()}", *extra])
+        self.wait_for(lambda: len(self.alive_nodes()) == 1, "the head node")
+        return self
+
+    def add_node(self, num_cpus: int, resources: dict | None = None) -> None:
+        """Start a worker node and wait until it has joined (one at a time: nodes that register
+        together on one IP can time out)."""
+        count = len(self.alive_nodes())
+        self._start([f"--address={self.address}", f"--num-cpus={num_cpus}",
+                     f"--resources={json.dumps(resources or {})}"])
+        self.wait_for(lambda: len(self.alive_nodes()) == count + 1, f"node {count + 1}")
+
+    def api(self, path: str):
+        """GET the dashboard's HTTP API (the token in the header, as `ray job` sends it)."""
+        request = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def alive_nodes(self) -> list[dict]:
+        try:
+            nodes = self.api("/api/v0/nodes?detail=1&limit=100")["data"]["result"]["result"]
+        except OSError:
+            return []
+        return [node for node in nodes if node["state"] == "ALIVE"]
+
+    def wait_for(self, condition, what: str, timeout: float = 90) -> float:
+        start = time.monotonic()
+        while not condition():
+            for node in self.nodes:
+                assert node.poll() is None, f"`ray start` exited ({node.returncode}) waiting for {what}: " \
+                                            f"see {self.log.name}"
+            assert time.monotonic() - start < timeout, f"timed out waiting for {what}: see {self.log.name}"
+            time.sleep(0.5)
+        return time.monotonic() - start
+
+    def ray(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """A `ray` CLI command against this cluster, as a user would type it."""
+        return subprocess.run([os.path.join(BIN, "ray"), *args], env={**self.env, "RAY_ADDRESS": self.dashboard},
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    def processes(self) -> list[psutil.Process]:
+        found = {}
+        for node in self.nodes:
+            try:
+                parent = psutil.Process(node.pid)
+                found.update({p.pid: p for p in [parent, *parent.children(recursive=True)]})
+            except psutil.NoSuchProcess:
+                pass
+        for process in psutil.process_iter(["cmdline"]):  # anything re-parented, by our temp dir
+            if any(self.temp_dir in part for part in process.info["cmdline"] or []):
+                found[process.pid] = process
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self) -> None:
+        """SIGTERM every process of the cluster at once, SIGKILL what is left after 10 s."""
+        processes = self.processes()
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.terminate()
+        _, alive = psutil.wait_procs(processes, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        for node in self.nodes:
+            node.wait(timeout=10)
+        self.log.close()
+        logs = os.path.join(self.temp_dir, "n0", "session_latest", "logs")  # keep the autoscaler's and jobs'
+        for name in os.listdir(logs) if os.path.isdir(logs) else []:
+            if name.startswith(("monitor", "job-driver")):
+                shutil.copy(os.path.join(logs, name), os.path.dirname(self.log.name))
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    clusters = []
+
+    def make(**kwargs) -> LocalCluster:
+        clusters.append(LocalCluster(str(tmp_path), **kwargs))
+        return clusters[-1]
+
+    yield make
+    for c in clusters:
+        c.stop()
+        assert not c.processes(), "Ray processes left behind"
+
+
+def tiny_job_overrides(corpus: str, tokenizer: str, out: str, name: str) -> list[str]:
+    return [f"data.path={corpus}", f"data.tokenizer={tokenizer}", "data.seq_len=64", "data.eval_fraction=0.1",
+            "model.num_layers=2", "model.hidden_size=64", "model.embedding_size=64", "model.intermediate_size=128",
+            "model.max_position_embeddings=64", "train.max_steps=4", "train.log_every=2",
+            "train.checkpoint_every=4", "train.batch_size=8", "train.warmup_steps=2",
+            f"output.dir={out}", f"output.name={name}"]
+
+
+@pytest.mark.ray
+def test_job_submit_to_a_multinode_cluster_trains_and_exports(cluster, small_corpus, tokenizer_dir, tmp_path):
+    # As on AWS: a head that runs nothing (0 CPUs), a "GPU" worker (here: the only node with the 2 CPUs
+    # a training worker asks for) and a CPU worker that has `data_node`, so Ray Data runs there.
+    c = cluster().start_head(num_cpus=0)
+    c.add_node(num_cpus=2)
+    c.add_node(num_cpus=1, resources={"data_node": 1})
+
+    start = time.monotonic()
+    submit = c.ray("job", "submit", "--submission-id", "electra-job", "--working-dir", ".", "--",
+                   "python", "-m", "electra_ray.pretrain", "--config", "configs/tiny.yaml", "--set",
+                   *tiny_job_overrides(small_corpus, tokenizer_dir, str(tmp_path), "job"),
+                   "scaling.num_workers=1", "scaling.cpus_per_worker=2", "scaling.data_resource=data_node")
+    elapsed = time.monotonic() - start
+    open(tmp_path / "job.log", "w").write(submit.stdout + submit.stderr)
+    assert c.api("/api/jobs/electra-job")["status"] == "SUCCEEDED", submit.stdout[-4000:] + submit.stderr[-2000:]
+    print(f"job submit -> SUCCEEDED in {elapsed:.1f}s")
+
+    lines = submit.stdout.splitlines()
+    export = next(line.split(": ", 1)[1] for line in lines if line.startswith("export: "))
+    assert export == str(tmp_path / "job" / "export")
+    assert "step 4/4 | loss" in submit.stdout
+
+    from transformers import AutoTokenizer, ElectraForPreTraining
+
+    model = ElectraForPreTraining.from_pretrained(os.path.join(export, "discriminator"))
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(export, "discriminator"))
+    assert len(tokenizer) == model.config.vocab_size == 2000 and model.config.hidden_size == 64
+
+    # Where the work ran: Ray Data's tasks on the data node only, the training worker elsewhere.
+    nodes = {n["node_id"]: n["resources_total"] for n in c.alive_nodes()}
+    json.dump({"nodes": nodes, "tasks": c.api("/api/v0/tasks?detail=1&limit=10000"), "actors": c.api("/api/v0/actors?detail=1&limit=1000")}, open(tmp_path / "state.json", "w"), indent=1)
+    tasks = c.api("/api/v0/tasks?detail=1&limit=10000")["data"]["result"]["result"]
+    data_nodes = {t["node_id"] for t in tasks if "ReadParquet" in t["name"] or "MapBatches" in t["name"]}
+    train_nodes = {t["node_id"] for t in tasks if "RayTrainWorker" in t["name"]}
+    assert data_nodes and all("data_node" in nodes[n] for n in data_nodes), (data_nodes, nodes)
+    assert train_nodes and not any("data_node" in nodes[n] for n in train_nodes), (train_nodes, nodes)
+
+
+@pytest.mark.ray
+def test_autoscaler_adds_nodes_when_training_asks_for_more_workers(cluster, small_corpus, tokenizer_dir, tmp_path):
+    # Head: room for one 2-CPU training worker. Two are asked for: the autoscaler must start a
+    # gpu_worker for the second, and a cpu_worker (the only type with data_node) for Ray Data.
+    c = cluster(env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+    with open(os.path.join(ROOT, "cluster", "local-fake.yaml")) as f:
+        config = yaml.safe_load(f)
+    config["provider"]["gcs_address"] = c.address
+    config_path = tmp_path / "local-fake.json"
+    config_path.write_text(json.dumps(config))
+    c.start_head(config["available_node_types"]["ray.head.default"]["resources"]["CPU"],
+                 f"--autoscaling-config={config_path}")
+
+    # No --working-dir here: the fake provider's nodes share the head's temp dir, where unpacking
+    # the working dir again would pull it from under the driver. The package is installed instead,
+    # as the setup commands of aws.yaml do.
+    submit = c.ray("job", "submit", "--no-wait", "--submission-id", "autoscale", "--",
+                   "python", "-m", "electra_ray.pretrain", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+                   "--set", *tiny_job_overrides(small_corpus, tokenizer_dir, str(tmp_path), "autoscale"),
+                   "scaling.num_workers=2", "scaling.cpus_per_worker=2", "scaling.data_resource=data_node")
+    assert submit.returncode == 0, submit.stderr
+    start, timeline = time.monotonic(), []
+    while (status := c.api("/api/jobs/autoscale")["status"]) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        nodes = c.alive_nodes()
+        if not timeline or timeline[-1][1] != len(nodes):
+            timeline.append((round(time.monotonic() - start, 1), len(nodes),
+                             sorted(n["resources_total"].get("CPU", 0) for n in nodes)))
+        assert time.monotonic() - start < 300, f"job still {status} after 300 s; nodes: {timeline}"
+        time.sleep(0.5)
+    print(f"job {status} in {time.monotonic() - start:.1f}s; alive nodes over time (s, count, CPUs): {timeline}")
+    logs = c.ray("job", "logs", "autoscale").stdout
+    (tmp_path / "job.log").write_text(logs)
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert timeline[0][1] == 1 and max(count for _, count, _ in timeline) >= 3, timeline
+    assert f"export: {tmp_path / 'autoscale' / 'export'}" in logs
+
+    # The two training workers ran on two nodes: the head and a gpu_worker the autoscaler added.
+    actors = c.api("/api/v0/actors?detail=1&limit=1000")["data"]["result"]["result"]
+    assert len({a["node_id"] for a in actors if a["class_name"] == "RayTrainWorker"}) == 2
