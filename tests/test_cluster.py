@@ -25,7 +25,97 @@ import yaml
 from conftest import _free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER = os.path.join(ROOT, "cluster")
 BIN = os.path.dirname(sys.executable)
+
+
+def load(name: str) -> dict:
+    with open(os.path.join(CLUSTER, name)) as f:
+        return yaml.safe_load(f)
+
+
+def autoscaler_config(config: dict) -> dict:
+    """A cluster file as Ray's autoscaler reads it, checked against Ray's schema on the way."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    if config.get("kind") == "RayJob":  # KubeRay's autoscaler reads the RayCluster part
+        cluster = {"apiVersion": config["apiVersion"], "kind": "RayCluster",
+                   "metadata": {"name": config["metadata"]["name"], "namespace": "default"},
+                   "spec": config["spec"]["rayClusterSpec"]}
+        return _derive_autoscaling_config_from_ray_cr(cluster)  # validates
+    if config["provider"]["type"] != "fake_multinode":  # the wheel lacks this provider's defaults file
+        config = prepare_config(config)  # fills in the provider's defaults, as `ray up` does
+    validate_config(config)
+    return config
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "kuberay.yaml", "local-fake.yaml"])
+def test_cluster_files_validate_against_rays_autoscaler_schema(name):
+    config = autoscaler_config(load(name))
+    types = config["available_node_types"]
+    workers = [t for key, t in types.items() if key != config["head_node_type"]]
+    assert types[config["head_node_type"]]["max_workers"] == 0
+    assert all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in workers)
+    assert config["idle_timeout_minutes"] > 0
+
+
+def test_schema_validation_rejects_a_typo():
+    from jsonschema import ValidationError
+
+    config = load("aws.yaml")
+    gpu_worker = config["available_node_types"]["gpu_worker"]
+    gpu_worker["max_worker"] = gpu_worker.pop("max_workers")
+    with pytest.raises(ValidationError, match="max_worker"):
+        autoscaler_config(config)
+
+
+def test_aws_config_opens_no_port_and_holds_no_credentials():
+    text = open(os.path.join(CLUSTER, "aws.yaml")).read()
+    assert "0.0.0.0" not in text
+    assert not any(word in text.lower() for word in ("aws_access_key", "aws_secret", "akia", "ray_auth_token"))
+    config = load("aws.yaml")
+    for node_type in config["available_node_types"].values():
+        # Given security groups, `ray up` creates none (its own would open SSH to 0.0.0.0/0).
+        assert node_type["node_config"]["SecurityGroupIds"]
+        assert node_type["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]  # every process on every node
+    assert "pip install --quiet ~/electra-ray" in config["setup_commands"]
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "kuberay.yaml"])
+@pytest.mark.parametrize("preset", ["base.yaml", "large.yaml"])
+def test_autoscaler_answers_training_with_gpu_nodes_and_ray_data_with_cpu_nodes(name, preset):
+    """Ray's own planner, asked for what pretrain requests: Ray Train's workers (from the preset's
+    scaling section) get GPU nodes, 8 to a node; Ray Data's tasks get the CPU type."""
+    from functools import partial
+
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+
+    from electra_ray.config import load_config
+    from electra_ray.pretrain import scaling_config
+
+    config = autoscaler_config(load(name))
+    types, head = config["available_node_types"], config["head_node_type"]
+    gpu_type = next(key for key, t in types.items() if t["resources"].get("GPU"))
+    [data_type] = [key for key, t in types.items() if "data_node" in t["resources"]]
+    assert not types[data_type]["resources"].get("GPU")
+
+    def plan(demands):
+        scorer = partial(_default_utilization_scorer,
+                         node_availability_summary=NodeAvailabilitySummary(node_availabilities={}))
+        added, unmet = get_nodes_for(types, {}, head, config["max_workers"], demands, scorer)
+        assert not unmet
+        return dict(added)
+
+    cfg = load_config(os.path.join(ROOT, "configs", preset), ["scaling.data_resource=data_node"])
+    scaling = scaling_config(cfg)
+    assert plan([scaling._resources_per_worker_not_none] * scaling.num_workers) == {
+        gpu_type: cfg.scaling.num_workers // types[gpu_type]["resources"]["GPU"]}
+    # what each read / tokenize task asks for (data.build_dataset)
+    assert plan([{"CPU": 1, cfg.scaling.data_resource: 0.001}] * 8) == {data_type: 1}
 
 
 class LocalCluster:
@@ -41,7 +131,12 @@ class LocalCluster:
         self.port, self.dashboard_port = _free_port(), _free_port()
         self.token = secrets.token_hex(16)
         self.env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-                    "RAY_AUTH_TOKEN": self.token, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env or {})}
+                    "RAY_AUTH_TOKEN": self.token,
+                    # Ray processes that look for "the" cluster would find other people's on this machine.
+                    "RAY_ADDRESS": self.address,
+                    # Ray Data starts 32 actor processes to read Parquet footers; for two small files
+                    # that is most of a 2-core machine's work.
+                    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1", **(env or {})}
         self.nodes: list[subprocess.Popen] = []
         self.log = open(os.path.join(log_dir, "ray-nodes.log"), "ab")
 
@@ -152,6 +247,11 @@ def cluster(tmp_path):
         assert not c.processes(), "Ray processes left behind"
 
 
+def actor_nodes(c: LocalCluster, class_name: str) -> list[str]:
+    actors = c.api("/api/v0/actors?detail=1&limit=1000")["data"]["result"]["result"]
+    return [a["node_id"] for a in actors if a["class_name"] == class_name]
+
+
 def tiny_job_overrides(corpus: str, tokenizer: str, out: str, name: str) -> list[str]:
     return [f"data.path={corpus}", f"data.tokenizer={tokenizer}", "data.seq_len=64", "data.eval_fraction=0.1",
             "model.num_layers=2", "model.hidden_size=64", "model.embedding_size=64", "model.intermediate_size=128",
@@ -162,10 +262,9 @@ def tiny_job_overrides(corpus: str, tokenizer: str, out: str, name: str) -> list
 
 @pytest.mark.ray
 def test_job_submit_to_a_multinode_cluster_trains_and_exports(cluster, small_corpus, tokenizer_dir, tmp_path):
-    # As on AWS: a head that runs nothing (0 CPUs), a "GPU" worker (here: the only node with the 2 CPUs
-    # a training worker asks for) and a CPU worker that has `data_node`, so Ray Data runs there.
-    c = cluster().start_head(num_cpus=0)
-    c.add_node(num_cpus=2)
+    # The head stands in for a GPU node (the only node with the 2 CPUs a training worker asks for),
+    # the other node for a CPU node: it has `data_node`, so Ray Data's tasks must run there.
+    c = cluster().start_head(num_cpus=2)
     c.add_node(num_cpus=1, resources={"data_node": 1})
 
     start = time.monotonic()
@@ -189,23 +288,22 @@ def test_job_submit_to_a_multinode_cluster_trains_and_exports(cluster, small_cor
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(export, "discriminator"))
     assert len(tokenizer) == model.config.vocab_size == 2000 and model.config.hidden_size == 64
 
-    # Where the work ran: Ray Data's tasks on the data node only, the training worker elsewhere.
-    nodes = {n["node_id"]: n["resources_total"] for n in c.alive_nodes()}
-    json.dump({"nodes": nodes, "tasks": c.api("/api/v0/tasks?detail=1&limit=10000"), "actors": c.api("/api/v0/actors?detail=1&limit=1000")}, open(tmp_path / "state.json", "w"), indent=1)
+    # Where the work ran: reading and tokenizing on the data node only, training on the head.
+    # (Listing the files and reading Parquet footers are Ray Data's own small tasks, not steered.)
+    data_node = {n["node_id"] for n in c.alive_nodes() if "data_node" in n["resources_total"]}
     tasks = c.api("/api/v0/tasks?detail=1&limit=10000")["data"]["result"]["result"]
-    data_nodes = {t["node_id"] for t in tasks if "ReadParquet" in t["name"] or "MapBatches" in t["name"]}
-    train_nodes = {t["node_id"] for t in tasks if "RayTrainWorker" in t["name"]}
-    assert data_nodes and all("data_node" in nodes[n] for n in data_nodes), (data_nodes, nodes)
-    assert train_nodes and not any("data_node" in nodes[n] for n in train_nodes), (train_nodes, nodes)
+    data_work = [t for t in tasks if t["type"] == "NORMAL_TASK" and ("Parquet" in t["name"] or "MapBatches" in t["name"])]
+    assert "MapBatches(_tokenize_block)" in {t["name"] for t in data_work}
+    assert {t["node_id"] for t in data_work} == data_node, data_work
+    assert actor_nodes(c, "RayTrainWorker") == [next(n["node_id"] for n in c.alive_nodes() if n["is_head_node"])]
 
 
 @pytest.mark.ray
 def test_autoscaler_adds_nodes_when_training_asks_for_more_workers(cluster, small_corpus, tokenizer_dir, tmp_path):
-    # Head: room for one 2-CPU training worker. Two are asked for: the autoscaler must start a
-    # gpu_worker for the second, and a cpu_worker (the only type with data_node) for Ray Data.
+    # The head has room for one 2-CPU training worker (and a CPU for Ray Data). Two are asked for:
+    # the autoscaler must add a gpu_worker node for the second.
     c = cluster(env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
-    with open(os.path.join(ROOT, "cluster", "local-fake.yaml")) as f:
-        config = yaml.safe_load(f)
+    config = load("local-fake.yaml")
     config["provider"]["gcs_address"] = c.address
     config_path = tmp_path / "local-fake.json"
     config_path.write_text(json.dumps(config))
@@ -218,23 +316,21 @@ def test_autoscaler_adds_nodes_when_training_asks_for_more_workers(cluster, smal
     submit = c.ray("job", "submit", "--no-wait", "--submission-id", "autoscale", "--",
                    "python", "-m", "electra_ray.pretrain", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
                    "--set", *tiny_job_overrides(small_corpus, tokenizer_dir, str(tmp_path), "autoscale"),
-                   "scaling.num_workers=2", "scaling.cpus_per_worker=2", "scaling.data_resource=data_node")
+                   "scaling.num_workers=2", "scaling.cpus_per_worker=2")
     assert submit.returncode == 0, submit.stderr
-    start, timeline = time.monotonic(), []
+    start, timeline = time.monotonic(), []  # (seconds since submit, the alive nodes' kinds)
     while (status := c.api("/api/jobs/autoscale")["status"]) not in ("SUCCEEDED", "FAILED", "STOPPED"):
-        nodes = c.alive_nodes()
-        if not timeline or timeline[-1][1] != len(nodes):
-            timeline.append((round(time.monotonic() - start, 1), len(nodes),
-                             sorted(n["resources_total"].get("CPU", 0) for n in nodes)))
+        kinds = sorted("head" if n["is_head_node"] else n["labels"].get("ray.io/node-group", "worker")
+                       for n in c.alive_nodes())
+        if not timeline or timeline[-1][1] != kinds:
+            timeline.append((round(time.monotonic() - start, 1), kinds))
         assert time.monotonic() - start < 300, f"job still {status} after 300 s; nodes: {timeline}"
         time.sleep(0.5)
-    print(f"job {status} in {time.monotonic() - start:.1f}s; alive nodes over time (s, count, CPUs): {timeline}")
+    print(f"job {status} after {time.monotonic() - start:.1f}s; nodes over time: {timeline}")
     logs = c.ray("job", "logs", "autoscale").stdout
     (tmp_path / "job.log").write_text(logs)
     assert status == "SUCCEEDED", logs[-4000:]
-    assert timeline[0][1] == 1 and max(count for _, count, _ in timeline) >= 3, timeline
     assert f"export: {tmp_path / 'autoscale' / 'export'}" in logs
-
-    # The two training workers ran on two nodes: the head and a gpu_worker the autoscaler added.
-    actors = c.api("/api/v0/actors?detail=1&limit=1000")["data"]["result"]["result"]
-    assert len({a["node_id"] for a in actors if a["class_name"] == "RayTrainWorker"}) == 2
+    assert timeline[0][1] == ["head"] and max(len(kinds) for _, kinds in timeline) == 2, timeline
+    # the two training workers ran on the head and on the node the autoscaler added
+    assert len(set(actor_nodes(c, "RayTrainWorker"))) == 2
