@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
+# DeepSpeed compiles a CPU communication op on first use (about a minute of CPU) and caches it
+# here. The default, ~/.cache/torch_extensions, is shared by every checkout on the machine, and a
+# build for another checkout's venv is rebuilt on the next run.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
 .PHONY: install pretrain test bench compare clean
 

@@ -100,6 +100,9 @@ class ScalingConfig:
                                      "cores divided among the workers, else 1")
     ray_address: str = _f("", "Ray cluster to join ('auto', ray://...); empty: RAY_ADDRESS or an "
                               "in-process local Ray")
+    data_resource: str = _f("", "custom Ray resource that Ray Data's read/tokenize tasks require: the cluster "
+                                "configs in cluster/ give 'data_node' to CPU nodes only, which keeps "
+                                "preprocessing off the GPU workers; empty: any node")
 
 
 @dataclass

@@ -118,17 +118,21 @@ def _tokenize_block(batch: dict, *, column: str, tokenizer_json: str, seq_len: i
     return {"input_ids": tokenize_and_pack(texts, tokenizer_json, seq_len)}
 
 
-def build_dataset(data_cfg, tokenizer_json: str, split: str = "train"):
-    """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row)."""
+def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource: str = ""):
+    """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row).
+    `resource`: a custom Ray resource every read/tokenize task requires (scaling.data_resource)."""
     import ray.data
 
     corpus = open_corpus(data_cfg.path, data_cfg.text_column)
     filesystem, _ = storage.resolve(data_cfg.path)
-    dataset = ray.data.read_parquet(corpus.files, filesystem=filesystem, columns=[data_cfg.text_column])
+    # A token amount of the resource: it only picks the nodes, their CPUs still bound how many tasks run.
+    remote_args = {"resources": {resource: 0.001}} if resource else {}
+    dataset = ray.data.read_parquet(corpus.files, filesystem=filesystem, columns=[data_cfg.text_column],
+                                    **remote_args)
     return dataset.map_batches(
         _tokenize_block, batch_size=data_cfg.docs_per_block, batch_format="numpy",
         fn_kwargs=dict(column=data_cfg.text_column, tokenizer_json=tokenizer_json, seq_len=data_cfg.seq_len,
-                       eval_fraction=data_cfg.eval_fraction, split=split))
+                       eval_fraction=data_cfg.eval_fraction, split=split), **remote_args)
 
 
 def load_sequences(data_cfg, tokenizer_json: str, split: str, max_sequences: int | None = None) -> np.ndarray:

@@ -79,6 +79,16 @@ def init_ray(cfg: Config) -> int:
     return max(1, (os.cpu_count() or 1) // cfg.scaling.num_workers)
 
 
+def scaling_config(cfg: Config):
+    """What Ray Train asks the cluster for: scaling.num_workers workers, each with
+    scaling.cpus_per_worker CPUs (default 1) and, with scaling.use_gpu, one GPU. On an autoscaling
+    cluster these requests are what brings up worker nodes."""
+    import ray.train
+
+    return ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                   resources_per_worker={"CPU": cfg.scaling.cpus_per_worker or 1.0})
+
+
 def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     import ray.data
     import ray.train
@@ -110,7 +120,6 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
         from electra_ray.train import peak_flops
 
         peak = peak_flops(torch.device("cpu"), threads)
-    cpus = cfg.scaling.cpus_per_worker or 1.0
     storage_filesystem, storage_path = storage.resolve(cfg.output.dir)
     storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
     stop_request = ray.remote(num_cpus=0)(StopRequest).remote()
@@ -118,8 +127,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "tokenizer_json": tokenizer_json, "vocab_size": vocab_size,
                            "num_threads": threads, "peak_flops": peak, "stop_actor": stop_request},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                               resources_per_worker={"CPU": cpus}),
+        scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=cfg.output.name, storage_path=storage_path,
@@ -130,7 +138,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
             callbacks=[MetricsLogger(run_dir)]),
         # Each worker's shard in the same order in every run, so a resume can skip what was consumed.
         dataset_config=ray.train.DataConfig(execution_options=_ordered_execution()),
-        datasets={"train": build_dataset(cfg.data, tokenizer_json, "train")},
+        datasets={"train": build_dataset(cfg.data, tokenizer_json, "train", cfg.scaling.data_resource)},
     )
     try:
         with _stop_on_signals(stop_request):
