@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # build for another checkout's venv is rebuilt on the next run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
-.PHONY: install pretrain test bench compare clean
+.PHONY: install pretrain test bench compare sweep clean
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ bench: install
 
 compare: install
 	$(PY) -m electra_ray.compare --config configs/compare-tiny.yaml $(ARGS)
+
+sweep: install
+	$(PY) -m electra_ray.tune --config configs/sweep-tiny.yaml $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

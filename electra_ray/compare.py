@@ -113,12 +113,11 @@ def _finetune_metrics(cfg: FinetuneConfig) -> dict:
 
 
 def compare(cfg: CompareConfig, given: set[str]) -> dict:
-    import pyarrow.parquet as pq
     import ray
 
     from electra_ray.data import tokenizer_from_json
     from electra_ray.pretrain import prepare_tokenizer, pretrain
-    from electra_ray.tasks import movie_reviews
+    from electra_ray.tasks import write_movie_reviews
 
     out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("compare-%Y%m%d-%H%M%S")))
     if os.path.exists(out) and os.listdir(out):
@@ -126,10 +125,7 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     arm_config(cfg, given, "mlm", 1, out)  # a bad pre-training setting stops here, before any work
     started = time.perf_counter()
 
-    data_dir = os.path.join(out, "data")  # the labeled text stays in the run directory, never in git
-    os.makedirs(data_dir)
-    for name, table in zip(("train", "dev"), movie_reviews(cfg.task, cfg.dev_fraction)):
-        pq.write_table(table, os.path.join(data_dir, f"{name}.parquet"))
+    train_file, dev_file = write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data"))
 
     base = arm_config(cfg, given, "electra", cfg.pretrain.train.max_steps, out)
     tokenizer_json = prepare_tokenizer(base, out)  # one tokenizer for both objectives
@@ -159,8 +155,7 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     # cores better than one multi-threaded fine-tune of such a small model.
     task = ray.remote(num_cpus=1)(_finetune_metrics)
     refs = [task.remote(dataclasses.replace(
-        cfg.finetune, model=point["export"], train=os.path.join(data_dir, "train.parquet"),
-        eval=os.path.join(data_dir, "dev.parquet"), num_workers=0,
+        cfg.finetune, model=point["export"], train=train_file, eval=dev_file, num_workers=0,
         out=os.path.join(out, "finetune", f"{point['objective']}-step{point['step']}"))) for point in points]
     for point, metrics in zip(points, ray.get(refs)):
         point["finetune"] = metrics

@@ -83,6 +83,11 @@ class TrainConfig:
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
     precision: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
     log_every: int = _f(50, "optimizer steps between progress lines / metric reports")
+    eval_every: int = _f(0, "optimizer steps between measurements of heldout_auc, the discriminator's ROC-AUC "
+                            "on held-out text under one fixed corruption (evaluate.fixed_corruption): unlike the "
+                            "losses it compares runs with different generators and lambdas, so sweeps rank by it. "
+                            "A multiple of train.log_every; 0: off")
+    eval_sequences: int = _f(64, "held-out sequences heldout_auc is measured on")
     checkpoint_every: int = _f(10_000, "optimizer steps between checkpoints (and one at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept (newest first); the newest complete one is never deleted")
     max_failures: int = _f(3, "worker-group restarts from the latest checkpoint after a worker dies (-1: no limit)")
@@ -181,6 +186,9 @@ def _convert(key: str, value, kind):
             value = yaml.safe_load(value)
         if isinstance(value, (list, tuple)):
             return list(value)
+    elif kind is dict:
+        if isinstance(value, dict):
+            return dict(value)
     raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {value!r}")
 
 
@@ -216,14 +224,19 @@ def parse_overrides(overrides: list[str]) -> dict:
     return nested
 
 
+def check_choices(obj, prefix: str = "") -> None:
+    """Every field of a config dataclass (and of its sections) that lists choices holds one of them."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_choices(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise ConfigError(f"config key '{prefix}{f.name}' must be one of {list(f.metadata['choices'])}, "
+                              f"got {value!r}")
+
+
 def validate(config: Config) -> None:
-    for section in dataclasses.fields(config):
-        obj = getattr(config, section.name)
-        for f in dataclasses.fields(obj):
-            choices = f.metadata.get("choices")
-            if choices and getattr(obj, f.name) not in choices:
-                raise ConfigError(f"config key '{section.name}.{f.name}' must be one of "
-                                  f"{list(choices)}, got {getattr(obj, f.name)!r}")
+    check_choices(config)
     d, t, m, s = config.data, config.train, config.model, config.scaling
     checks = [
         (0 < d.mask_prob < 1, "data.mask_prob must be in (0, 1)"),
@@ -239,6 +252,9 @@ def validate(config: Config) -> None:
          f"train.batch_size ({t.batch_size}) must be divisible by scaling.num_workers x "
          f"train.grad_accum ({s.num_workers} x {t.grad_accum})"),
         (len(t.adam_betas) == 2, "train.adam_betas must have two values"),
+        (t.eval_every >= 0 and t.eval_every % t.log_every == 0 and t.eval_sequences >= 1,
+         f"train.eval_every ({t.eval_every}) must be 0 or a multiple of train.log_every ({t.log_every}), and "
+         f"train.eval_sequences >= 1"),
         (t.keep_checkpoints >= 1 and t.max_bad_steps >= 0,
          "train.keep_checkpoints must be >= 1 and train.max_bad_steps >= 0"),
     ]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from electra_ray import storage
 from electra_ray.config import _f, apply_values
 from electra_ray.errors import UserError
 from electra_ray.tasks import (Examples, class_labels, classification_metrics, examples, read_task_file,
@@ -45,9 +46,9 @@ class FinetuneError(UserError):
 
 @dataclass
 class FinetuneConfig:
-    model: str = _f("", "pre-trained model: an export directory (its discriminator/, or mlm/ for the MLM "
-                        "baseline) or any Hugging Face ELECTRA model directory")
-    train: str = _f("", "training file: Parquet, CSV, TSV or JSONL, one example per row")
+    model: str = _f("", "pre-trained model: an export directory or s3:// prefix (its discriminator/, or mlm/ "
+                        "for the MLM baseline) or any Hugging Face ELECTRA model directory")
+    train: str = _f("", "training file (local or s3://): Parquet, CSV, TSV or JSONL, one example per row")
     eval: str = _f("", "evaluation file, laid out as the training file")
     task: str = _f("classification", "classification (a class per example) or regression (a number per "
                                      "example, as STS-B)", ("classification", "regression"))
@@ -370,11 +371,14 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     from transformers import AutoConfig, AutoTokenizer
 
     validate(cfg)
-    model_dir = model_directory(cfg.model)
+    out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("finetune-%Y%m%d-%H%M%S")))
+    model = cfg.model
+    if storage.is_remote(model):  # an export published to S3: downloaded, its manifest checked
+        model = storage.fetch_directory(model, os.path.join(out, "pretrained"))
+    model_dir = model_directory(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     max_len = min(cfg.max_seq_len, AutoConfig.from_pretrained(model_dir).max_position_embeddings)
     train, evaluation, labels = load_task(cfg, tokenizer, max_len)
-    out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("finetune-%Y%m%d-%H%M%S")))
     os.makedirs(out, exist_ok=True)
     num_threads = cfg.threads
     if cfg.num_workers:

@@ -26,12 +26,16 @@ def discriminator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> Electra
 
 def generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
     """Same depth and embeddings as the discriminator; hidden, heads and FFN scaled by
-    `generator_size` (google-research/electra's get_generator_config)."""
+    `generator_size` (google-research/electra's get_generator_config). The head count is rounded
+    and lowered until it divides the hidden size, so that every multiplier of a sweep gives its
+    own width (1/8 and 1/4 of a 4-head model would otherwise both be one head)."""
     scale = model_cfg.generator_size
     config = discriminator_config(model_cfg, vocab_size, pad_id)
-    config.num_attention_heads = max(1, round(model_cfg.num_heads * scale))
-    head_dim = model_cfg.hidden_size // model_cfg.num_heads
-    config.hidden_size = config.num_attention_heads * head_dim
+    config.hidden_size = max(1, round(model_cfg.hidden_size * scale))
+    heads = max(1, round(model_cfg.num_heads * scale))
+    while config.hidden_size % heads:
+        heads -= 1
+    config.num_attention_heads = heads
     config.intermediate_size = max(1, round(model_cfg.intermediate_size * scale))
     return config
 

@@ -89,7 +89,22 @@ def scaling_config(cfg: Config):
                                    resources_per_worker={"CPU": cfg.scaling.cpus_per_worker or 1.0})
 
 
-def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
+def heldout_corruption(cfg: Config, tokenizer_json: str):
+    """The fixed corruption of held-out text that heldout_auc is measured on (train.eval_every);
+    None when it is off or there is no discriminator (the MLM baseline)."""
+    if not cfg.train.eval_every or cfg.train.objective != "electra":
+        return None
+    from electra_ray.data import load_sequences, tokenizer_from_json
+    from electra_ray.evaluate import fixed_corruption
+
+    special = tokenizer_from_json(tokenizer_json)[1]
+    sequences = load_sequences(cfg.data, tokenizer_json, "eval", cfg.train.eval_sequences)
+    return fixed_corruption(sequences, special.values(), special["[PAD]"], cfg.data.mask_prob)
+
+
+def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (), threads: int = 0) -> PretrainResult:
+    """Pre-train as configured. `callbacks`: more Ray Train callbacks (a Tune trial passes Tune's);
+    `threads`: torch threads per worker on a single-node Ray (default: init_ray's choice)."""
     import ray.data
     import ray.train
     import torch
@@ -112,7 +127,8 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     os.makedirs(run_dir, exist_ok=True)
     tokenizer_json = prepare_tokenizer(cfg, run_dir)
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
-    threads = init_ray(cfg)
+    default_threads = init_ray(cfg)
+    threads = threads if threads and default_threads else default_threads  # a cluster keeps Ray's setting
     ray.data.DataContext.get_current().enable_progress_bars = False  # the training progress line suffices
     peak = 0.0
     if threads and not cfg.scaling.use_gpu:
@@ -126,7 +142,8 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "tokenizer_json": tokenizer_json, "vocab_size": vocab_size,
-                           "num_threads": threads, "peak_flops": peak, "stop_actor": stop_request},
+                           "num_threads": threads, "peak_flops": peak, "stop_actor": stop_request,
+                           "heldout": heldout_corruption(cfg, tokenizer_json)},
         scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
@@ -135,7 +152,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True) -> PretrainResult:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             # A dead worker: Ray Train restarts the group, which resumes from the latest checkpoint.
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=[MetricsLogger(run_dir)]),
+            callbacks=[MetricsLogger(run_dir), *callbacks]),
         # Each worker's shard in the same order in every run, so a resume can skip what was consumed.
         dataset_config=ray.train.DataConfig(execution_options=_ordered_execution()),
         datasets={"train": build_dataset(cfg.data, tokenizer_json, "train", cfg.scaling.data_resource)},

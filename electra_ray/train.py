@@ -186,6 +186,7 @@ def _train(loop_config: dict) -> None:
     from ray.train.torch import get_device
 
     from electra_ray.data import tokenizer_from_json, masked_batches
+    from electra_ray.evaluate import detection_auc
     from electra_ray.model import build_model, flops_per_token
 
     if not use_gpu and loop_config.get("num_threads"):
@@ -244,6 +245,7 @@ def _train(loop_config: dict) -> None:
     micro_steps, bad_in_a_row, skipped, nan_steps = 0, 0, 0, set(cfg.train.inject_nan_steps)
     checkpoint_step = step if checkpoint else None
     stop_request = loop_config.get("stop_actor")  # the driver's StopRequest actor
+    heldout = loop_config.get("heldout")  # evaluate.FixedCorruption of held-out text, for heldout_auc
 
     while step < cfg.train.max_steps:
         for batch in masked_batches(shard, cfg.data, micro_batch, special, vocab_size, mask_rng,
@@ -299,11 +301,16 @@ def _train(loop_config: dict) -> None:
                            **summary, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
                            "mfu": flops_token * tokens_per_s / (peak * world), "skipped_batches": skipped,
                            "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
+                if heldout is not None and (step % cfg.train.eval_every == 0 or last):
+                    # Every rank runs it: under ZeRO-3 the forward pass gathers parameters from all.
+                    metrics["heldout_auc"] = detection_auc(engine.module.discriminator, heldout, device=device)
                 if rank == 0:
                     rate = (step - start_step) / (time.perf_counter() - run_start)
                     losses = f"| mlm acc {summary['gen_accuracy']:.3f}" if cfg.train.objective == "mlm" else (
                         f"(mlm {summary['mlm_loss']:.3f}, rtd {summary['rtd_loss']:.4f}) | "
                         f"gen acc {summary['gen_accuracy']:.3f} | disc acc {summary['disc_accuracy']:.3f}")
+                    if "heldout_auc" in metrics:
+                        losses += f" | held-out AUC {metrics['heldout_auc']:.3f}"
                     print(f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} {losses} | "
                           f"{tokens_per_s:,.0f} tok/s | MFU {metrics['mfu']:.1%} | "
                           f"ETA {_format_eta((cfg.train.max_steps - step) / rate)}", flush=True)

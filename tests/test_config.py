@@ -66,6 +66,10 @@ def test_shipped_configs_load(path):
         from electra_ray.compare import load_compare_config
 
         load_compare_config(path, [])
+    elif os.path.basename(path).startswith("sweep-"):  # python -m electra_ray.tune's configs
+        from electra_ray.tune import load_sweep_config
+
+        load_sweep_config(path, [])
     else:
         load_config(path)
 

@@ -1,6 +1,7 @@
 """Fine-tuning exported models: Rotten Tomatoes in this process, the MLM baseline's export on Ray
 Train with 2 workers, pair and regression tasks, layer-wise LR decay, clear errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -198,3 +200,29 @@ def test_bad_task_input_is_a_one_line_error(electra_export, tmp_path):
                                             r"labels \['neg', 'pos'\]"):
         finetune(FinetuneConfig(model=electra_export, train=str(tmp_path / "train2.parquet"),
                                 eval=str(tmp_path / "dev.parquet"), num_workers=0))
+
+
+def test_an_export_and_task_files_on_s3(electra_export, rotten_tomatoes, rclone_s3, tmp_path):
+    from transformers import ElectraForPreTraining
+
+    from electra_ray import storage
+
+    storage.publish_directory(electra_export, "s3://electra/exports/tiny")
+    train, dev = rotten_tomatoes
+    pacsv.write_csv(pq.read_table(dev), tmp_path / "dev.csv")
+    client = storage._client()
+    client.upload_file(train, "electra", "tasks/train.parquet")
+    client.upload_file(str(tmp_path / "dev.csv"), "electra", "tasks/dev.csv")
+
+    cfg = FinetuneConfig(model="s3://electra/exports/tiny", train="s3://electra/tasks/train.parquet",
+                         eval="s3://electra/tasks/dev.csv", seeds=[0], epochs=1, max_train_examples=200,
+                         num_workers=0, threads=1, out=str(tmp_path / "ft"))
+    metrics = finetune(cfg).metrics
+    assert (metrics["train_examples"], metrics["eval_examples"]) == (200, 400)
+    assert metrics["model"] == str(tmp_path / "ft" / "pretrained" / "discriminator")
+    fetched = ElectraForPreTraining.from_pretrained(metrics["model"]).state_dict()
+    for name, tensor in ElectraForPreTraining.from_pretrained(model_directory(electra_export)).state_dict().items():
+        assert torch.equal(tensor, fetched[name]), name
+
+    with pytest.raises(TaskDataError, match=r"^task file not found: s3://electra/tasks/missing.csv$"):
+        finetune(dataclasses.replace(cfg, eval="s3://electra/tasks/missing.csv"))

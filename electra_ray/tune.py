@@ -1,0 +1,438 @@
+"""Ray Tune sweeps of pre-training settings: generator size, the RTD weight λ, any config key.
+
+    python -m electra_ray.tune --config configs/sweep-tiny.yaml [--set KEY=VALUE ...]
+    python -m electra_ray.tune --resume runs/sweep-20261125-120000      # after an interruption
+
+Each trial is a pre-training run as electra_ray.pretrain does it, inside a function that builds
+and fits the TorchTrainer (Train V2's pattern for Tune); Tune's TuneReportCallback forwards the
+workers' reports. The losses do not compare trials (a stronger generator makes the discriminator's
+task harder), so trials are ranked by
+- heldout_auc, at every report: the discriminator's ROC-AUC on held-out text corrupted by one fixed
+  process shared by all trials (evaluate.fixed_corruption). ASHA stops the weak trials by it.
+- finetune_score, when a trial finishes (metric: finetune): its discriminator fine-tuned briefly on
+  a labeled task (electra_ray.finetune), the median of the dev metric over the seeds.
+
+Writes OUT/tune (Tune's experiment: TensorBoard logs, what --resume restores), OUT/trials (each
+trial's pre-training run), OUT/results.csv, OUT/score.png (score against generator size, one line
+per λ) and OUT/best.yaml (the best trial's pre-training config, for `electra_ray.pretrain --config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import yaml
+
+from electra_ray.config import Config, ConfigError, _f, apply_file_and_overrides, apply_objective_masking, \
+    apply_values, check_choices, validate
+from electra_ray.errors import UserError
+from electra_ray.finetune import FinetuneConfig
+from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint")  # {kind: [low, high]} in `space`
+METRICS = {"finetune": "finetune_score", "heldout_auc": "heldout_auc"}
+SWEEP_FILE = "sweep.json"  # in OUT: what --resume continues with
+
+
+@dataclass
+class SweepConfig:
+    pretrain: Config = field(default_factory=Config)  # every trial's settings, before its `space` values
+    space: dict = _f({"model.generator_size": [0.125, 0.25, 1 / 3, 0.5, 1.0], "train.rtd_weight": [1, 10, 50, 100]},
+                     "pre-training keys to search, replacing the default as a whole: a list of values (grid: "
+                     "every combination; random/optuna: a choice), or {uniform|loguniform|randint: [low, high]} "
+                     "(random/optuna only)")
+    search: str = _f("grid", "grid, random (Tune's random sampling) or optuna (needs the optuna package)",
+                     ("grid", "random", "optuna"))
+    num_samples: int = _f(1, "grid: repeats of the whole grid; random/optuna: trials")
+    max_concurrent_trials: int = _f(0, "trials run at a time; 0: on a local Ray, as many as the cores hold, "
+                                       "on a cluster, as many as its resources hold")
+    asha: bool = _f(True, "stop weak trials early (ASHA on heldout_auc, by optimizer step)")
+    grace_period: int = _f(0, "steps every trial runs before ASHA may stop it; 0: a quarter of max_steps")
+    reduction_factor: float = _f(3.0, "ASHA lets 1/reduction_factor of the trials through each rung")
+    metric: str = _f("finetune", "what ranks the trials: finetune (finished trials fine-tuned on `task`) or "
+                                 "heldout_auc (the last one reported)", tuple(METRICS))
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(seeds=[0], max_train_examples=2000,
+                                                                            threads=1))
+    task: str = _f("rotten_tomatoes", "labeled data for metric=finetune: a source of the movie-reviews package",
+                   MOVIE_REVIEWS_SOURCES)
+    dev_fraction: float = _f(0.1, "fraction of the labeled data held out as dev (by text hash)")
+    out: str = _f("", "output directory; empty: runs/sweep-<date>-<time>")
+
+
+def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
+    cfg = SweepConfig()
+    given = apply_file_and_overrides(cfg, path, overrides)
+    apply_objective_masking(cfg.pretrain, {k.removeprefix("pretrain.") for k in given if k.startswith("pretrain.")})
+    cfg.space = flatten_space(cfg.space)
+    if cfg.pretrain.train.eval_every == 0:  # every report carries the metric ASHA needs
+        cfg.pretrain.train.eval_every = cfg.pretrain.train.log_every
+    check_sweep(cfg)
+    return cfg
+
+
+def flatten_space(space: dict, prefix: str = "") -> dict:
+    """{"model": {"generator_size": [...]}} (as `--set space.model.generator_size=...` gives it)
+    and {"model.generator_size": [...]} both become the latter."""
+    flat = {}
+    for key, value in space.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
+            flat.update(flatten_space(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def nested(key: str, value) -> dict:
+    """"train.rtd_weight", 50 -> {"train": {"rtd_weight": 50}}"""
+    *parents, leaf = key.split(".")
+    values = {leaf: value}
+    for part in reversed(parents):
+        values = {part: values}
+    return values
+
+
+def trial_config(base: dict, params: dict) -> Config:
+    """The pre-training config of one trial: the sweep's base config with the trial's values."""
+    cfg = Config.from_dict(copy.deepcopy(base))
+    for key, value in params.items():
+        apply_values(cfg, nested(key, value))
+    validate(cfg)
+    return cfg
+
+
+def check_sweep(cfg: SweepConfig) -> None:
+    """Every error a sweep's settings can hold, before any trial starts: unknown or ill-typed keys,
+    values the pre-training config rejects, distributions a grid cannot enumerate."""
+    check_choices(cfg)
+    if not cfg.space:
+        raise ConfigError("space is empty: name at least one pre-training key to search")
+    if cfg.num_samples < 1 or cfg.reduction_factor <= 1 or cfg.grace_period < 0:
+        raise ConfigError("num_samples must be >= 1, reduction_factor > 1 and grace_period >= 0")
+    if cfg.metric == "heldout_auc" or cfg.asha:
+        if cfg.pretrain.train.objective != "electra":
+            raise ConfigError("a sweep ranks discriminators: pretrain.train.objective must be electra")
+    base = cfg.pretrain.to_dict()
+    for key, values in cfg.space.items():
+        if isinstance(values, dict):
+            (kind, bounds), = values.items()
+            if cfg.search == "grid":
+                raise ConfigError(f"space.{key}: a grid needs a list of values, not {kind} (use search: random)")
+            if not (isinstance(bounds, list) and len(bounds) == 2):
+                raise ConfigError(f"space.{key}: {kind} needs [low, high], got {bounds!r}")
+            values = bounds
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"space.{key}: expected a non-empty list of values or {{uniform|loguniform|randint: "
+                              f"[low, high]}}, got {values!r}")
+        for value in values:
+            try:
+                trial_config(base, {key: value})
+            except ConfigError as error:
+                raise ConfigError(f"space.{key} = {value!r}: {error}") from None
+
+
+def expected_trials(cfg: SweepConfig) -> int:
+    if cfg.search != "grid":
+        return cfg.num_samples
+    return cfg.num_samples * math.prod(len(values) for values in cfg.space.values())
+
+
+def param_space(cfg: SweepConfig) -> dict:
+    from ray import tune
+
+    space = {}
+    for key, values in cfg.space.items():
+        if isinstance(values, dict):
+            (kind, (low, high)), = values.items()
+            space[key] = getattr(tune, kind)(low, high)
+        else:
+            space[key] = tune.grid_search(values) if cfg.search == "grid" else tune.choice(values)
+    return space
+
+
+def search_algorithm(cfg: SweepConfig):
+    if cfg.search != "optuna":
+        return None  # Tune's default: grid / random sampling of param_space
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise UserError("search: optuna needs the optuna package (pip install optuna, or pip install -e '.[tune]')") \
+            from None
+    return OptunaSearch(seed=cfg.pretrain.train.seed)
+
+
+# -- a trial -------------------------------------------------------------------------------------
+
+def run_trial(params: dict, settings: dict) -> None:
+    """One trial: pre-train with the trial's values, every report forwarded to Tune; then, for
+    metric=finetune, export the discriminator, fine-tune it, and report finetune_score."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from electra_ray.export import export
+    from electra_ray.pretrain import pretrain
+
+    cfg = trial_config(settings["pretrain"], params)
+    cfg.output.dir = os.path.join(settings["out"], "trials")
+    cfg.output.name = tune.get_context().get_trial_name()  # the same after Tuner.restore: the run resumes
+    result = pretrain(cfg, export_and_evaluate=False, callbacks=(TuneReportCallback(),), threads=settings["threads"])
+    if settings["metric"] != "finetune":
+        return
+    run_dir = cfg.local_run_dir
+    ft = FinetuneConfig(**settings["finetune"])
+    ft.model = export(result.checkpoint, os.path.join(run_dir, "export"))
+    ft.train, ft.eval = settings["task_files"]
+    ft.num_workers, ft.out = 0, os.path.join(run_dir, "finetune")
+    # A task of its own: the trial function holds no GPU (and almost no CPU) of its own.
+    task = ray.remote(num_cpus=max(1, ft.threads), num_gpus=1 if ft.use_gpu else 0)(_finetune_metrics)
+    metrics = ray.get(task.remote(ft))
+    stats = metrics["summary"][metrics["metric"]]
+    last = {k: v for k, v in result.history[-1].items() if isinstance(v, (int, float))}
+    tune.report({**last, "finetune_score": stats["median"], "finetune_std": stats["std"],
+                 "finetune_metric": metrics["metric"]})
+
+
+def _finetune_metrics(cfg: FinetuneConfig) -> dict:
+    from electra_ray.finetune import finetune
+
+    return finetune(cfg).metrics
+
+
+# -- the sweep -----------------------------------------------------------------------------------
+
+def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
+    """Run a sweep (or continue the one in directory `resume`) and summarize it. Returns
+    {"out", "rows", "best", "interrupted"}."""
+    import ray
+    from ray import tune
+
+    from electra_ray.pretrain import init_ray, prepare_tokenizer
+    from electra_ray.tasks import write_movie_reviews
+
+    if resume:
+        out = os.path.abspath(resume)
+        if not os.path.exists(os.path.join(out, SWEEP_FILE)):
+            raise UserError(f"cannot resume {resume}: no {SWEEP_FILE} there (is it a directory of electra_ray.tune?)")
+        with open(os.path.join(out, SWEEP_FILE)) as f:
+            saved = json.load(f)
+        settings = saved["settings"]
+        cfg = SweepConfig()
+        apply_values(cfg, saved["sweep"])
+    else:
+        out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("sweep-%Y%m%d-%H%M%S")))
+        if os.path.exists(out) and os.listdir(out):
+            raise UserError(f"output directory {out} is not empty; choose another (out=...) or --resume it")
+        os.makedirs(out, exist_ok=True)
+        base = copy.deepcopy(cfg.pretrain)
+        base.output.dir, base.output.name = out, "shared"
+        prepare_tokenizer(base, out)  # one tokenizer for every trial, so heldout_auc sees the same text
+        if not base.data.tokenizer:
+            base.data.tokenizer = os.path.join(out, "tokenizer")
+        settings = {"pretrain": base.to_dict(), "out": out, "metric": cfg.metric,
+                    "finetune": dataclasses.asdict(cfg.finetune), "task_files": [], "threads": 0,
+                    "concurrent": cfg.max_concurrent_trials}
+        if cfg.metric == "finetune":
+            settings["task_files"] = list(write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data")))
+        with open(os.path.join(out, SWEEP_FILE), "w") as f:
+            json.dump({"sweep": dataclasses.asdict(cfg), "settings": settings}, f, indent=1)
+
+    pre = cfg.pretrain
+    concurrent = settings["concurrent"]  # 0 on a cluster: as many as its resources hold
+    if not ray.is_initialized() and not (pre.scaling.ray_address or os.environ.get("RAY_ADDRESS")):
+        per_trial_cpus = pre.scaling.num_workers * (pre.scaling.cpus_per_worker or 1)
+        concurrent = concurrent or max(1, int((os.cpu_count() or 1) // per_trial_cpus))
+        # Room for the trials' workers plus 2 CPUs for their Ray Data tasks and fine-tunes (on 2
+        # cores, training workers holding every CPU would starve the data pipeline).
+        ray.init(num_cpus=int(concurrent * per_trial_cpus) + 2, logging_level="warning",
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    if init_ray(pre) and concurrent:  # a single-node Ray: the cores shared among the trials running at once
+        settings["threads"] = max(1, (os.cpu_count() or 1) // (concurrent * pre.scaling.num_workers))
+
+    # The trial function itself holds (almost) nothing; its TorchTrainer asks for the workers.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"CPU": 0.01})
+    experiment = os.path.join(out, "tune")
+    if resume:
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        scheduler = None
+        if cfg.asha:
+            scheduler = tune.schedulers.ASHAScheduler(
+                time_attr="step", max_t=pre.train.max_steps,
+                grace_period=cfg.grace_period or max(1, pre.train.max_steps // 4),
+                reduction_factor=cfg.reduction_factor,
+                stop_last_trials=False)  # a trial reaching max_steps still gets its fine-tune
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(cfg),
+            tune_config=tune.TuneConfig(metric="heldout_auc", mode="max", scheduler=scheduler,
+                                        search_alg=search_algorithm(cfg), num_samples=cfg.num_samples,
+                                        max_concurrent_trials=concurrent or None),
+            run_config=tune.RunConfig(name="tune", storage_path=os.path.dirname(experiment), verbose=1))
+    grid = tuner.fit()
+
+    rows = trial_rows(grid, cfg)
+    interrupted = len(rows) < expected_trials(cfg) or any(row["status"] == "unfinished" for row in rows)
+    if interrupted:
+        print(f"sweep interrupted with {sum(row['status'] != 'unfinished' for row in rows)} of "
+              f"{expected_trials(cfg)} trials done; continue with: python -m electra_ray.tune --resume {out}",
+              flush=True)
+        return {"out": out, "cfg": cfg, "rows": rows, "best": None, "interrupted": True}
+    best = rank(rows, cfg.metric)
+    write_csv(rows, cfg, os.path.join(out, "results.csv"))
+    plot_scores(rows, cfg, os.path.join(out, "score.png"))
+    if best is not None:
+        write_best_config(best, settings["pretrain"], cfg, os.path.join(out, "best.yaml"))
+    return {"out": out, "cfg": cfg, "rows": rows, "best": best, "interrupted": False}
+
+
+def trial_rows(grid, cfg: SweepConfig) -> list[dict]:
+    """One row per trial: its values, its last report, and how it ended."""
+    max_steps = cfg.pretrain.train.max_steps
+    rows = []
+    # The ResultGrid has no per-trial status; its experiment analysis holds the trials it was built from.
+    for trial, result in zip(grid._experiment_analysis.trials, grid):
+        metrics = result.metrics or {}
+        step = metrics.get("step", 0)
+        if trial.status == "ERROR":
+            status = "error"
+        elif trial.status != "TERMINATED":
+            status = "unfinished"  # interrupted: --resume continues it
+        elif step >= max_steps and (cfg.metric != "finetune" or "finetune_score" in metrics):
+            status = "finished"
+        else:
+            status = "stopped by ASHA"
+        rows.append({"trial": trial.trial_id, **{key: result.config[key] for key in cfg.space}, "status": status,
+                     "step": step, "heldout_auc": metrics.get("heldout_auc", math.nan),
+                     "finetune_score": metrics.get("finetune_score", math.nan),
+                     "finetune_std": metrics.get("finetune_std", math.nan),
+                     "error": str(result.error or "").strip().splitlines()[-1][:300] if result.error else ""})
+    return sorted(rows, key=lambda row: [row[key] for key in cfg.space])
+
+
+def score(row: dict, metric: str) -> float:
+    return row[METRICS[metric]]
+
+
+def rank(rows: list[dict], metric: str) -> dict | None:
+    """Number the rows by score, best first (rows without a score get no rank); the best row."""
+    scored = sorted((row for row in rows if not math.isnan(score(row, metric))), key=lambda r: -score(r, metric))
+    for row in rows:
+        row["rank"] = ""
+    for position, row in enumerate(scored, 1):
+        row["rank"] = position
+    return scored[0] if scored else None
+
+
+COLUMNS = ("status", "step", "heldout_auc", "finetune_score", "finetune_std", "rank", "trial", "error")
+
+
+def write_csv(rows: list[dict], cfg: SweepConfig, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*cfg.space, *COLUMNS])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(rows: list[dict], cfg: SweepConfig) -> str:
+    """The results as a Markdown table, best first."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    columns = [*cfg.space, "status", "step", "heldout_auc"] + (
+        ["finetune_score", "finetune_std"] if cfg.metric == "finetune" else []) + ["rank"]
+    ordered = sorted(rows, key=lambda row: (row["rank"] == "", row["rank"] or 0))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in ordered]
+    return "\n".join(lines)
+
+
+def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
+    """Score against generator size (or the first searched key), one line per λ (or the second
+    key); trials ASHA stopped are drawn hollow at their last heldout_auc."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(cfg.space)
+    x_key = "model.generator_size" if "model.generator_size" in keys else keys[0]
+    others = [k for k in keys if k != x_key]
+    line_key = "train.rtd_weight" if "train.rtd_weight" in others else (others[0] if others else None)
+    panels = ["heldout_auc"] + (["finetune_score"] if cfg.metric == "finetune" else [])
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for axis, metric in zip(axes[0], panels):
+        groups = itertools.groupby(sorted(rows, key=lambda r: (r[line_key] if line_key else 0, r[x_key])),
+                                   key=lambda r: r[line_key] if line_key else None)
+        for value, group in groups:
+            group = [r for r in group if not math.isnan(r[metric])]
+            if not group:
+                continue
+            label = f"{line_key.split('.')[-1]} = {value:g}" if line_key else None
+            xs = sorted({r[x_key] for r in group})
+            means = [sum(r[metric] for r in group if r[x_key] == x) / sum(r[x_key] == x for r in group) for x in xs]
+            line, = axis.plot(xs, means, marker="o", label=label)
+            stopped = [r for r in group if r["status"] != "finished"]
+            axis.scatter([r[x_key] for r in stopped], [r[metric] for r in stopped], s=60, facecolors="white",
+                         edgecolors=line.get_color(), zorder=3)
+        if all(isinstance(r[x_key], (int, float)) and r[x_key] > 0 for r in rows):
+            axis.set_xscale("log", base=2)
+        axis.set_xlabel(x_key)
+        axis.set_ylabel({"heldout_auc": "held-out detection AUC (fixed corruption)",
+                         "finetune_score": "fine-tuned dev score (median over seeds)"}[metric])
+        axis.set_title(f"{metric} (hollow: stopped early)" if metric == "heldout_auc" else f"{metric}: finished trials")
+        if line_key:
+            axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_best_config(best: dict, base: dict, cfg: SweepConfig, path: str) -> None:
+    """The best trial's pre-training config as YAML, for `electra_ray.pretrain --config`."""
+    values = trial_config(base, {key: best[key] for key in cfg.space}).to_dict()
+    values["output"] = {"dir": "runs"}  # a new run, not the trial's directory
+    header = (f"# The best trial ({best['trial']}) of the sweep in {os.path.dirname(path)} by "
+              f"{METRICS[cfg.metric]}: " + ", ".join(f"{key} = {best[key]}" for key in cfg.space) + "\n"
+              f"# Pre-train with it: python -m electra_ray.pretrain --config {path}\n")
+    with open(path, "w") as f:
+        f.write(header + yaml.safe_dump(values, sort_keys=False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m electra_ray.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file: pretrain (the trials' pre-training config), space, search, "
+                                         "num_samples, asha, grace_period, reduction_factor, metric, finetune, "
+                                         "task, out")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                        help="override keys, e.g. --set pretrain.train.max_steps=400 'space.train.rtd_weight=[10,50]'")
+    parser.add_argument("--resume", metavar="OUT", help="continue an interrupted sweep (its output directory)")
+    args = parser.parse_args(argv)
+    from electra_ray.cli import run_cli
+
+    def run():
+        result = sweep(resume=args.resume) if args.resume else sweep(load_sweep_config(args.config, args.set))
+        if result["interrupted"]:
+            return
+        cfg = result["cfg"]
+        print(format_table(result["rows"], cfg))
+        for name in ("results.csv", "score.png", "best.yaml"):
+            if os.path.exists(os.path.join(result["out"], name)):
+                print(f"{name.split('.')[0]}: {os.path.join(result['out'], name)}")
+
+    run_cli(run)
+
+
+if __name__ == "__main__":
+    main()
