@@ -89,8 +89,8 @@ def detection_auc(discriminator, corruption: FixedCorruption, batch_size: int = 
     scores = []
     for start in range(0, len(corruption.input_ids), batch_size):
         rows = slice(start, start + batch_size)
-        logits = discriminator(input_ids=torch.from_numpy(corruption.input_ids[rows]).to(device),
-                               attention_mask=torch.from_numpy(corruption.attention_mask[rows]).to(device)).logits
+        logits = discriminator(input_ids=torch.tensor(corruption.input_ids[rows], device=device),
+                               attention_mask=torch.tensor(corruption.attention_mask[rows], device=device)).logits
         scores.append(logits.float().cpu().numpy())
     discriminator.train(was_training)
     scores = np.concatenate(scores)

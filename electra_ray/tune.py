@@ -195,7 +195,7 @@ def run_trial(params: dict, settings: dict) -> None:
     ft.num_workers, ft.out = 0, os.path.join(run_dir, "finetune")
     # A task of its own: the trial function holds no GPU (and almost no CPU) of its own.
     task = ray.remote(num_cpus=max(1, ft.threads), num_gpus=1 if ft.use_gpu else 0)(_finetune_metrics)
-    metrics = ray.get(task.remote(ft))
+    metrics = ray.get(task.options(scheduling_strategy="DEFAULT").remote(ft))  # not in the trial's placement group
     stats = metrics["summary"][metrics["metric"]]
     last = {k: v for k, v in result.history[-1].items() if isinstance(v, (int, float))}
     tune.report({**last, "finetune_score": stats["median"], "finetune_std": stats["std"],
@@ -298,24 +298,41 @@ def trial_rows(grid, cfg: SweepConfig) -> list[dict]:
     """One row per trial: its values, its last report, and how it ended."""
     max_steps = cfg.pretrain.train.max_steps
     rows = []
+    saved = saved_statuses(grid.experiment_path)
     # The ResultGrid has no per-trial status; its experiment analysis holds the trials it was built from.
     for trial, result in zip(grid._experiment_analysis.trials, grid):
         metrics = result.metrics or {}
         step = metrics.get("step", 0)
-        if trial.status == "ERROR":
+        trial_status = saved.get(trial.trial_id, trial.status)
+        if trial_status == "ERROR":
             status = "error"
-        elif trial.status != "TERMINATED":
+        elif trial_status != "TERMINATED":
             status = "unfinished"  # interrupted: --resume continues it
         elif step >= max_steps and (cfg.metric != "finetune" or "finetune_score" in metrics):
             status = "finished"
         else:
             status = "stopped by ASHA"
-        rows.append({"trial": trial.trial_id, **{key: result.config[key] for key in cfg.space}, "status": status,
+        rows.append({"trial": trial.trial_id, **{key: trial.config[key] for key in cfg.space}, "status": status,
                      "step": step, "heldout_auc": metrics.get("heldout_auc", math.nan),
                      "finetune_score": metrics.get("finetune_score", math.nan),
                      "finetune_std": metrics.get("finetune_std", math.nan),
                      "error": str(result.error or "").strip().splitlines()[-1][:300] if result.error else ""})
     return sorted(rows, key=lambda row: [row[key] for key in cfg.space])
+
+
+def saved_statuses(experiment_dir: str) -> dict[str, str]:
+    """Trial id -> status as Tune last saved the experiment. After Ctrl-C the trials in memory are
+    all stopped (TERMINATED), while the saved state, which Tuner.restore continues from, still says
+    which were RUNNING or PENDING."""
+    import glob
+
+    # One file per session (named by its start time): the newest session's is the latest state.
+    states = sorted(glob.glob(os.path.join(experiment_dir, "experiment_state-*.json")))
+    if not states:
+        return {}
+    with open(states[-1]) as f:
+        trials = [json.loads(state) if isinstance(state, str) else state for state, _ in json.load(f)["trial_data"]]
+    return {trial["trial_id"]: trial["status"] for trial in trials}
 
 
 def score(row: dict, metric: str) -> float:
@@ -339,7 +356,8 @@ def write_csv(rows: list[dict], cfg: SweepConfig, path: str) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*cfg.space, *COLUMNS])
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+                         for row in rows)  # no score: an empty cell
 
 
 def format_table(rows: list[dict], cfg: SweepConfig) -> str:
@@ -391,7 +409,7 @@ def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
         axis.set_ylabel({"heldout_auc": "held-out detection AUC (fixed corruption)",
                          "finetune_score": "fine-tuned dev score (median over seeds)"}[metric])
         axis.set_title(f"{metric} (hollow: stopped early)" if metric == "heldout_auc" else f"{metric}: finished trials")
-        if line_key:
+        if axis.get_legend_handles_labels()[0]:
             axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
