@@ -21,7 +21,8 @@ def test_equal_compute_experiment_writes_table_curve_and_verdict(small_corpus, t
         "pretrain.data.seq_len=64", "pretrain.data.eval_fraction=0.1", "pretrain.model.num_layers=2",
         "pretrain.model.hidden_size=64", "pretrain.model.embedding_size=64", "pretrain.model.intermediate_size=128",
         "pretrain.model.max_position_embeddings=64", "pretrain.train.max_steps=20", "pretrain.train.warmup_steps=5",
-        "pretrain.train.log_every=5", "points=2", "finetune.max_train_examples=64", "finetune.epochs=1",
+        "pretrain.train.log_every=5", "points=2", "from_scratch=true", "finetune.max_train_examples=64",
+        "finetune.epochs=1",
         f"out={tmp_path}/compare"])
     assert cfg.finetune.seeds == [0, 1, 2] and cfg.task == "rotten_tomatoes"  # the shipped config's
     results = compare(cfg, given)
