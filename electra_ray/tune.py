@@ -340,8 +340,13 @@ def score(row: dict, metric: str) -> float:
 
 
 def rank(rows: list[dict], metric: str) -> dict | None:
-    """Number the rows by score, best first (rows without a score get no rank); the best row."""
-    scored = sorted((row for row in rows if not math.isnan(score(row, metric))), key=lambda r: -score(r, metric))
+    """Number the rows by score, best first, ties broken by heldout_auc (at small budgets many
+    fine-tunes end at the same constant prediction); rows without a score get no rank. Returns the best."""
+    def key(row: dict) -> tuple:
+        auc = row["heldout_auc"]
+        return -score(row, metric), -(auc if not math.isnan(auc) else -math.inf)
+
+    scored = sorted((row for row in rows if not math.isnan(score(row, metric))), key=key)
     for row in rows:
         row["rank"] = ""
     for position, row in enumerate(scored, 1):

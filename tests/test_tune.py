@@ -133,7 +133,9 @@ def test_sweep_with_asha_is_interrupted_resumed_and_summarized(tmp_path, small_c
     for name, history in reports.items():
         if any(done in name for done in done_before):
             assert [r["step"] for r in history] == [10, 20, 30, 30]
-    finished = sorted((r for r in rows if r["status"] == "finished"), key=lambda r: -float(r["finetune_score"]))
+    # Ranked by the fine-tune score, ties (common at 30 steps: constant predictions) by heldout_auc.
+    finished = sorted((r for r in rows if r["status"] == "finished"),
+                      key=lambda r: (-float(r["finetune_score"]), -float(r["heldout_auc"])))
     assert [int(r["rank"]) for r in finished] == list(range(1, len(finished) + 1))
     assert all(r["rank"] == "" for r in rows if r["status"] != "finished")
 
