@@ -266,11 +266,12 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
     else:
         scheduler = None
         if cfg.asha:
+            grace = cfg.grace_period or max(1, pre.train.max_steps // 4)
+            # Rungs strictly before the last step, and no stop at it: every trial that trains to
+            # the end gets its fine-tune.
             scheduler = tune.schedulers.ASHAScheduler(
-                time_attr="step", max_t=pre.train.max_steps,
-                grace_period=cfg.grace_period or max(1, pre.train.max_steps // 4),
-                reduction_factor=cfg.reduction_factor,
-                stop_last_trials=False)  # a trial reaching max_steps still gets its fine-tune
+                time_attr="step", max_t=max(grace, pre.train.max_steps - 1), grace_period=grace,
+                reduction_factor=cfg.reduction_factor, stop_last_trials=False)
         tuner = tune.Tuner(
             trainable, param_space=param_space(cfg),
             tune_config=tune.TuneConfig(metric="heldout_auc", mode="max", scheduler=scheduler,
@@ -402,12 +403,16 @@ def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
             if not group:
                 continue
             label = f"{line_key.split('.')[-1]} = {value:g}" if line_key else None
-            xs = sorted({r[x_key] for r in group})
-            means = [sum(r[metric] for r in group if r[x_key] == x) / sum(r[x_key] == x for r in group) for x in xs]
+            # The line joins finished trials (the mean where values repeat); trials stopped early,
+            # measured at fewer steps, are hollow markers off the line.
+            finished = [r for r in group if r["status"] == "finished"]
+            xs = sorted({r[x_key] for r in finished})
+            means = [sum(r[metric] for r in finished if r[x_key] == x) / sum(r[x_key] == x for r in finished)
+                     for x in xs]
             line, = axis.plot(xs, means, marker="o", label=label)
             stopped = [r for r in group if r["status"] != "finished"]
             axis.scatter([r[x_key] for r in stopped], [r[metric] for r in stopped], s=60, facecolors="white",
-                         edgecolors=line.get_color(), zorder=3)
+                         edgecolors=line.get_color(), zorder=3, label=None if xs else label)
         if all(isinstance(r[x_key], (int, float)) and r[x_key] > 0 for r in rows):
             axis.set_xscale("log", base=2)
         axis.set_xlabel(x_key)
