@@ -409,7 +409,7 @@ def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
             xs = sorted({r[x_key] for r in finished})
             means = [sum(r[metric] for r in finished if r[x_key] == x) / sum(r[x_key] == x for r in finished)
                      for x in xs]
-            line, = axis.plot(xs, means, marker="o", label=label)
+            line, = axis.plot(xs, means, marker="o", label=label if xs else None)
             stopped = [r for r in group if r["status"] != "finished"]
             axis.scatter([r[x_key] for r in stopped], [r[metric] for r in stopped], s=60, facecolors="white",
                          edgecolors=line.get_color(), zorder=3, label=None if xs else label)
