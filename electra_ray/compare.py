@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from electra_ray.config import Config, _f, apply_file_and_overrides, apply_objective_masking, validate
 from electra_ray.errors import UserError
-from electra_ray.finetune import FinetuneConfig, finetune
+from electra_ray.finetune import FinetuneConfig, finetune_metrics
 from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
 
 OBJECTIVES = {"electra": "ELECTRA", "mlm": "MLM (BERT)"}
@@ -108,10 +108,6 @@ def untrained_export(cfg: Config, tokenizer_json: str, out: str) -> str:
     return out
 
 
-def _finetune_metrics(cfg: FinetuneConfig) -> dict:
-    return finetune(cfg).metrics
-
-
 def compare(cfg: CompareConfig, given: set[str]) -> dict:
     import ray
 
@@ -153,7 +149,7 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     start = time.perf_counter()
     # One Ray task per checkpoint, one CPU each: single-threaded fine-tunes side by side use the
     # cores better than one multi-threaded fine-tune of such a small model.
-    task = ray.remote(num_cpus=1)(_finetune_metrics)
+    task = ray.remote(num_cpus=1)(finetune_metrics)
     refs = [task.remote(dataclasses.replace(
         cfg.finetune, model=point["export"], train=train_file, eval=dev_file, num_workers=0,
         out=os.path.join(out, "finetune", f"{point['objective']}-step{point['step']}"))) for point in points]

@@ -209,6 +209,16 @@ def apply_values(obj, values: dict, prefix: str = "") -> None:
             setattr(obj, key, _convert(name, value, hints[key]))
 
 
+def set_nested(tree: dict, key: str, value) -> dict:
+    """set_nested(tree, "train.lr", 1e-3): tree["train"]["lr"] = 1e-3, creating sections. Returns tree."""
+    *parents, leaf = key.strip().split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return tree
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """`["train.lr=1e-3", "scaling.num_workers=2"]` -> nested dict (values parsed as YAML scalars)."""
     nested: dict = {}
@@ -216,11 +226,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
-        node = nested
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+        set_nested(nested, key, yaml.safe_load(raw) if raw.strip() else "")
     return nested
 
 

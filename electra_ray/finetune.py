@@ -406,6 +406,11 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     return FinetuneResult(out, result)
 
 
+def finetune_metrics(cfg: FinetuneConfig) -> dict:
+    """finetune(cfg)'s metrics: what a Ray task running a fine-tune returns (compare, tune)."""
+    return finetune(cfg).metrics
+
+
 def format_summary(result: dict) -> str:
     metric, stats = result["metric"], result["summary"][result["metric"]]
     line = (f"{metric} {stats['mean']:.4f} ± {stats['std']:.4f} (median {stats['median']:.4f}, "

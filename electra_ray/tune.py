@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 import yaml
 
 from electra_ray.config import Config, ConfigError, _f, apply_file_and_overrides, apply_objective_masking, \
-    apply_values, check_choices, validate
+    apply_values, check_choices, set_nested, validate
 from electra_ray.errors import UserError
-from electra_ray.finetune import FinetuneConfig
+from electra_ray.finetune import FinetuneConfig, finetune_metrics
 from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")  # {kind: [low, high]} in `space`
@@ -92,20 +92,13 @@ def flatten_space(space: dict, prefix: str = "") -> dict:
     return flat
 
 
-def nested(key: str, value) -> dict:
-    """"train.rtd_weight", 50 -> {"train": {"rtd_weight": 50}}"""
-    *parents, leaf = key.split(".")
-    values = {leaf: value}
-    for part in reversed(parents):
-        values = {part: values}
-    return values
-
-
 def trial_config(base: dict, params: dict) -> Config:
     """The pre-training config of one trial: the sweep's base config with the trial's values."""
-    cfg = Config.from_dict(copy.deepcopy(base))
+    cfg = Config.from_dict(base)
+    values: dict = {}
     for key, value in params.items():
-        apply_values(cfg, nested(key, value))
+        set_nested(values, key, value)
+    apply_values(cfg, values)
     validate(cfg)
     return cfg
 
@@ -194,18 +187,12 @@ def run_trial(params: dict, settings: dict) -> None:
     ft.train, ft.eval = settings["task_files"]
     ft.num_workers, ft.out = 0, os.path.join(run_dir, "finetune")
     # A task of its own: the trial function holds no GPU (and almost no CPU) of its own.
-    task = ray.remote(num_cpus=max(1, ft.threads), num_gpus=1 if ft.use_gpu else 0)(_finetune_metrics)
+    task = ray.remote(num_cpus=max(1, ft.threads), num_gpus=1 if ft.use_gpu else 0)(finetune_metrics)
     metrics = ray.get(task.options(scheduling_strategy="DEFAULT").remote(ft))  # not in the trial's placement group
     stats = metrics["summary"][metrics["metric"]]
     last = {k: v for k, v in result.history[-1].items() if isinstance(v, (int, float))}
     tune.report({**last, "finetune_score": stats["median"], "finetune_std": stats["std"],
                  "finetune_metric": metrics["metric"]})
-
-
-def _finetune_metrics(cfg: FinetuneConfig) -> dict:
-    from electra_ray.finetune import finetune
-
-    return finetune(cfg).metrics
 
 
 # -- the sweep -----------------------------------------------------------------------------------
