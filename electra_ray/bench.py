@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -31,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from electra_ray.config import Config, load_config
-from electra_ray.objective import gumbel_sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {name: os.path.join(ROOT, "configs", f"{name}.yaml") for name in ("tiny", "small")}
@@ -46,14 +46,16 @@ def bench_config(name: str, tokenizer_dir: str, batch_size: int, extra: list[str
 # -- the single-process loops -------------------------------------------------------------------
 
 def naive_loss(model, batch: dict, rtd_weight: float) -> torch.Tensor:
-    """What a user writes with transformers alone: the generator's head over every position."""
+    """What a user writes with transformers alone: the generator's head (and its loss) over every
+    position, Gumbel-max sampling at the masked ones (as the reference implementations do)."""
     labels = torch.full_like(batch["original_ids"], -100)
     rows = torch.arange(labels.size(0)).unsqueeze(1).expand_as(batch["positions"])
     used = batch["weights"] > 0
     labels[rows[used], batch["positions"][used]] = batch["original_ids"][rows[used], batch["positions"][used]]
     out = model.generator(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
     selected = labels != -100
-    sampled = gumbel_sample(out.logits[selected])
+    logits = out.logits[selected].detach()
+    sampled = (logits - torch.log(-torch.log(torch.rand_like(logits).clamp(1e-9, 1 - 1e-9)))).argmax(-1)
     corrupted = batch["input_ids"].clone()
     corrupted[selected] = sampled
     is_replaced = (corrupted != batch["original_ids"]).float()
@@ -78,7 +80,7 @@ def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                  betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps)
+                                  betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps, fused=not naive)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
     rng = np.random.default_rng(cfg.train.seed)
     times = []
@@ -97,16 +99,21 @@ def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
     return {"step_s": step_time, "tokens_per_s": batch_size * cfg.data.seq_len / step_time}
 
 
-def measure_ours(cfg: Config) -> dict:
+def measure_ours(cfg: Config, warmup: int) -> dict:
     """Our full path: Ray Data -> Ray Train -> DeepSpeed; tokens/s of the steady intervals."""
     from electra_ray.pretrain import pretrain
 
+    started = time.perf_counter()
     result = pretrain(cfg, export_and_evaluate=False)
-    steady = [h["tokens_per_s"] for h in result.history[1:]]  # the first interval includes warm-up
-    tokens_per_s = statistics.median(steady)
+    wall_s = time.perf_counter() - started
+    # Steady state: the intervals after `warmup` steps. Before, Ray Data is still tokenizing the
+    # corpus on the same cores and the allocator is still growing.
+    steady = [h for h in result.history if h["step"] > warmup]
+    tokens_per_s = statistics.median(h["tokens_per_s"] for h in steady)
     return {"tokens_per_s": tokens_per_s, "step_s": cfg.train.batch_size * cfg.data.seq_len / tokens_per_s,
-            "mfu": statistics.median(h["mfu"] for h in result.history[1:]),
-            "model_state_mb": result.history[-1]["model_state_mb"], "peak_rss_mb": result.history[-1]["peak_rss_mb"]}
+            "mfu": statistics.median(h["mfu"] for h in steady), "warmup_tokens_per_s": result.history[0]["tokens_per_s"],
+            "wall_s": wall_s, "model_state_mb": result.history[-1]["model_state_mb"],
+            "peak_rss_mb": result.history[-1]["peak_rss_mb"]}
 
 
 def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
@@ -159,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the step comparison")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=15, help="steps of our path left out before timing")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
     parser.add_argument("--measure", choices=["plain", "naive"], help=argparse.SUPPRESS)
@@ -206,12 +214,12 @@ def run_bench(args) -> dict:
     ray.init(num_cpus=cores + 2, logging_level="warning",
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": []}
+    log_every = math.gcd(args.warmup, args.steps)
     for round_index in range(args.rounds):
-        warmup = args.steps // 2  # the first logging interval is warm-up and is left out
         cfg = bench_config("small", tokenizer_dir, args.batch_size,
-                           [f"train.max_steps={warmup + args.steps}", f"train.log_every={warmup}",
+                           [f"train.max_steps={args.warmup + args.steps}", f"train.log_every={log_every}",
                             f"output.dir={work}", f"output.name=ours-{round_index}"])
-        runs["ours"].append(measure_ours(cfg))
+        runs["ours"].append(measure_ours(cfg, args.warmup))
         runs["plain"].append(run_measure("plain", "small", tokenizer_dir, args.batch_size, args.steps))
         runs["naive"].append(run_measure("naive", "small", tokenizer_dir, args.batch_size, args.steps))
         print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]['tokens_per_s']:,.0f} tok/s"

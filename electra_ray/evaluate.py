@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from electra_ray.config import Config
 from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
-from electra_ray.objective import generator_logits, gumbel_sample, replace_tokens
+from electra_ray.objective import generator_logits, replace_tokens, sample_tokens
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -134,7 +134,7 @@ def evaluate_export(export_dir: str, max_sequences: int = 512, batch_size: int =
         n_masked += int(tensors["weights"].sum())
         if discriminator is None:
             continue
-        sampled = gumbel_sample(logits, cfg.train.temperature, torch_rng)
+        sampled = sample_tokens(logits, cfg.train.temperature, torch_rng)
         corrupted, labels = replace_tokens(tensors["input_ids"], tensors["original_ids"], tensors["positions"],
                                            tensors["weights"], sampled)
         scores = discriminator(input_ids=corrupted, attention_mask=tensors["attention_mask"]).logits

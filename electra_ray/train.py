@@ -54,9 +54,11 @@ def deepspeed_config(cfg: Config, use_bf16: bool) -> dict:
         "gradient_clipping": t.grad_clip,
         "zero_optimization": {"stage": t.zero_stage, "stage3_gather_16bit_weights_on_model_save": False},
         "bf16": {"enabled": use_bf16},
-        # torch's AdamW: DeepSpeed's FusedAdam would be JIT-compiled (and needs CUDA).
+        # torch's fused AdamW (one kernel for all tensors, on CPU and GPU): DeepSpeed's FusedAdam
+        # would be JIT-compiled and needs CUDA.
         "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps,
-                                                  "weight_decay": t.weight_decay, "torch_adam": True}},
+                                                  "weight_decay": t.weight_decay, "torch_adam": True,
+                                                  "fused": True}},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

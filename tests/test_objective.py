@@ -5,7 +5,8 @@ import torch
 from electra_ray.config import ModelConfig
 from electra_ray.masking import mask_tokens
 from electra_ray.model import build_model, flops_per_token, generator_config
-from electra_ray.objective import electra_loss, generator_logits, gumbel_sample, replace_tokens, summarize
+from electra_ray.objective import (cross_entropy_with_probs, electra_loss, generator_logits, replace_tokens,
+                                   sample_tokens, summarize)
 
 VOCAB = 300
 TINY = ModelConfig(num_layers=2, hidden_size=64, embedding_size=32, num_heads=4, intermediate_size=128,
@@ -92,12 +93,42 @@ def test_head_at_masked_positions_equals_full_head():
     assert torch.allclose(fast, expected, atol=1e-5)
 
 
-def test_gumbel_sampling_follows_the_softmax():
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(200_000, 4)
-    samples = gumbel_sample(logits, generator=torch.Generator().manual_seed(0))
-    frequencies = torch.bincount(samples, minlength=4).float() / len(samples)
-    assert torch.allclose(frequencies, torch.softmax(logits[0], -1), atol=0.005)
-    assert not samples.requires_grad
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampling_follows_the_softmax(temperature):
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]]).expand(200_000, 5)
+    expected = torch.softmax(logits[0] / temperature, -1)
+    draws = {"logits": sample_tokens(logits, temperature, torch.Generator().manual_seed(0))}
+    if temperature == 1.0:  # the loss's softmax, reused
+        draws["probs"] = sample_tokens(logits, 1.0, torch.Generator().manual_seed(1),
+                                       probs=torch.softmax(logits, -1))
+    for samples in draws.values():
+        frequencies = torch.bincount(samples, minlength=5).float() / len(samples)
+        assert torch.allclose(frequencies, expected, atol=0.005), frequencies
+        assert samples.max() <= 3  # a token of probability 1e-14 is (almost surely) never drawn
+        assert not samples.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_with_probs_matches_torch(dtype):
+    torch.manual_seed(0)
+    logits = (torch.randn(37, 300) * 4).to(dtype).requires_grad_()
+    reference_logits = logits.detach().clone().requires_grad_()
+    targets = torch.randint(0, 300, (37,))
+    weights = torch.rand(37)
+    token_loss, probs = cross_entropy_with_probs(logits, targets)
+    expected = torch.nn.functional.cross_entropy(reference_logits.float(), targets, reduction="none")
+    assert token_loss.dtype == torch.float32 and torch.allclose(token_loss, expected, atol=1e-5)
+    assert torch.allclose(probs, torch.softmax(logits.detach().float(), -1), atol=1e-6) and not probs.requires_grad
+    (token_loss * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert logits.grad.dtype == dtype
+    assert torch.allclose(logits.grad.float(), reference_logits.grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_sampling_never_leaves_the_vocabulary():
+    logits = torch.full((10_000, 3), -1e4)
+    logits[:, 2] = 0.0  # all the mass on the last id: a uniform draw at the CDF's end picks it
+    assert torch.equal(sample_tokens(logits), torch.full((10_000,), 2))
 
 
 def test_counters_match_the_losses():
