@@ -91,7 +91,7 @@ class TrainConfig:
     checkpoint_every: int = _f(10_000, "optimizer steps between checkpoints (and one at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept (newest first); the newest complete one is never deleted")
     max_failures: int = _f(3, "worker-group restarts from the latest checkpoint after a worker dies (-1: no limit)")
-    max_bad_steps: int = _f(20, "non-finite losses skipped in a row before the run stops with an error")
+    max_bad_steps: int = _f(20, "steps skipped in a row for a non-finite loss before the run stops with an error")
     inject_nan_steps: list = _f([], "fault injection for testing the divergence guard: optimizer steps whose "
                                     "first micro-batch gets a NaN loss")
     seed: int = _f(0, "random seed (model init, masking, sampling)")

@@ -244,7 +244,14 @@ def _train(loop_config: dict) -> None:
     stats = torch.zeros(len(STAT_NAMES), device=device)
     interval_start, interval_steps, run_start, start_step = time.perf_counter(), 0, time.perf_counter(), step
     metrics: dict = {}
-    micro_steps, bad_in_a_row, skipped, nan_steps = 0, 0, 0, set(cfg.train.inject_nan_steps)
+    micro_steps, nan_steps = 0, set(cfg.train.inject_nan_steps)
+    # Divergence guard, on the device: a step whose loss is not finite on any rank leaves the
+    # weights and optimizer state as they were (fused AdamW's found_inf, the flag AMP's GradScaler
+    # sets). The counters are read at logging steps only, so the hot loop has no host sync.
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # inside a ZeRO / bf16 wrapper
+    step_finite = torch.ones((), dtype=torch.bool, device=device)
+    skipped, bad_in_a_row, bad_loss = (torch.zeros((), device=device) for _ in range(3))
+    reported_skipped = 0
     checkpoint_step = step if checkpoint else None
     stop_request = loop_config.get("stop_actor")  # the driver's StopRequest actor
     heldout = loop_config.get("heldout")  # evaluate.FixedCorruption of held-out text, for heldout_auc
@@ -260,39 +267,43 @@ def _train(loop_config: dict) -> None:
             if step + 1 in nan_steps:  # injected once per listed step (see train.inject_nan_steps)
                 nan_steps.remove(step + 1)
                 loss = loss * float("nan")
-            # Divergence guard: a micro-batch whose loss is not finite on any rank is dropped by
-            # all ranks before its backward, so DeepSpeed never sees it. One host sync per micro-step.
-            finite = torch.isfinite(loss.detach()).float()
-            if world > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if not finite.item():
-                bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
-                if rank == 0:
-                    print(f"warning: non-finite loss at step {step + 1}, batch skipped ({bad_in_a_row} in a row, "
-                          f"{skipped} in all)", flush=True)
-                if bad_in_a_row > cfg.train.max_bad_steps:
-                    last_good = f"step {checkpoint_step}" if checkpoint_step is not None else "none yet"
-                    raise TrainingError(
-                        f"loss is {loss.item()} at step {step + 1} for {bad_in_a_row} batches in a row "
-                        f"(mlm {output.stats[0].item() / max(output.stats[1].item(), 1):.4g}); last good "
-                        f"checkpoint: {last_good}; lower train.lr or raise train.warmup_steps")
-                continue
-            bad_in_a_row = 0
+            finite = torch.isfinite(loss.detach())
+            step_finite *= finite
+            bad_loss = torch.where(finite, bad_loss, loss.detach())
             engine.backward(loss)
+            stats += torch.where(finite, output.stats, 0.0)
             micro_steps += 1
             boundary = micro_steps % cfg.train.grad_accum == 0
             last = boundary and step + 1 >= cfg.train.max_steps
             log_now = boundary and ((step + 1) % cfg.train.log_every == 0 or last)
             if log_now:  # gradients are still held here; the step frees them
                 state_bytes = model_state_bytes(engine)
+            if boundary:
+                if world > 1:
+                    dist.all_reduce(step_finite, op=dist.ReduceOp.MIN)
+                optimizer.found_inf = 1.0 - step_finite.float()
             engine.step()
-            stats += output.stats
             if not boundary:
                 continue
+            skipped += optimizer.found_inf
+            bad_in_a_row = (bad_in_a_row + 1) * optimizer.found_inf
+            step_finite.fill_(True)
             step += 1
             interval_steps += 1
             stop = False
+            checkpoint_now = step % cfg.train.checkpoint_every == 0 or last
+            if log_now or checkpoint_now:
+                in_a_row = int(bad_in_a_row.item())
+                if in_a_row > cfg.train.max_bad_steps:
+                    last_good = f"step {checkpoint_step}" if checkpoint_step is not None else "none yet"
+                    raise TrainingError(
+                        f"loss is {bad_loss.item()} at step {step} for {in_a_row} steps in a row; last good "
+                        f"checkpoint: {last_good}; lower train.lr or raise train.warmup_steps")
             if log_now:
+                if rank == 0 and skipped.item() > reported_skipped:
+                    print(f"warning: {int(skipped.item()) - reported_skipped} step(s) skipped for a non-finite loss "
+                          f"since the last report ({int(skipped.item())} in all, {in_a_row} in a row)", flush=True)
+                reported_skipped = int(skipped.item())
                 if world > 1:
                     dist.all_reduce(stats)
                 elapsed = time.perf_counter() - interval_start
@@ -301,7 +312,7 @@ def _train(loop_config: dict) -> None:
                 metrics = {"step": step, "epoch": epoch,
                            "loss": summary["mlm_loss"] + cfg.train.rtd_weight * summary["rtd_loss"],
                            **summary, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
-                           "mfu": flops_token * tokens_per_s / (peak * world), "skipped_batches": skipped,
+                           "mfu": flops_token * tokens_per_s / (peak * world), "skipped_steps": reported_skipped,
                            "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
                 if heldout is not None and (step % cfg.train.eval_every == 0 or last):
                     # Every rank runs it: under ZeRO-3 the forward pass gathers parameters from all.
@@ -319,9 +330,9 @@ def _train(loop_config: dict) -> None:
                 stats.zero_()
                 interval_start, interval_steps = time.perf_counter(), 0
                 stop = stop_requested(stop_request, world, device)
-                if not (step % cfg.train.checkpoint_every == 0 or last or stop):
+                if not (checkpoint_now or stop):
                     ray.train.report(metrics)
-            if step % cfg.train.checkpoint_every == 0 or last or stop:
+            if checkpoint_now or stop:
                 save_checkpoint(metrics)
                 checkpoint_step = step
             if last or stop:

@@ -143,7 +143,7 @@ def test_a_nan_loss_is_skipped_and_counted(reference, small_corpus, tokenizer_di
     cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{**STEPS, "train.max_steps": 12,
                                                                 "train.inject_nan_steps": "[6, 10]"})
     result = pretrain(cfg, export_and_evaluate=False)
-    assert [(h["step"], h["skipped_batches"]) for h in result.history] == [(4, 0), (8, 1), (12, 2)]
+    assert [(h["step"], h["skipped_steps"]) for h in result.history] == [(4, 0), (8, 1), (12, 2)]
     assert all(torch.isfinite(v).all() for v in discriminator_weights(result.checkpoint).values())
 
 
@@ -153,6 +153,6 @@ def test_persistent_non_finite_loss_stops_naming_the_last_good_checkpoint(small_
     cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{
         "train.max_steps": 30, "train.log_every": 1, "train.checkpoint_every": 1, "train.lr": 1e12,
         "train.warmup_steps": 1, "train.grad_clip": 0, "train.max_bad_steps": 3, "scaling.num_workers": 1})
-    with pytest.raises(UserError, match=r"training stopped: loss is (nan|inf) at step (\d+) for 4 batches in a row "
+    with pytest.raises(UserError, match=r"training stopped: loss is (nan|inf) at step (\d+) for 4 steps in a row;"
                                         r".*last good checkpoint: (step \d+|none yet); lower train.lr .*\(run .*run\)"):
         pretrain(cfg)
