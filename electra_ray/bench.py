@@ -186,7 +186,7 @@ def run_bench(args) -> dict:
 
     from electra_ray.data import iter_documents, tokenizer_from_json
     from electra_ray.model import build_model, flops_per_token
-    from electra_ray.pretrain import pretrain
+    from electra_ray.pretrain import pretrain, start_local_ray_env
     from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
     from electra_ray.train import peak_flops
 
@@ -211,6 +211,7 @@ def run_bench(args) -> dict:
     print(f"data: {results['data']}", flush=True)
 
     # 2. training step: ours / plain / naive, alternated
+    start_local_ray_env()
     ray.init(num_cpus=cores + 2, logging_level="warning",
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": []}
