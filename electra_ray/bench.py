@@ -8,7 +8,7 @@
    against (a) a plain single-process PyTorch loop over the same model and batches and (b) the
    naive transformers loop (generator head over every position); runs alternate A B C A B C;
 3. MFU: analytic FLOPs per token x tokens/s / measured fp32 matmul peak (datasheet bf16 on GPU);
-4. memory per worker under ZeRO stages 0-3 with 2 workers (tiny config): model-state bytes
+4. memory per worker under ZeRO stages 0-3 with 2 workers (small config): model-state bytes
    against theory, and peak resident memory.
 
 Writes OUT/results.json and prints a table. Each single measurement can also be run alone:
@@ -78,7 +78,7 @@ def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
     batch_size = cfg.train.batch_size
     rows = load_sequences(cfg.data, tokenizer_json, "train", batch_size * (steps + warmup))
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight)
+    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, stock=naive)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
                                   betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps, fused=not naive)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
@@ -146,13 +146,10 @@ def measure_data(cfg: Config, tokenizer_json: str) -> dict:
             "mask_tokens_per_s_per_core": rows.size / mask_s}
 
 
-def theoretical_state(zero_stage: int, workers: int, master_copy: bool = False) -> float:
+def theoretical_state(zero_stage: int, workers: int) -> float:
     """Bytes per parameter of model state (fp32 weights 4, gradients 4, AdamW moments 8) under the
-    ZeRO paper's partitioning. master_copy: DeepSpeed's ZeRO optimizers also keep an fp32 partition
-    of the weights (4/N bytes), even when the model itself trains in fp32."""
+    ZeRO paper's partitioning."""
     weights, grads, adam = 4.0, 4.0, 8.0
-    if master_copy and zero_stage >= 1:
-        adam += 4.0
     if zero_stage >= 1:
         adam /= workers
     if zero_stage >= 2:
@@ -160,6 +157,26 @@ def theoretical_state(zero_stage: int, workers: int, master_copy: bool = False) 
     if zero_stage >= 3:
         weights /= workers
     return weights + grads + adam
+
+
+DEEPSPEED_PERSISTENCE_THRESHOLD = 100_000  # DeepSpeed's stage3_param_persistence_threshold default
+
+
+def deepspeed_state_bytes(model: torch.nn.Module, zero_stage: int, workers: int) -> float:
+    """Model-state bytes per worker as DeepSpeed lays them out in fp32 + AdamW, between steps:
+    - its ZeRO optimizers add an fp32 master partition (4/N bytes per parameter), even when the
+      model itself trains in fp32;
+    - ZeRO-1 and ZeRO-2 alike keep only this rank's gradient partition once backward's reduction
+      is done (they differ during the backward pass: ZeRO-1 holds the full gradients until its end);
+    - ZeRO-3 keeps every parameter of at most 100,000 elements whole on every rank."""
+    sizes = [p.numel() for p in model.parameters()]
+    n = sum(sizes)
+    if zero_stage == 0:
+        return 16.0 * n
+    weights = 4.0 * n
+    if zero_stage == 3:
+        weights = 4.0 * (n / workers + sum(s for s in sizes if s <= DEEPSPEED_PERSISTENCE_THRESHOLD))
+    return weights + 4.0 * n / workers + 12.0 * n / workers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,7 +203,7 @@ def run_bench(args) -> dict:
 
     from electra_ray.data import iter_documents, tokenizer_from_json
     from electra_ray.model import build_model, flops_per_token
-    from electra_ray.pretrain import pretrain, start_local_ray_env
+    from electra_ray.pretrain import pretrain, start_local_ray
     from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
     from electra_ray.train import peak_flops
 
@@ -210,17 +227,17 @@ def run_bench(args) -> dict:
     results["data"]["tiny_trainer_tokens_per_s"] = tiny_plain["tokens_per_s"]
     print(f"data: {results['data']}", flush=True)
 
-    # 2. training step: ours / plain / naive, alternated
-    start_local_ray_env()
-    ray.init(num_cpus=cores + 2, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    # 2. training step: ours / plain / naive, alternated. Ray runs only during our path's
+    # measurement (as it would for a user of each), not behind the single-process loops.
     runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": []}
     log_every = math.gcd(args.warmup, args.steps)
     for round_index in range(args.rounds):
         cfg = bench_config("small", tokenizer_dir, args.batch_size,
                            [f"train.max_steps={args.warmup + args.steps}", f"train.log_every={log_every}",
                             f"output.dir={work}", f"output.name=ours-{round_index}"])
+        start_local_ray(cores + 2)
         runs["ours"].append(measure_ours(cfg, args.warmup))
+        ray.shutdown()
         runs["plain"].append(run_measure("plain", "small", tokenizer_dir, args.batch_size, args.steps))
         runs["naive"].append(run_measure("naive", "small", tokenizer_dir, args.batch_size, args.steps))
         print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]['tokens_per_s']:,.0f} tok/s"
@@ -242,24 +259,25 @@ def run_bench(args) -> dict:
     results["mfu"] = {"flops_per_token": flops, "ours": flops * median["ours"] / peak,
                       "plain": flops * median["plain"] / peak, "naive_useful": flops * median["naive"] / peak}
 
-    # 4. memory: model state per worker, ZeRO 0-3, 2 workers. The tiny config keeps this section
-    # short; the ratios between stages do not depend on the model's size. Measured at step 2:
+    # 4. memory: model state per worker, ZeRO 0-3, 2 workers, small config. Measured at step 2:
     # AdamW creates its moments at the first step.
     memory = {}
-    tiny = bench_config("tiny", tokenizer_dir, args.batch_size)
-    n_params = sum(p.numel() for p in build_model(tiny.model, vocab_size).parameters())
+    start_local_ray(cores + 2)
+    model = build_model(small.model, vocab_size)
+    n_params = sum(p.numel() for p in model.parameters())
     for stage in (0, 1, 2, 3):
-        cfg = bench_config("tiny", tokenizer_dir, args.batch_size,
+        cfg = bench_config("small", tokenizer_dir, args.batch_size,
                            ["train.max_steps=2", "train.log_every=2", f"train.zero_stage={stage}",
                             "scaling.num_workers=2", f"output.dir={work}", f"output.name=zero{stage}"])
         history = pretrain(cfg, export_and_evaluate=False).history
         memory[stage] = {"model_state_mb": history[-1]["model_state_mb"], "peak_rss_mb": history[-1]["peak_rss_mb"],
-                         "theoretical_mb": theoretical_state(stage, 2) * n_params / 2**20}
+                         "zero_paper_mb": theoretical_state(stage, 2) * n_params / 2**20,
+                         "deepspeed_mb": deepspeed_state_bytes(model, stage, 2) / 2**20}
     for stage in memory:
         memory[stage]["measured_vs_zero0"] = memory[stage]["model_state_mb"] / memory[0]["model_state_mb"]
-        memory[stage]["theoretical_vs_zero0"] = theoretical_state(stage, 2) / theoretical_state(0, 2)
-        memory[stage]["deepspeed_theoretical_vs_zero0"] = theoretical_state(stage, 2, True) / theoretical_state(0, 2)
-    results["memory"] = {"config": "tiny", "parameters": n_params, "workers": 2, "stages": memory}
+        memory[stage]["zero_paper_vs_zero0"] = theoretical_state(stage, 2) / theoretical_state(0, 2)
+        memory[stage]["deepspeed_vs_zero0"] = memory[stage]["deepspeed_mb"] / memory[0]["deepspeed_mb"]
+    results["memory"] = {"config": "small", "parameters": n_params, "workers": 2, "stages": memory}
     ray.shutdown()
     results["wall_s"] = time.perf_counter() - started
 
@@ -289,10 +307,9 @@ def format_table(r: dict) -> str:
         f"| MFU ours / plain (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s) | {m['ours']:.1%} / {m['plain']:.1%} |",
     ]
     for stage, v in r["memory"]["stages"].items():
-        lines.append(f"| ZeRO-{stage}, 2 workers, tiny: model state per worker | {v['model_state_mb']:.1f} MB "
-                     f"({v['measured_vs_zero0']:.2f} of ZeRO-0; theory {v['theoretical_vs_zero0']:.2f}, "
-                     f"with DeepSpeed's fp32 master partition {v['deepspeed_theoretical_vs_zero0']:.2f}), "
-                     f"peak RSS {v['peak_rss_mb']:.0f} MB |")
+        lines.append(f"| ZeRO-{stage}, 2 workers, small: model state per worker | {v['model_state_mb']:.1f} MB "
+                     f"= {v['measured_vs_zero0']:.3f} of ZeRO-0 (DeepSpeed's layout {v['deepspeed_vs_zero0']:.3f}, "
+                     f"ZeRO paper {v['zero_paper_vs_zero0']:.3f}); peak RSS {v['peak_rss_mb']:.0f} MB |")
     lines.append(f"| bench wall time | {r['wall_s']:.0f} s |")
     return "\n".join(lines)
 

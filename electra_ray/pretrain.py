@@ -57,12 +57,23 @@ def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
     return read_tokenizer_json(directory)
 
 
-def start_local_ray_env() -> None:
-    """Settings for a Ray started in this process. Ray starts its workers at niceness 15, to keep
-    its own daemons responsive; on one machine the training workers are the job, and at 15 they
-    lose every core they share with the daemons and the driver (12% of ELECTRA-Small's
-    tokens/s on 2 cores)."""
+def start_local_ray(num_cpus: int, env_vars: dict | None = None) -> None:
+    """Start Ray in this process, set up for one machine on which training is the job. Every Ray
+    process wakes 100 times a second (its task loop's signal check), and on a 2-core machine the
+    ~15 of them took 10-17% of a plain loop's tokens/s (measured with idle actors). So:
+    - workers at niceness 0: at Ray's default 15 the trainer loses its cores to Ray's daemons and
+      the driver (12% of ELECTRA-Small's tokens/s on 2 cores);
+    - no idle worker processes kept once Ray Data's tasks end (they would otherwise stay, up to
+      one per CPU), and no preemption watcher (a local node is never drained).
+    `env_vars`: more variables for every worker."""
+    import ray
+
     os.environ.setdefault("RAY_worker_niceness", "0")
+    os.environ.setdefault("RAY_num_workers_soft_limit", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # Train's print patch would echo each progress line twice on the console.
+    ray.init(num_cpus=num_cpus, logging_level="warning",
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}})
 
 
 def init_ray(cfg: Config) -> int:
@@ -76,13 +87,9 @@ def init_ray(cfg: Config) -> int:
         if address:
             ray.init(address=address)
         else:
-            start_local_ray_env()
             # Logical CPUs: the workers' reservation plus room for Ray Data's tasks, which would
             # otherwise wait forever behind the workers on a 2-core machine.
-            ray.init(num_cpus=cfg.scaling.num_workers * max(1, int(cfg.scaling.cpus_per_worker or 1)) + 2,
-                     logging_level="warning",
-                     # Train's print patch would echo each progress line twice on the console.
-                     runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+            start_local_ray(cfg.scaling.num_workers * max(1, int(cfg.scaling.cpus_per_worker or 1)) + 2)
     if cfg.scaling.use_gpu or len([node for node in ray.nodes() if node["Alive"]]) > 1:
         return 0
     return max(1, (os.cpu_count() or 1) // cfg.scaling.num_workers)

@@ -203,7 +203,7 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
     import ray
     from ray import tune
 
-    from electra_ray.pretrain import init_ray, prepare_tokenizer
+    from electra_ray.pretrain import init_ray, prepare_tokenizer, start_local_ray
     from electra_ray.tasks import write_movie_reviews
 
     if resume:
@@ -240,8 +240,7 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
         concurrent = concurrent or max(1, int((os.cpu_count() or 1) // per_trial_cpus))
         # Room for the trials' workers plus 2 CPUs for their Ray Data tasks and fine-tunes (on 2
         # cores, training workers holding every CPU would starve the data pipeline).
-        ray.init(num_cpus=int(concurrent * per_trial_cpus) + 2, logging_level="warning",
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        start_local_ray(int(concurrent * per_trial_cpus) + 2)
     if init_ray(pre) and concurrent:  # a single-node Ray: the cores shared among the trials running at once
         settings["threads"] = max(1, (os.cpu_count() or 1) // (concurrent * pre.scaling.num_workers))
 

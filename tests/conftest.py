@@ -44,8 +44,9 @@ def local_ray():
     """A real local Ray for one test module (modules that start Ray use it: pytestmark)."""
     import ray
 
-    ray.init(num_cpus=4, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
+    from electra_ray.pretrain import start_local_ray
+
+    start_local_ray(4, {"DS_ACCELERATOR": "cpu"})
     yield
     ray.shutdown()
 

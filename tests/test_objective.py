@@ -4,7 +4,7 @@ import torch
 
 from electra_ray.config import ModelConfig
 from electra_ray.masking import mask_tokens
-from electra_ray.model import build_model, flops_per_token, generator_config
+from electra_ray.model import ATTENTION, Dropout, attention, build_model, fast_dropout, flops_per_token, generator_config
 from electra_ray.objective import (cross_entropy_with_probs, electra_loss, generator_logits, replace_tokens,
                                    sample_tokens, summarize)
 
@@ -123,6 +123,52 @@ def test_cross_entropy_with_probs_matches_torch(dtype):
     (expected * weights).sum().backward()
     assert logits.grad.dtype == dtype
     assert torch.allclose(logits.grad.float(), reference_logits.grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_fast_dropout_is_dropout():
+    x = torch.ones(1_000_000, requires_grad=True)
+    y = fast_dropout(x, 0.1)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.002  # 6 standard deviations
+    assert torch.allclose(y[kept], torch.tensor(65536 / (65536 - 6554)))  # scaled to keep the mean exact
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient goes through the same mask and scale
+    torch.manual_seed(3)
+    first = fast_dropout(torch.ones(4, 5, 6), 0.5)
+    torch.manual_seed(3)
+    assert torch.equal(first, fast_dropout(torch.ones(4, 5, 6), 0.5))  # torch's generator: resumable
+    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0) is x
+    assert not torch.equal(fast_dropout(torch.ones(4, 5, 6), 0.5), first)
+
+
+def test_attention_with_dropout_is_sdpa_with_its_mask():
+    """With dropout (here one that keeps everything) our attention is the math SDPA does,
+    padding mask included; without it, it is SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    padding = torch.ones(2, 16, dtype=torch.bool)
+    padding[1, 10:] = False
+    mask = padding[:, None, None, :].expand(2, 1, 16, 16)  # sdpa_mask's format: True where a query may attend
+    module = torch.nn.Module()
+    module.is_causal = False
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=0.0, scaling=0.3)
+    ours, _ = attention(module, query, key, value, mask, dropout=1e-9, scaling=0.3)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    dropped, _ = attention(module, query, key, value, mask, dropout=0.5, scaling=0.3)
+    assert not torch.allclose(dropped, expected, atol=1e-3)
+
+
+def test_model_uses_our_cpu_kernels_and_exports_stock_config(tmp_path):
+    model = tiny_model()
+    assert model.discriminator.config._attn_implementation == ATTENTION
+    model.discriminator.save_pretrained(tmp_path)
+    assert ATTENTION not in (tmp_path / "config.json").read_text()
+    stock = build_model(TINY, VOCAB, stock=True)
+    assert stock.discriminator.config._attn_implementation == "sdpa"
+    assert isinstance(model.discriminator.electra.encoder.layer[0].output.dropout, Dropout)
+    assert not any(isinstance(m, Dropout) for m in stock.modules())
 
 
 def test_sampling_never_leaves_the_vocabulary():
