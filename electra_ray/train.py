@@ -125,8 +125,10 @@ def lower_helper_priority() -> None:
     niceness = int(os.environ.get(HELPER_NICENESS_VAR, "0"))
     if not niceness or not os.path.isdir("/proc/self/task"):
         return
-    raylet = os.getppid()
+    raylet, me = os.getppid(), str(os.getpid())
     for pid in filter(str.isdigit, os.listdir("/proc")):
+        if pid == me:
+            continue
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if int(f.read().rsplit(")", 1)[1].split()[1]) != raylet:
