@@ -58,27 +58,20 @@ def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
 
 
 def start_local_ray(num_cpus: int, env_vars: dict | None = None) -> None:
-    """Start Ray in this process, set up for one machine on which training is the job. Every Ray
-    process wakes 100 times a second (its task loop's signal check); on a 2-core machine ~15 idle
-    Ray processes took 10-17% of a plain loop's tokens/s. So:
+    """Start Ray in this process, set up for one machine on which training is the job:
     - workers at niceness 0: at Ray's default 15 the trainer loses its cores to Ray's daemons and
       the driver (12% of ELECTRA-Small's tokens/s on 2 cores);
-    - the training workers then put Ray's other worker processes (actors, agents) at niceness 15
-      (`train.lower_helper_priority`), so that their wake-ups wait for the trainer's gaps;
-    - no idle worker processes kept once Ray Data's tasks end (they would otherwise stay, up to
-      one per CPU), and no preemption watcher (a local node is never drained).
+    - no preemption watcher (a local node is never drained): one process fewer. Every Ray process
+      wakes 100 times a second (its task loop's signal check); on a 2-core machine ~15 idle Ray
+      processes took 10-17% of a plain loop's tokens/s.
     `env_vars`: more variables for every worker."""
     import ray
 
-    from electra_ray.train import HELPER_NICENESS_VAR
-
     os.environ.setdefault("RAY_worker_niceness", "0")
-    os.environ.setdefault("RAY_num_workers_soft_limit", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Train's print patch would echo each progress line twice on the console.
     ray.init(num_cpus=num_cpus, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", HELPER_NICENESS_VAR: "15",
-                                       **(env_vars or {})}})
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}})
 
 
 def init_ray(cfg: Config) -> int:

@@ -113,36 +113,6 @@ def model_state_bytes(engine) -> int:
     return total
 
 
-HELPER_NICENESS_VAR = "ELECTRA_RAY_HELPER_NICENESS"  # set by pretrain.start_local_ray for every worker
-
-
-def lower_helper_priority() -> None:
-    """On a Ray started in-process (`pretrain.start_local_ray`), put Ray's other processes on this
-    node (its actors and agents, the children of this worker's raylet; not the training workers) at
-    niceness $ELECTRA_RAY_HELPER_NICENESS. Each of them wakes 100 times a second; at the trainer's
-    priority their wake-ups preempt its compute threads (on 2 cores, ~10% of its tokens/s).
-    Linux only; niceness is per thread, so every thread's."""
-    niceness = int(os.environ.get(HELPER_NICENESS_VAR, "0"))
-    if not niceness or not os.path.isdir("/proc/self/task"):
-        return
-    raylet, me = os.getppid(), str(os.getpid())
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) != raylet:
-                    continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"RayTrainWorker" in f.read():
-                    continue
-            for thread in os.listdir(f"/proc/{pid}/task"):
-                if os.getpriority(os.PRIO_PROCESS, int(thread)) < niceness:
-                    os.setpriority(os.PRIO_PROCESS, int(thread), niceness)
-        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to change
-            continue
-
-
 def peak_rss_bytes() -> int:
     import resource
 
@@ -286,7 +256,6 @@ def _train(loop_config: dict) -> None:
     stop_request = loop_config.get("stop_actor")  # the driver's StopRequest actor
     heldout = loop_config.get("heldout")  # evaluate.FixedCorruption of held-out text, for heldout_auc
 
-    lower_helper_priority()
     while step < cfg.train.max_steps:
         for batch in masked_batches(shard, cfg.data, micro_batch, special, vocab_size, mask_rng,
                                     shuffle_seed=cfg.train.seed + 1000 * epoch + rank, skip=consumed):
@@ -359,7 +328,6 @@ def _train(loop_config: dict) -> None:
                           f"{tokens_per_s:,.0f} tok/s | MFU {metrics['mfu']:.1%} | "
                           f"ETA {_format_eta((cfg.train.max_steps - step) / rate)}", flush=True)
                 stats.zero_()
-                lower_helper_priority()  # helpers started since (Ray Data's, for one)
                 interval_start, interval_steps = time.perf_counter(), 0
                 stop = stop_requested(stop_request, world, device)
                 if not (checkpoint_now or stop):

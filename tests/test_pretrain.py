@@ -13,29 +13,6 @@ from electra_ray.pretrain import pretrain
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
 
-def test_helpers_run_below_the_trainer():
-    """On the local Ray, a training worker puts Ray's other worker processes below itself."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class Helper:
-        def niceness(self) -> int:
-            return os.getpriority(os.PRIO_PROCESS, 0)
-
-    @ray.remote(num_cpus=0)
-    def trainer() -> int:
-        from electra_ray.train import lower_helper_priority
-
-        lower_helper_priority()
-        return os.getpriority(os.PRIO_PROCESS, 0)
-
-    helper = Helper.remote()
-    assert ray.get(helper.niceness.remote()) == 0
-    assert ray.get(trainer.remote()) == 0
-    assert ray.get(helper.niceness.remote()) == 15
-    ray.kill(helper)
-
-
 def tiny_config(corpus, tokenizer_dir, out, **overrides):
     return load_config(None, tiny_overrides(corpus, tokenizer_dir, out, **overrides))
 
