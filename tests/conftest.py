@@ -41,12 +41,13 @@ def tokenizer_json(tokenizer_dir) -> str:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A real local Ray for one test module (modules that start Ray use it: pytestmark)."""
+    """A real local Ray for one test module (modules that start Ray use it: pytestmark). Ray's
+    default worker niceness (15), not pretrain.start_local_ray's 0: the tests' own process does
+    much of the work (tokenizers, exports, evaluation) and keeps its priority over the workers."""
     import ray
 
-    from electra_ray.pretrain import start_local_ray
-
-    start_local_ray(4, {"DS_ACCELERATOR": "cpu"})
+    ray.init(num_cpus=4, logging_level="warning",
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
     yield
     ray.shutdown()
 

@@ -15,7 +15,7 @@ from conftest import S3Server, environment
 from electra_ray import storage
 from electra_ray.export import export
 from electra_ray.prepare import prepare
-from electra_ray.pretrain import pretrain, start_local_ray
+from electra_ray.pretrain import pretrain
 from test_pretrain import tiny_config
 
 pytestmark = pytest.mark.ray
@@ -35,7 +35,8 @@ def moto_s3(tmp_path_factory):
 def s3_run(moto_s3, small_corpus, tmp_path_factory):
     """Started after the AWS variables are set, so Ray's workers inherit them (as on a machine
     whose environment or instance role provides them)."""
-    start_local_ray(4, {"DS_ACCELERATOR": "cpu"})
+    ray.init(num_cpus=4, logging_level="warning",
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
     texts = tmp_path_factory.mktemp("texts")
     with open(texts / "addresses.jsonl", "w") as f:
         for text in pq.read_table(small_corpus, columns=["text"]).column("text").to_pylist():
