@@ -7,6 +7,7 @@ saves its ZeRO shard into one directory that Ray Train persists as a checkpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -69,8 +70,15 @@ def peak_flops(device: torch.device, threads: int = 0) -> float:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), 989e12)
+    return cpu_matmul_flops(threads or torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_matmul_flops(threads: int) -> float:
+    """FLOP/s of a 2048x2048 fp32 matmul over one second, measured once per process and thread count
+    (each run of a sweep or test would otherwise spend a second of its cores on it)."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
+    torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     a @ b
     start, n = time.perf_counter(), 0

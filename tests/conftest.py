@@ -10,6 +10,9 @@ from electra_ray.config import SHIPPED_CORPUS
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's controller collects a worker's report when it polls (every 2 s by default), and a
+# worker's next report waits for that: tiny test runs report every few tenths of a second.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session")
