@@ -61,10 +61,10 @@ def start_local_ray(num_cpus: int, env_vars: dict | None = None, dashboard: bool
     """Start Ray in this process, set up for one machine on which training is the job:
     - workers at niceness 0: at Ray's default 15 the trainer loses its cores to Ray's daemons and
       the driver (12% of ELECTRA-Small's tokens/s on 2 cores);
-    - no dashboard unless asked for (a sweep's Tune view), no preemption watcher (a local node is
-      never drained): 10 processes fewer. Every Ray process wakes 100 times a second (its task
-      loop's signal check); on a 2-core machine ~15 idle Ray processes took 10-17% of a plain
-      loop's tokens/s.
+    - no dashboard unless asked for (a sweep's Tune view): 10 processes fewer; no preemption
+      watcher (a local node is never drained): one more. Every Ray process wakes 100 times a
+      second (its task loop's signal check); on a 2-core machine ~15 idle Ray processes took
+      10-17% of a plain loop's tokens/s.
     `env_vars`: more variables for every worker."""
     import ray
 
