@@ -7,6 +7,8 @@
 2. training step, small config at seq 128: our full path (Ray Train + DeepSpeed, 1 worker)
    against (a) a plain single-process PyTorch loop over the same model and batches and (b) the
    naive transformers loop (generator head over every position); runs alternate A B C A B C;
+   with --floor also (c) the plain loop as the train function of a 1-worker Ray Train run, right
+   after each of ours: Ray's own cost, apart from our code's;
 3. MFU: analytic FLOPs per token x tokens/s / measured fp32 matmul peak (datasheet bf16 on GPU);
 4. memory per worker under ZeRO stages 0-3 with 2 workers (small config): model-state bytes
    against theory, and peak resident memory.
@@ -116,6 +118,27 @@ def measure_ours(cfg: Config, warmup: int) -> dict:
             "peak_rss_mb": result.history[-1]["peak_rss_mb"]}
 
 
+def measure_loop_in_ray_train(cfg: Config, steps: int, work: str, name: str) -> dict:
+    """The plain loop run as the train function of a 1-worker Ray Train run (no Ray Data, no
+    DeepSpeed): what Ray alone costs that loop, the floor under our path's overhead."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    threads, out = os.cpu_count() or 1, os.path.join(work, f"{name}.json")
+
+    def train_fn() -> None:
+        torch.set_num_threads(threads)  # as init_ray gives a single local worker
+        result = measure_loop(cfg, steps, warmup=3, naive=False)
+        with open(out, "w") as f:  # same machine: a file is the shortest way back
+            json.dump(result, f)
+
+    TorchTrainer(train_fn, scaling_config=ray.train.ScalingConfig(num_workers=1),
+                 torch_config=TorchConfig(backend="gloo"),
+                 run_config=ray.train.RunConfig(name=name, storage_path=work)).fit()
+    with open(out) as f:
+        return json.load(f)
+
+
 def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
     """One plain/naive measurement in a fresh process, so runs do not share warm state."""
     out = subprocess.run([sys.executable, "-m", "electra_ray.bench", "--measure", kind, "--config", config_name,
@@ -186,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=15, help="steps of our path left out before timing")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the plain loop inside a 1-worker Ray Train run after each of our "
+                             "runs (what Ray alone costs; adds ~45 s a round)")
     parser.add_argument("--measure", choices=["plain", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--config", default="small", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -229,7 +255,7 @@ def run_bench(args) -> dict:
 
     # 2. training step: ours / plain / naive, alternated. Ray runs only during our path's
     # measurement (as it would for a user of each), not behind the single-process loops.
-    runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": []}
+    runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": [], **({"floor": []} if args.floor else {})}
     log_every = math.gcd(args.warmup, args.steps)
     for round_index in range(args.rounds):
         cfg = bench_config("small", tokenizer_dir, args.batch_size,
@@ -237,6 +263,8 @@ def run_bench(args) -> dict:
                             f"output.dir={work}", f"output.name=ours-{round_index}"])
         start_local_ray(cores + 2)
         runs["ours"].append(measure_ours(cfg, args.warmup))
+        if args.floor:
+            runs["floor"].append(measure_loop_in_ray_train(cfg, args.steps, work, f"floor-{round_index}"))
         ray.shutdown()
         runs["plain"].append(run_measure("plain", "small", tokenizer_dir, args.batch_size, args.steps))
         runs["naive"].append(run_measure("naive", "small", tokenizer_dir, args.batch_size, args.steps))
@@ -248,6 +276,11 @@ def run_bench(args) -> dict:
     results["step"] = {"runs": runs, "median_tokens_per_s": median,
                        "ours_over_plain": statistics.median(ratio_plain),
                        "ours_over_naive": statistics.median(ratio_naive)}
+    if args.floor:
+        results["step"]["floor_over_plain"] = statistics.median(
+            f["tokens_per_s"] / p["tokens_per_s"] for f, p in zip(runs["floor"], runs["plain"]))
+        results["step"]["ours_over_floor"] = statistics.median(
+            o["tokens_per_s"] / f["tokens_per_s"] for o, f in zip(runs["ours"], runs["floor"]))
     results["data"]["small_trainer_tokens_per_s"] = median["ours"]
     for name in ("tiny", "small"):
         consumed = results["data"][f"{name}_trainer_tokens_per_s"]
@@ -304,6 +337,9 @@ def format_table(r: dict) -> str:
         f"{med['plain']:,.0f} / {med['naive']:,.0f} tokens/s |",
         f"| ours / plain (median of alternated pairs) | {s['ours_over_plain']:.3f}x |",
         f"| ours / naive transformers loop | {s['ours_over_naive']:.2f}x |",
+        *([f"| plain loop inside a 1-worker Ray Train run / plain (Ray's own cost) | {s['floor_over_plain']:.3f}x |",
+           f"| ours / that loop (our code's cost on top of Ray) | {s['ours_over_floor']:.3f}x |"]
+          if "floor_over_plain" in s else []),
         f"| MFU ours / plain (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s) | {m['ours']:.1%} / {m['plain']:.1%} |",
     ]
     for stage, v in r["memory"]["stages"].items():
