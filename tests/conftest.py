@@ -49,10 +49,17 @@ def local_ray():
     much of the work (tokenizers, exports, evaluation) and keeps its priority over the workers."""
     import ray
 
-    ray.init(num_cpus=4, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
+    start_test_ray()
     yield
     ray.shutdown()
+
+
+def start_test_ray() -> None:
+    """ray.init for the tests: 4 logical CPUs (Ray Data's tasks beside 2 workers) and no print patch."""
+    import ray
+
+    ray.init(num_cpus=4, logging_level="warning",
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
 
 
 def write_parquet(path, **columns) -> str:

@@ -11,7 +11,7 @@ import pytest
 import ray
 import torch
 
-from conftest import S3Server, environment
+from conftest import S3Server, environment, start_test_ray
 from electra_ray import storage
 from electra_ray.export import export
 from electra_ray.prepare import prepare
@@ -35,8 +35,7 @@ def moto_s3(tmp_path_factory):
 def s3_run(moto_s3, small_corpus, tmp_path_factory):
     """Started after the AWS variables are set, so Ray's workers inherit them (as on a machine
     whose environment or instance role provides them)."""
-    ray.init(num_cpus=4, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
+    start_test_ray()
     texts = tmp_path_factory.mktemp("texts")
     with open(texts / "addresses.jsonl", "w") as f:
         for text in pq.read_table(small_corpus, columns=["text"]).column("text").to_pylist():
