@@ -227,6 +227,7 @@ def _stop_on_signals(stop_request):
 
     for sig in previous:
         signal.signal(sig, request_stop)
+    print("training: SIGTERM or Ctrl-C saves a checkpoint and stops", flush=True)
     try:
         yield
     finally:

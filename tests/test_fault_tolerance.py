@@ -67,31 +67,38 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_a_killed_worker_costs_steps_not_the_run(reference, small_corpus, tokenizer_dir, tmp_path):
-    from ray.util.state import list_actors
+    import json
+
+    kill_record = os.path.join(tmp_path, "killed.json")
+
+    class KillAWorkerAtTheFirstCheckpoint(ray.train.UserCallback):
+        """Runs in Ray Train's controller, which collects reports one at a time: while it is here the
+        workers cannot get past their next report, so the kill lands mid-run however fast they are."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is None or os.path.exists(kill_record):
+                return
+            from ray.util.state import list_actors
+
+            alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+            workers = sorted(actor.pid for actor in alive if "RayTrainWorker" in actor.class_name)
+            os.kill(workers[1], signal.SIGKILL)  # from outside, as the OOM killer or a preemption would
+            with open(kill_record, "w") as f:
+                json.dump({"workers": len(workers), "step": metrics[0]["step"], "time": time.time()}, f)
 
     cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **STEPS)
-    outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=pretrain(cfg, export_and_evaluate=False)))
-    runner.start()
-    run_dir = os.path.join(tmp_path, "run")
-    wait_for(lambda: registered_checkpoints(run_dir), 600, "the first registered checkpoint")
-    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
-    workers = [actor for actor in alive if "RayTrainWorker" in actor.class_name]
-    assert len(workers) == 2
-    os.kill(workers[1].pid, signal.SIGKILL)  # from outside, as the OOM killer or a preemption would
-    killed_at = time.monotonic()
-    runner.join(timeout=900)
-    result = outcome["result"]
+    result = pretrain(cfg, export_and_evaluate=False, callbacks=(KillAWorkerAtTheFirstCheckpoint(),))
+    with open(kill_record) as f:
+        killed = json.load(f)
+    assert killed["workers"] == 2 and killed["step"] == 8
 
     steps = [h["step"] for h in result.history]
-    # resumed from a checkpoint (step 8 or later), not from scratch
+    # resumed from the step-8 checkpoint, not from scratch
     assert steps[:2] == [4, 8] and steps.count(4) == steps.count(8) == 1 and steps[-1] == 24
     assert_same_weights(discriminator_weights(result.checkpoint), reference[1])
-    killed_wall = time.time() - (time.monotonic() - killed_at)
-    after = [h for h in result.history if h["time"] > killed_wall]
-    before = [h["step"] for h in result.history if h["time"] <= killed_wall]
-    print(f"\nworker killed after step {before[-1]} was reported; first report after the restart: step "
-          f"{after[0]['step']} {after[0]['time'] - killed_wall:.1f}s later; step time "
+    after = [h for h in result.history if h["time"] > killed["time"]]
+    print(f"\nworker killed at the step-8 report; first report after the restart: step {after[0]['step']} "
+          f"{after[0]['time'] - killed['time']:.1f}s later; step time "
           f"{(after[-1]['time'] - after[0]['time']) / max(1, after[-1]['step'] - after[0]['step']):.2f}s; reports {steps}")
 
 
@@ -100,12 +107,25 @@ def test_driver_stopped_then_resumed_ends_with_the_same_weights(reference, small
     overrides = tiny_overrides(small_corpus, tokenizer_dir, tmp_path, **STEPS)
     driver = subprocess.Popen([sys.executable, "-m", "electra_ray.pretrain", "--set", *overrides],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+
+    def read_output():
+        for line in driver.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
     try:
-        wait_for(lambda: registered_checkpoints(run_dir), 600, "the first checkpoint")
+        # As soon as the handler is in place: the workers, seconds from their first step, then stop at
+        # their first logging step however fast this machine runs 24 tiny steps.
+        wait_for(lambda: any("SIGTERM or Ctrl-C saves a checkpoint" in line for line in lines), 600,
+                 "the driver to start training")
         driver.send_signal(signal.SIGTERM)
-        output, _ = driver.communicate(timeout=600)
+        driver.wait(timeout=600)
+        reader.join(timeout=60)
     finally:
         driver.kill()
+    output = "".join(lines)
     assert driver.returncode == 0, output[-3000:]
     assert "SIGTERM: saving a checkpoint" in output and f"--resume {run_dir}" in output, output[-3000:]
     assert "export:" not in output
@@ -113,7 +133,7 @@ def test_driver_stopped_then_resumed_ends_with_the_same_weights(reference, small
     resumed = subprocess.run([sys.executable, "-m", "electra_ray.pretrain", "--resume", run_dir],
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resumed from step" in resumed.stdout + resumed.stderr
+    assert "resumed from step 4" in resumed.stdout + resumed.stderr  # the first logging step
     final = os.path.join(run_dir, registered_checkpoints(run_dir)[-1])
     assert_same_weights(discriminator_weights(final), reference[1])
 
