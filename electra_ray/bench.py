@@ -183,23 +183,25 @@ def theoretical_state(zero_stage: int, workers: int) -> float:
     return weights + grads + adam
 
 
-DEEPSPEED_PERSISTENCE_THRESHOLD = 100_000  # DeepSpeed's stage3_param_persistence_threshold default
-
-
 def deepspeed_state_bytes(model: torch.nn.Module, zero_stage: int, workers: int) -> float:
     """Model-state bytes per worker as DeepSpeed lays them out in fp32 + AdamW, between steps:
     - its ZeRO optimizers add an fp32 master partition (4/N bytes per parameter), even when the
       model itself trains in fp32;
     - ZeRO-1 and ZeRO-2 alike keep only this rank's gradient partition once backward's reduction
       is done (they differ during the backward pass: ZeRO-1 holds the full gradients until its end);
-    - ZeRO-3 keeps every parameter of at most 100,000 elements whole on every rank."""
+    - ZeRO-3 keeps every parameter of at most stage3_param_persistence_threshold elements (our
+      config leaves DeepSpeed's default) whole on every rank."""
+    from deepspeed.runtime.config_utils import get_config_default
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
     sizes = [p.numel() for p in model.parameters()]
     n = sum(sizes)
     if zero_stage == 0:
         return 16.0 * n
     weights = 4.0 * n
     if zero_stage == 3:
-        weights = 4.0 * (n / workers + sum(s for s in sizes if s <= DEEPSPEED_PERSISTENCE_THRESHOLD))
+        persistence_threshold = get_config_default(DeepSpeedZeroConfig, "param_persistence_threshold")
+        weights = 4.0 * (n / workers + sum(s for s in sizes if s <= persistence_threshold))
     return weights + 4.0 * n / workers + 12.0 * n / workers
 
 

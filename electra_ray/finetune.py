@@ -167,6 +167,8 @@ def load_classifier(model_dir: str, cfg: FinetuneConfig, labels: list | None):
     import transformers
     from transformers import ElectraForSequenceClassification
 
+    from electra_ray.model import use_fast_cpu_dropout
+
     task = {"num_labels": len(labels), "id2label": {i: str(v) for i, v in enumerate(labels)},
             "label2id": {str(v): i for i, v in enumerate(labels)}} if labels else \
         {"num_labels": 1, "problem_type": "regression"}
@@ -182,7 +184,7 @@ def load_classifier(model_dir: str, cfg: FinetuneConfig, labels: list | None):
     if missing or info["mismatched_keys"]:
         raise FinetuneError(f"model {model_dir} lacks encoder weights: missing {missing[:3]}, "
                             f"mismatched {list(info['mismatched_keys'])[:3]}")
-    return model
+    return use_fast_cpu_dropout(model)
 
 
 def layer_depth(name: str, num_layers: int) -> int:

@@ -63,6 +63,17 @@ AttentionInterface.register(ATTENTION, attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
+def use_fast_cpu_dropout(net: nn.Module) -> nn.Module:
+    """Our attention and dropout in a transformers ELECTRA model, in place (they differ from
+    transformers' SDPA and dropout only when training on CPU). Saved configs do not name them."""
+    net.config._attn_implementation = ATTENTION
+    for module in list(net.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.Dropout:
+                setattr(module, name, Dropout(child.p))
+    return net
+
+
 def discriminator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
     return ElectraConfig(
         vocab_size=vocab_size, embedding_size=model_cfg.embedding_size, hidden_size=model_cfg.hidden_size,
@@ -134,11 +145,10 @@ def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float =
         networks = [ElectraForMaskedLM(generator_config(model_cfg, vocab_size, pad_id)),
                     ElectraForPreTraining(discriminator_config(model_cfg, vocab_size, pad_id))]
     for net in networks:
-        net.config._attn_implementation = "sdpa" if stock else ATTENTION
-        for module in [] if stock else list(net.modules()):
-            for name, child in module.named_children():
-                if type(child) is nn.Dropout:
-                    setattr(module, name, Dropout(child.p))
+        if stock:
+            net.config._attn_implementation = "sdpa"
+        else:
+            use_fast_cpu_dropout(net)
     if objective == "mlm":
         return MaskedLMPretrainingModel(*networks)
     return ElectraPretrainingModel(*networks, rtd_weight, temperature)
