@@ -57,21 +57,21 @@ def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
     return read_tokenizer_json(directory)
 
 
-def start_local_ray(num_cpus: int, env_vars: dict | None = None, dashboard: bool = False) -> None:
+def start_local_ray(num_cpus: int, env_vars: dict | None = None) -> None:
     """Start Ray in this process, set up for one machine on which training is the job:
     - workers at niceness 0: at Ray's default 15 the trainer loses its cores to Ray's daemons and
       the driver (12% of ELECTRA-Small's tokens/s on 2 cores);
-    - no dashboard unless asked for (a sweep's Tune view): 10 processes fewer; no preemption
-      watcher (a local node is never drained): one more. Every Ray process wakes 100 times a
-      second (its task loop's signal check); on a 2-core machine ~15 idle Ray processes took
-      10-17% of a plain loop's tokens/s.
+    - no preemption watcher (a local node is never drained): every Ray process wakes 100 times a
+      second (its task loop's signal check), and on 2 cores each one costs the trainer.
+    The dashboard stays: it serves the state API, which Ray Train's PlacementGroupCleaner polls
+    every second (without it, a warning each time), and a sweep's Tune view.
     `env_vars`: more variables for every worker."""
     import ray
 
     os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Train's print patch would echo each progress line twice on the console.
-    ray.init(num_cpus=num_cpus, logging_level="warning", include_dashboard=dashboard,
+    ray.init(num_cpus=num_cpus, logging_level="warning",
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}})
 
 

@@ -240,7 +240,7 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
         concurrent = concurrent or max(1, int((os.cpu_count() or 1) // per_trial_cpus))
         # Room for the trials' workers plus 2 CPUs for their Ray Data tasks and fine-tunes (on 2
         # cores, training workers holding every CPU would starve the data pipeline).
-        start_local_ray(int(concurrent * per_trial_cpus) + 2, dashboard=True)  # its Tune view
+        start_local_ray(int(concurrent * per_trial_cpus) + 2)
     if init_ray(pre) and concurrent:  # a single-node Ray: the cores shared among the trials running at once
         settings["threads"] = max(1, (os.cpu_count() or 1) // (concurrent * pre.scaling.num_workers))
 
