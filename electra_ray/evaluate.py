@@ -9,7 +9,9 @@ masked LM, for the MLM baseline).
   binary entropy of the replaced fraction) and ROC-AUC;
 - discriminator on a fixed corruption (15% of tokens swapped for tokens drawn from the held-out
   text's own unigram distribution, seeded): ROC-AUC. The same corruption for every model, so unlike
-  the RTD loss it compares discriminators trained with different generators (sweeps rank by it).
+  the RTD loss it compares discriminators trained with different generators (sweeps rank by it);
+- discriminator on random replacements (15% swapped for tokens drawn uniformly from the
+  vocabulary, seeded): ROC-AUC, the easy test: mostly rare tokens, which a small model spots first.
 """
 
 from __future__ import annotations
@@ -65,14 +67,16 @@ class FixedCorruption:
 
 
 def fixed_corruption(sequences: np.ndarray, special_ids, pad_id: int, replace_prob: float = 0.15,
-                     seed: int = 0) -> FixedCorruption:
+                     seed: int = 0, uniform_over_vocab: int = 0) -> FixedCorruption:
     """Replace `replace_prob` of the real tokens by tokens drawn from the sequences' own unigram
-    distribution. Unigram draws (rather than uniform ones over the vocabulary) look like ordinary
-    tokens, so detecting them takes context, not a rare-token detector."""
+    distribution. Unigram draws look like ordinary tokens, so detecting them takes context, not a
+    rare-token detector. `uniform_over_vocab=V`: draws uniform over the V-token vocabulary's
+    non-special tokens instead (mostly rare ones: the easy test)."""
     ids = sequences.astype(np.int64)
-    scored = ~np.isin(ids, np.asarray(list(special_ids)))
+    special = np.asarray(list(special_ids))
+    scored = ~np.isin(ids, special)
     rng = np.random.default_rng(seed)
-    pool = ids[scored]
+    pool = np.setdiff1d(np.arange(uniform_over_vocab), special) if uniform_over_vocab else ids[scored]
     chosen = scored & (rng.random(ids.shape) < replace_prob)
     corrupted = ids.copy()
     corrupted[chosen] = pool[rng.integers(0, len(pool), int(chosen.sum()))]
@@ -158,6 +162,9 @@ def evaluate_export(export_dir: str, max_sequences: int = 512, batch_size: int =
         "auc_fixed_corruption": detection_auc(
             discriminator, fixed_corruption(sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed),
             batch_size),
+        "auc_random_replacements": detection_auc(
+            discriminator, fixed_corruption(sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed,
+                                            uniform_over_vocab=vocab_size), batch_size),
     }
 
 
@@ -173,6 +180,8 @@ def format_report(metrics: dict) -> str:
         f"predictor {metrics['rtd_loss_constant']:.4f} ({metrics['replaced_fraction_generator']:.1%} replaced), "
         f"ROC-AUC {metrics['auc_generator_replacements']:.3f}",
         f"  discriminator on a fixed unigram corruption: ROC-AUC {metrics['auc_fixed_corruption']:.3f}",
+        f"  discriminator on random replacements (uniform over the vocabulary): ROC-AUC "
+        f"{metrics['auc_random_replacements']:.3f}",
     ])
 
 

@@ -65,7 +65,8 @@ def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_d
     with torch.no_grad():
         encoded = tokenizer("The state of the union is strong.", return_tensors="pt")
         assert torch.isfinite(discriminator(**encoded).logits).all()
-    assert set(result.evaluation) >= {"generator_mlm_loss", "auc_fixed_corruption", "auc_generator_replacements"}
+    assert set(result.evaluation) >= {"generator_mlm_loss", "auc_fixed_corruption", "auc_generator_replacements",
+                                      "auc_random_replacements"}
 
 
 def test_zero3_with_accumulation_resumes_and_exports_full_weights(small_corpus, tokenizer_dir, tmp_path):
