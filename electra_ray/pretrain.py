@@ -10,7 +10,6 @@ Ends with `checkpoint: PATH` and `export: PATH`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -71,8 +70,10 @@ def start_local_ray(num_cpus: int, env_vars: dict | None = None) -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Train's print patch would echo each progress line twice on the console.
-    ray.init(num_cpus=num_cpus, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}})
+    context = ray.init(num_cpus=num_cpus, logging_level="warning",
+                       runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}})
+    if context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
 
 def init_ray(cfg: Config) -> int:
@@ -173,8 +174,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
         datasets={"train": build_dataset(cfg.data, tokenizer_json, "train", cfg.scaling.data_resource)},
     )
     try:
-        with _stop_on_signals(stop_request):
-            result = trainer.fit()
+        result = _fit_stoppable(trainer, stop_request)
     except ray.train.WorkerGroupError as error:
         known = [e for e in error.worker_failures.values() if isinstance(e, TrainingError)]
         if not known:
@@ -210,12 +210,20 @@ def _ordered_execution():
     return ExecutionOptions(preserve_order=True)
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop_request):
-    """SIGTERM or Ctrl-C asks the workers to save a checkpoint and stop (a second one acts as usual)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _fit_stoppable(trainer, stop_request):
+    """trainer.fit(), where SIGTERM or Ctrl-C asks the workers to save a checkpoint and stop (a
+    second signal acts as usual). On the main thread fit runs on a helper thread: there Ray Train
+    would install its own SIGINT handler, which aborts the run without a checkpoint."""
+    if threading.current_thread() is not threading.main_thread():  # a Tune trial: Tune has the signals
+        return trainer.fit()
+    outcome = {}
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:
+            outcome["error"] = error
+
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def request_stop(signum, frame):
@@ -228,11 +236,17 @@ def _stop_on_signals(stop_request):
     for sig in previous:
         signal.signal(sig, request_stop)
     print("training: SIGTERM or Ctrl-C saves a checkpoint and stops", flush=True)
+    thread = threading.Thread(target=fit, name="trainer.fit", daemon=True)  # dies with an abort
     try:
-        yield
+        thread.start()
+        while thread.is_alive():
+            thread.join(timeout=0.5)  # signal handlers run on this thread, between these waits
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def resume_config(run: str, overrides: list[str]) -> Config:

@@ -30,11 +30,10 @@ def test_pretrain_cli_prints_checkpoint_and_export(small_corpus, tmp_path):
     assert os.path.isdir(checkpoint) and os.path.exists(os.path.join(export, "discriminator", "config.json"))
     assert "step 6/6 | loss" in run.stdout + run.stderr and "tok/s" in run.stdout + run.stderr
     assert os.path.exists(tmp_path / "cli" / "eval.json")
-    # No actor or worker complains on the user's console (Ray Train's PlacementGroupCleaner did, once
-    # a second, while the local Ray ran without the dashboard that serves its state API).
-    complaints = [line for line in (run.stdout + run.stderr).splitlines() if re.match(r"\S*\(\w+ pid=\d+\)", line)
-                  and re.search(r"\b(WARNING|ERROR|Error|Failed|failed)\b", line) and "FutureWarning" not in line]
-    assert not complaints, "\n".join(complaints[:10])
+    # Ray Train's PlacementGroupCleaner is silent in a healthy run. It complained once a second
+    # while the local Ray ran without the dashboard that serves the state API it polls.
+    assert "PlacementGroupCleaner" not in run.stdout + run.stderr
+    assert re.search(r"^Ray dashboard: http://127\.0\.0\.1:\d+$", run.stdout, re.MULTILINE)
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -73,7 +73,8 @@ def test_a_killed_worker_costs_steps_not_the_run(reference, small_corpus, tokeni
 
     class KillAWorkerAtTheFirstCheckpoint(ray.train.UserCallback):
         """Runs in Ray Train's controller, which collects reports one at a time: while it is here the
-        workers cannot get past their next report, so the kill lands mid-run however fast they are."""
+        workers cannot get past the report after next (step 16), so the kill lands mid-run however
+        fast they are."""
 
         def after_report(self, run_context, metrics, checkpoint):
             if checkpoint is None or os.path.exists(kill_record):
@@ -102,9 +103,11 @@ def test_a_killed_worker_costs_steps_not_the_run(reference, small_corpus, tokeni
           f"{(after[-1]['time'] - after[0]['time']) / max(1, after[-1]['step'] - after[0]['step']):.2f}s; reports {steps}")
 
 
-def test_driver_stopped_then_resumed_ends_with_the_same_weights(reference, small_corpus, tokenizer_dir, tmp_path):
-    run_dir = os.path.join(tmp_path, "run")
-    overrides = tiny_overrides(small_corpus, tokenizer_dir, tmp_path, **STEPS)
+def stop_a_driver(sig: signal.Signals, overrides: list[str]) -> str:
+    """Start `python -m electra_ray.pretrain`, send it `sig` once Ray Train's controller runs (by
+    then, on the main thread, Ray Train would have put its own SIGINT handler in place of ours),
+    and return all it printed once it has exited with status 0. The workers, seconds from their
+    first step then, stop at their first logging step however fast this machine runs 24 steps."""
     driver = subprocess.Popen([sys.executable, "-m", "electra_ray.pretrain", "--set", *overrides],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -116,26 +119,42 @@ def test_driver_stopped_then_resumed_ends_with_the_same_weights(reference, small
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
     try:
-        # As soon as the handler is in place: the workers, seconds from their first step, then stop at
-        # their first logging step however fast this machine runs 24 tiny steps.
-        wait_for(lambda: any("SIGTERM or Ctrl-C saves a checkpoint" in line for line in lines), 600,
-                 "the driver to start training")
-        driver.send_signal(signal.SIGTERM)
+        wait_for(lambda: driver.poll() is not None or any("(TrainController pid=" in line for line in lines), 600,
+                 "Ray Train's controller to start")
+        assert driver.poll() is None, "".join(lines)[-3000:]
+        driver.send_signal(sig)
         driver.wait(timeout=600)
         reader.join(timeout=60)
     finally:
         driver.kill()
+        driver.stdout.close()
     output = "".join(lines)
     assert driver.returncode == 0, output[-3000:]
-    assert "SIGTERM: saving a checkpoint" in output and f"--resume {run_dir}" in output, output[-3000:]
-    assert "export:" not in output
+    assert f"{sig.name}: saving a checkpoint" in output and "export:" not in output, output[-3000:]
+    return output
+
+
+def test_driver_stopped_then_resumed_ends_with_the_same_weights(reference, small_corpus, tokenizer_dir, tmp_path):
+    run_dir = os.path.join(tmp_path, "run")
+    output = stop_a_driver(signal.SIGTERM, tiny_overrides(small_corpus, tokenizer_dir, tmp_path, **STEPS))
+    assert f"stopped at step 4; continue with: python -m electra_ray.pretrain --resume {run_dir}" in output
 
     resumed = subprocess.run([sys.executable, "-m", "electra_ray.pretrain", "--resume", run_dir],
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resumed from step 4" in resumed.stdout + resumed.stderr  # the first logging step
+    assert "resumed from step 4" in resumed.stdout + resumed.stderr
     final = os.path.join(run_dir, registered_checkpoints(run_dir)[-1])
     assert_same_weights(discriminator_weights(final), reference[1])
+
+
+def test_ctrl_c_saves_a_checkpoint_too(small_corpus, tokenizer_dir, tmp_path):
+    """Ray Train's own SIGINT handler would abort the run with nothing saved."""
+    from electra_ray.export import read_run_state
+
+    run_dir = os.path.join(tmp_path, "run")
+    output = stop_a_driver(signal.SIGINT, tiny_overrides(small_corpus, tokenizer_dir, tmp_path, **STEPS))
+    assert f"stopped at step 4; continue with: python -m electra_ray.pretrain --resume {run_dir}" in output
+    assert read_run_state(os.path.join(run_dir, registered_checkpoints(run_dir)[-1]))["step"] == 4
 
 
 def test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous(reference, small_corpus, tokenizer_dir, tmp_path):
