@@ -27,7 +27,7 @@ def test_entropies():
     assert unigram_entropy(np.array([7, 7, 7])) == pytest.approx(0.0)
 
 
-def held_out(rows=64, length=32, vocab=1000, seed=1):
+def held_out(rows=64, length=32, seed=1):
     rng = np.random.default_rng(seed)
     ids = rng.integers(len(SPECIAL), 60, (rows, length))  # text that uses a few common tokens only
     ids[:, 0], ids[:, -1] = 2, 3

@@ -4,6 +4,7 @@ weights of the same run left alone: checkpoints hold the data position and every
 Ray Data delivers each worker's shard in the same order, and gloo's sums are deterministic."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -50,8 +51,6 @@ def checkpoints_in(run_dir: str) -> list[str]:
 
 def registered_checkpoints(run_dir: str) -> list[str]:
     """Checkpoints Ray Train has registered (a directory appears before its registration)."""
-    import json
-
     try:
         with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
             return [r["checkpoint_dir_name"] for r in json.load(f)["checkpoint_results"]]
@@ -67,8 +66,6 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_a_killed_worker_costs_steps_not_the_run(reference, small_corpus, tokenizer_dir, tmp_path):
-    import json
-
     kill_record = os.path.join(tmp_path, "killed.json")
 
     class KillAWorkerAtTheFirstCheckpoint(ray.train.UserCallback):
