@@ -15,19 +15,90 @@ With these a resumed run sees the same batches, masks, samples and dropout as an
 one. Ray Train registers a checkpoint only after it is fully persisted, so an interrupted save
 never becomes the latest; one that is registered but cannot be read (truncated, corrupted) is
 skipped at resume, with a warning, for the one before it.
+
+Loading is safe against tampered files: a checkpoint in shared storage can be written by others,
+and unpickling runs whatever code a pickle names. Every torch file of a checkpoint is loaded with
+torch's weights-only unpickler (tensors, plain containers and the few DeepSpeed classes below),
+DeepSpeed's own loader and `zero_to_fp32` included (`safe_loading`); a file that needs anything else
+is refused before any of the checkpoint is used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import importlib
 import json
 import os
+import pickle
 import posixpath
 
 import torch
 
+from electra_ray.errors import TrainingError, UserError
+
 CHECKPOINT_TAG = "model"          # DeepSpeed's tag directory inside a checkpoint
 RUN_STATE = "electra_ray.json"    # config, step, data position, vocabulary: what export and resume read
 TOKENIZER_DIR = "tokenizer"
+# What DeepSpeed pickles into its ZeRO 1-3 optimizer states beyond tensors and plain containers
+# (found by torch.serialization.get_unsafe_globals_in_checkpoint on checkpoints of every stage).
+DEEPSPEED_CLASSES = ("deepspeed.utils.tensor_fragment.fragment_address",
+                     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                     "deepspeed.runtime.zero.config.ZeroStageEnum")
+
+
+class UnsafeCheckpointError(UserError):
+    """A checkpoint file would run code or build objects outside the allowed list when loaded."""
+
+
+def _allowed_classes() -> list:
+    allowed = []
+    for name in DEEPSPEED_CLASSES:
+        module, _, attribute = name.rpartition(".")
+        with contextlib.suppress(ImportError, AttributeError):  # a DeepSpeed without it never pickles it
+            allowed.append(getattr(importlib.import_module(module), attribute))
+    return allowed
+
+
+@contextlib.contextmanager
+def safe_loading():
+    """Every torch.load in the block is weights-only, also where the caller (DeepSpeed's checkpoint
+    engine, zero_to_fp32) asks for weights_only=False: torch honours TORCH_FORCE_WEIGHTS_ONLY_LOAD
+    over the argument."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_allowed_classes()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def verify_pickles(directory: str) -> None:
+    """Refuse a checkpoint directory any of whose torch files needs more than the weights-only
+    unpickler allows; nothing in it is executed. The tensors are memory-mapped, not read."""
+    for path in sorted(glob.glob(os.path.join(directory, "**", "*.pt"), recursive=True)):
+        try:
+            with safe_loading():
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as error:
+            reason = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it needs objects a checkpoint never holds ({reason or 'unsafe pickle'}); "
+                f"was it tampered with? Checkpoint storage must be writable only by people you trust") from None
+        except RuntimeError as error:
+            if "zip" not in str(error).lower():
+                raise
+            raise UnsafeCheckpointError(f"refusing to load {path}: not a torch checkpoint file ({error})") from None
+
+
+def load_rng_state(path: str) -> dict:
+    with safe_loading():
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def save(directory: str, engine, run_state: dict, rng_state: dict, rank: int, tokenizer_json: str) -> None:
@@ -59,18 +130,22 @@ def restore(engine, latest, rank: int, world: int, device: torch.device) -> dict
     this rank's random states under "rng"."""
     import torch.distributed as dist
 
-    from electra_ray.train import TrainingError
-
     tried = []
     for candidate in newest_first(latest):
         state, error = None, None
         try:
             with candidate.as_directory() as directory:
+                # Every rank checks every file, so all agree to refuse (an error, never a retry).
+                verify_pickles(directory)
                 with open(os.path.join(directory, RUN_STATE)) as f:
                     state = json.load(f)
-                state["rng"] = torch.load(os.path.join(directory, f"rng_rank{rank}.pt"), weights_only=False)
-                if engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)[0] is None:
+                state["rng"] = load_rng_state(os.path.join(directory, f"rng_rank{rank}.pt"))
+                with safe_loading():
+                    loaded = engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)[0]
+                if loaded is None:
                     raise FileNotFoundError(f"no DeepSpeed checkpoint '{CHECKPOINT_TAG}' in it")
+        except UnsafeCheckpointError as refused:
+            raise TrainingError(str(refused)) from None
         except Exception as failure:  # a truncated file, a missing shard, bad JSON: this one is unusable
             state, error = None, failure
         readable = torch.tensor([0.0 if state is None else 1.0], device=device)

@@ -43,10 +43,14 @@ class CompareConfig:
 
 
 def load_compare_config(path: str | None, overrides: list[str]) -> tuple[CompareConfig, set[str]]:
+    from electra_ray.config import check_bounds, check_choices
+
     cfg = CompareConfig()
     given = apply_file_and_overrides(cfg, path, overrides)
-    if cfg.points < 1:
-        raise UserError("points must be >= 1")
+    check_choices(cfg)
+    # The comparison's own numbers (pretrain.* and finetune.* carry their ranges in their fields;
+    # arm_config checks the pre-training settings as a whole): dev_fraction 0 or 1 empties dev or train.
+    check_bounds(cfg, bounds={"points": ">= 1", "dev_fraction": "(0, 1)"})
     return cfg, given
 
 

@@ -4,12 +4,18 @@ A config is `Config` (sections model, data, train, scaling, output). Every field
 and a help text; `load_config(path, overrides)` reads a YAML file, applies `section.key=value`
 overrides last, and rejects unknown keys and ill-typed values with an error naming the key.
 Defaults are ELECTRA-Small's (Clark et al. 2020, table 6) unless a field says otherwise.
+
+Ranges are declared next to the help text (`_f(..., bounds="> 0")`) and checked generically by
+`check_bounds`; `validate` runs it, then the few checks that involve two keys. Every violation is a
+ConfigError naming the key, the value and the allowed range, raised before Ray starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -27,23 +33,70 @@ class ConfigError(UserError):
     """A config file or override names an unknown key or holds an ill-typed value."""
 
 
-def _f(default, help: str, choices: tuple | None = None):
+class BoundsError(ConfigError):
+    """A value outside its key's range; `allowed` is the range as the message words it ("> 0")."""
+
+    def __init__(self, key: str, value, allowed: str):
+        super().__init__(f"config key '{key}' must be {allowed}, got {value!r}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """An allowed range written as in maths: ">= 1", "> 0", "<= 10", "[0, 1)", "(0, 1]"."""
+    text: str
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Bounds":
+        # Parsed when the dataclass is defined, so a typo in a bound fails at import, not at a user.
+        one_sided = re.fullmatch(r"(>=|>|<=|<)\s*(\S+)", text.strip())
+        if one_sided:
+            op, x = one_sided.group(1), float(one_sided.group(2))
+            if op.startswith(">"):
+                return cls(text, low=x, low_open=op == ">")
+            return cls(text, high=x, high_open=op == "<")
+        interval = re.fullmatch(r"([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])", text.strip())
+        if not interval:
+            raise ValueError(f"bounds {text!r}: expected '>= x', '> x', '<= x', '< x' or an interval like '[0, 1)'")
+        return cls(text, low=float(interval.group(2)), high=float(interval.group(3)),
+                   low_open=interval.group(1) == "(", high_open=interval.group(4) == ")")
+
+    def __contains__(self, value) -> bool:
+        above = self.low < value or (not self.low_open and value == self.low)
+        below = value < self.high or (not self.high_open and value == self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        return self.text if self.text[0] in "<>" else f"in {self.text}"
+
+
+def _f(default, help: str, choices: tuple | None = None, bounds: str | None = None, items: type | None = None,
+       length: int | None = None):
+    """A config field: its default, help text and what values it allows. `bounds`: the range of a
+    number (of each item of a list); `items`: a list's item type (int or float); `length`: a
+    list's exact length. Float fields (and float items) must also be finite."""
     kind = "default_factory" if isinstance(default, (list, dict)) else "default"
     value = (lambda: type(default)(default)) if kind == "default_factory" else default
-    return field(**{kind: value}, metadata={"help": help, "choices": choices})
+    metadata = {"help": help, "choices": choices, "bounds": Bounds.parse(bounds) if bounds else None,
+                "items": items, "length": length}
+    return field(**{kind: value}, metadata=metadata)
 
 
 @dataclass
 class ModelConfig:
-    num_layers: int = _f(12, "transformer layers, discriminator and generator alike")
-    hidden_size: int = _f(256, "discriminator hidden size")
-    embedding_size: int = _f(128, "token/position embedding size, shared by both networks")
-    num_heads: int = _f(4, "discriminator attention heads")
-    intermediate_size: int = _f(1024, "discriminator feed-forward size")
+    num_layers: int = _f(12, "transformer layers, discriminator and generator alike", bounds=">= 1")
+    hidden_size: int = _f(256, "discriminator hidden size", bounds=">= 1")
+    embedding_size: int = _f(128, "token/position embedding size, shared by both networks", bounds=">= 1")
+    num_heads: int = _f(4, "discriminator attention heads", bounds=">= 1")
+    intermediate_size: int = _f(1024, "discriminator feed-forward size", bounds=">= 1")
     generator_size: float = _f(0.25, "generator width (hidden, heads, FFN) as a fraction of the "
-                                     "discriminator's; the paper finds 1/4-1/2 best")
-    max_position_embeddings: int = _f(512, "longest sequence the position embeddings cover")
-    dropout: float = _f(0.1, "dropout on hidden states and attention probabilities")
+                                     "discriminator's; the paper finds 1/4-1/2 best", bounds="(0, 1]")
+    max_position_embeddings: int = _f(512, "longest sequence the position embeddings cover", bounds=">= 8")
+    dropout: float = _f(0.1, "dropout on hidden states and attention probabilities", bounds="[0, 1)")
 
 
 @dataclass
@@ -52,16 +105,22 @@ class DataConfig:
                                    "document per row")
     text_column: str = _f("text", "column holding the document text")
     tokenizer: str = _f("", "directory (or s3:// prefix) of a saved tokenizer; empty: train one on the corpus")
-    vocab_size: int = _f(30522, "vocabulary size when the tokenizer is trained here")
-    seq_len: int = _f(128, "tokens per packed sequence, [CLS] and [SEP] included")
-    mask_prob: float = _f(0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)")
+    # The WordPiece trainer accepts any size (it always keeps the 5 specials and every character of the
+    # corpus: 108 tokens on the shipped one, even at vocab_size 0), so 16 is a floor against typos, not a need.
+    vocab_size: int = _f(30522, "vocabulary size when the tokenizer is trained here", bounds=">= 16")
+    seq_len: int = _f(128, "tokens per packed sequence, [CLS] and [SEP] included; at most "
+                               "model.max_position_embeddings", bounds=">= 8")
+    mask_prob: float = _f(0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)",
+                           bounds="(0, 1)")
     mask_token_prob: float = _f(0.85, "of the selected tokens, fraction replaced by [MASK] "
-                                      "(ELECTRA 0.85; BERT 0.8, the default with train.objective=mlm)")
+                                      "(ELECTRA 0.85; BERT 0.8, the default with train.objective=mlm)",
+                                 bounds="[0, 1]")
     random_token_prob: float = _f(0.0, "of the selected tokens, fraction replaced by a random token "
                                        "(ELECTRA 0; BERT 0.1, the default with train.objective=mlm); "
-                                       "the rest stay unchanged")
-    eval_fraction: float = _f(0.02, "fraction of documents held out for evaluation (by text hash)")
-    docs_per_block: int = _f(64, "documents tokenized and packed together by one Ray Data task")
+                                       "the rest stay unchanged; mask_token_prob + random_token_prob <= 1",
+                                   bounds="[0, 1]")
+    eval_fraction: float = _f(0.02, "fraction of documents held out for evaluation (by text hash)", bounds="[0, 1)")
+    docs_per_block: int = _f(64, "documents tokenized and packed together by one Ray Data task", bounds=">= 1")
 
 
 @dataclass
@@ -69,40 +128,45 @@ class TrainConfig:
     objective: str = _f("electra", "pre-training objective: electra (generator + discriminator, "
                                    "replaced-token detection) or mlm (BERT's masked LM on the "
                                    "discriminator-sized encoder: the equal-compute baseline)", ("electra", "mlm"))
-    max_steps: int = _f(1_000_000, "optimizer steps")
-    batch_size: int = _f(128, "sequences per optimizer step, summed over workers and accumulation")
-    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step on each worker")
-    lr: float = _f(5e-4, "peak learning rate")
-    warmup_steps: int = _f(10_000, "linear warm-up steps; then linear decay to 0 at max_steps")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
-    adam_betas: list = _f([0.9, 0.999], "AdamW betas")
-    adam_eps: float = _f(1e-6, "AdamW epsilon")
-    grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)")
-    rtd_weight: float = _f(50.0, "lambda: weight of the replaced-token-detection loss")
-    temperature: float = _f(1.0, "generator sampling temperature")
+    max_steps: int = _f(1_000_000, "optimizer steps", bounds=">= 1")
+    batch_size: int = _f(128, "sequences per optimizer step, summed over workers and accumulation; a multiple "
+                                "of scaling.num_workers x train.grad_accum", bounds=">= 1")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step on each worker", bounds=">= 1")
+    lr: float = _f(5e-4, "peak learning rate", bounds="> 0")
+    warmup_steps: int = _f(10_000, "linear warm-up steps; then linear decay to 0 at max_steps", bounds=">= 0")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)", bounds=">= 0")
+    adam_betas: list = _f([0.9, 0.999], "AdamW betas", bounds="[0, 1)", items=float, length=2)
+    adam_eps: float = _f(1e-6, "AdamW epsilon", bounds="> 0")
+    grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)", bounds=">= 0")
+    rtd_weight: float = _f(50.0, "lambda: weight of the replaced-token-detection loss", bounds=">= 0")
+    temperature: float = _f(1.0, "generator sampling temperature", bounds="> 0")
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
     precision: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
-    log_every: int = _f(50, "optimizer steps between progress lines / metric reports")
+    log_every: int = _f(50, "optimizer steps between progress lines / metric reports", bounds=">= 1")
     eval_every: int = _f(0, "optimizer steps between measurements of heldout_auc, the discriminator's ROC-AUC "
                             "on held-out text under one fixed corruption (evaluate.fixed_corruption): unlike the "
                             "losses it compares runs with different generators and lambdas, so sweeps rank by it. "
-                            "A multiple of train.log_every; 0: off")
-    eval_sequences: int = _f(64, "held-out sequences heldout_auc is measured on")
-    checkpoint_every: int = _f(10_000, "optimizer steps between checkpoints (and one at the end)")
-    keep_checkpoints: int = _f(2, "checkpoints kept (newest first); the newest complete one is never deleted")
-    max_failures: int = _f(3, "worker-group restarts from the latest checkpoint after a worker dies (-1: no limit)")
-    max_bad_steps: int = _f(20, "steps skipped in a row for a non-finite loss before the run stops with an error")
+                            "A multiple of train.log_every; 0: off", bounds=">= 0")
+    eval_sequences: int = _f(64, "held-out sequences heldout_auc is measured on", bounds=">= 1")
+    checkpoint_every: int = _f(10_000, "optimizer steps between checkpoints (and one at the end)", bounds=">= 1")
+    keep_checkpoints: int = _f(2, "checkpoints kept (newest first); the newest complete one is never deleted",
+                                bounds=">= 1")
+    max_failures: int = _f(3, "worker-group restarts from the latest checkpoint after a worker dies (-1: no limit)",
+                            bounds=">= -1")
+    max_bad_steps: int = _f(20, "steps skipped in a row for a non-finite loss before the run stops with an error",
+                             bounds=">= 0")
     inject_nan_steps: list = _f([], "fault injection for testing the divergence guard: optimizer steps whose "
-                                    "first micro-batch gets a NaN loss")
-    seed: int = _f(0, "random seed (model init, masking, sampling)")
+                                    "first micro-batch gets a NaN loss", bounds=">= 1", items=int)
+    # At most 2**32 - 1: search=optuna seeds numpy's RandomState with it, which takes no more.
+    seed: int = _f(0, "random seed (model init, masking, sampling)", bounds="[0, 4294967295]")
 
 
 @dataclass
 class ScalingConfig:
-    num_workers: int = _f(1, "Ray Train workers (data-parallel ranks)")
+    num_workers: int = _f(1, "Ray Train workers (data-parallel ranks)", bounds=">= 1")
     use_gpu: bool = _f(False, "one GPU per worker")
     cpus_per_worker: float = _f(0.0, "CPUs reserved per worker; 0: on a local Ray, the machine's "
-                                     "cores divided among the workers, else 1")
+                                     "cores divided among the workers, else 1", bounds=">= 0")
     ray_address: str = _f("", "Ray cluster to join ('auto', ray://...); empty: RAY_ADDRESS or an "
                               "in-process local Ray")
     data_resource: str = _f("", "custom Ray resource that Ray Data's read/tokenize tasks require: the cluster "
@@ -167,9 +231,15 @@ def _convert(key: str, value, kind):
             return int(value)
         if isinstance(value, str):
             try:
-                return int(float(value)) if float(value).is_integer() else None
+                return int(value)
             except ValueError:
                 pass
+            try:  # "1e3": YAML 1.1 reads an exponent without a dot as a string
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if number.is_integer():
+                return int(number)
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -183,13 +253,34 @@ def _convert(key: str, value, kind):
             return str(value)
     elif kind is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _load_yaml(value, f"config key '{key}'")
         if isinstance(value, (list, tuple)):
             return list(value)
     elif kind is dict:
         if isinstance(value, dict):
             return dict(value)
     raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {value!r}")
+
+
+def _load_yaml(text: str, where: str):
+    """yaml.safe_load, a parse error becoming one line that names `where` and the line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        if mark is not None:
+            line, column = mark.line + 1, mark.column + 1  # the marks count from 0
+        elif isinstance(getattr(error, "position", None), int):  # a ReaderError: a character YAML refuses
+            line = text.count("\n", 0, error.position) + 1
+            column = error.position - text.rfind("\n", 0, error.position)
+        else:
+            line = column = None
+        # A ReaderError has no `problem`; its str() is "unacceptable character #x0000: ...\n  in ...".
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        context = getattr(error, "context", None)
+        what = f"{problem} ({context})" if context else str(problem)
+        at = f" at line {line}, column {column}" if line is not None else ""
+        raise ConfigError(f"{where}: malformed YAML{at}: {' '.join(what.split())}") from None
 
 
 def apply_values(obj, values: dict, prefix: str = "") -> None:
@@ -204,7 +295,8 @@ def apply_values(obj, values: dict, prefix: str = "") -> None:
         if key not in fields:
             raise ConfigError(f"unknown config key '{name}' (known: {', '.join(sorted(fields))})")
         if dataclasses.is_dataclass(hints[key]):
-            apply_values(getattr(obj, key), value, prefix=f"{name}.")
+            if value is not None:  # `train:` with every key commented out is an empty section
+                apply_values(getattr(obj, key), value, prefix=f"{name}.")
         else:
             setattr(obj, key, _convert(name, value, hints[key]))
 
@@ -226,7 +318,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
-        set_nested(nested, key, yaml.safe_load(raw) if raw.strip() else "")
+        set_nested(nested, key, _load_yaml(raw, f"override '{item}'") if raw.strip() else "")
     return nested
 
 
@@ -241,32 +333,105 @@ def check_choices(obj, prefix: str = "") -> None:
                               f"got {value!r}")
 
 
+def _is_number(value, kind) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+        return False
+    return kind is int or math.isfinite(value)
+
+
+def _allowed(kind, bounds: Bounds | None, items=None, length: int | None = None) -> str:
+    """What a field allows, worded for a message: "> 0", "finite and in [0, 1)", "2 numbers, each in [0, 1)"."""
+    if kind is list:
+        count = f"{length} " if length is not None else "a list of "
+        return f"{count}{'integers' if items is int else 'numbers'}" + \
+            (f", each {_allowed(items, bounds)}" if bounds or items is float else "")
+    if kind is float:
+        return f"finite and {bounds}" if bounds else "finite"
+    return str(bounds) if bounds else "an integer"
+
+
+def check_bounds(obj, prefix: str = "", bounds: dict[str, str] | None = None) -> None:
+    """Every number of a config dataclass (and of its sections) within its field's `bounds`
+    (`_f(..., bounds=...)`), every float finite, every list with `items` / `length` metadata of
+    that shape; a violation is a BoundsError naming the key, the value and the range. `bounds`
+    adds ranges by key ({"num_samples": ">= 1"}) for dataclasses whose fields do not declare them."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_bounds(value, f"{key}.", bounds)
+            continue
+        kind = hints[f.name]
+        extra = (bounds or {}).get(key)
+        allowed = Bounds.parse(extra) if extra else f.metadata.get("bounds")
+        items, length = f.metadata.get("items"), f.metadata.get("length")
+        if kind is list and (items or allowed or length is not None):
+            items = items or float
+            ok = isinstance(value, list) and (length is None or len(value) == length) and \
+                all(_is_number(v, items) and (allowed is None or v in allowed) for v in value)
+        elif kind in (int, float):
+            ok = _is_number(value, kind) and (allowed is None or value in allowed)
+        else:
+            continue
+        if not ok:
+            # A finite number out of range: the range alone ("must be > 0, got 0.0"), not "finite and ...".
+            finite_scalar = kind in (int, float) and _is_number(value, kind) and allowed is not None
+            raise BoundsError(key, value, str(allowed) if finite_scalar else _allowed(kind, allowed, items, length))
+
+
 def validate(config: Config) -> None:
+    """Every setting in range (check_bounds: each key on its own; then the checks that involve two
+    keys, which may divide by a key and so come after), before any Ray work starts."""
     check_choices(config)
+    check_bounds(config)
     d, t, m, s = config.data, config.train, config.model, config.scaling
+    # model.generator_size needs no check of its own: model.generator_config rounds the generator's
+    # width to at least 1 and lowers its head count until it divides the width, for any size in (0, 1].
     checks = [
-        (0 < d.mask_prob < 1, "data.mask_prob must be in (0, 1)"),
-        (d.mask_token_prob + d.random_token_prob <= 1, "data.mask_token_prob + data.random_token_prob must be <= 1"),
-        (8 <= d.seq_len <= m.max_position_embeddings, "data.seq_len must be in [8, model.max_position_embeddings]"),
-        (0 <= d.eval_fraction < 1, "data.eval_fraction must be in [0, 1)"),
-        (0 < m.generator_size <= 1, "model.generator_size must be in (0, 1]"),
-        (m.hidden_size % m.num_heads == 0, "model.hidden_size must be divisible by model.num_heads"),
-        (s.num_workers >= 1, "scaling.num_workers must be >= 1"),
-        (t.max_steps >= 1 and t.log_every >= 1 and t.checkpoint_every >= 1,
-         "train.max_steps, train.log_every and train.checkpoint_every must be >= 1"),
+        (d.seq_len <= m.max_position_embeddings,
+         f"config key 'data.seq_len' must be <= model.max_position_embeddings ({m.max_position_embeddings}), "
+         f"got {d.seq_len}"),
+        # A tolerance: 0.15 + 0.85 style sums may round just above 1 (masking compares with their sum).
+        (d.mask_token_prob + d.random_token_prob <= 1 + 1e-9,
+         f"config keys 'data.mask_token_prob' + 'data.random_token_prob' must be <= 1, "
+         f"got {d.mask_token_prob} + {d.random_token_prob}"),
+        (m.hidden_size % m.num_heads == 0,
+         f"config key 'model.hidden_size' ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})"),
         (t.batch_size % (s.num_workers * t.grad_accum) == 0,
          f"train.batch_size ({t.batch_size}) must be divisible by scaling.num_workers x "
          f"train.grad_accum ({s.num_workers} x {t.grad_accum})"),
-        (len(t.adam_betas) == 2, "train.adam_betas must have two values"),
-        (t.eval_every >= 0 and t.eval_every % t.log_every == 0 and t.eval_sequences >= 1,
-         f"train.eval_every ({t.eval_every}) must be 0 or a multiple of train.log_every ({t.log_every}), and "
-         f"train.eval_sequences >= 1"),
-        (t.keep_checkpoints >= 1 and t.max_bad_steps >= 0,
-         "train.keep_checkpoints must be >= 1 and train.max_bad_steps >= 0"),
+        (t.eval_every % t.log_every == 0,
+         f"train.eval_every ({t.eval_every}) must be 0 or a multiple of train.log_every ({t.log_every})"),
+        # Ray refuses a fractional resource request finer than 0.0001 when the workers start.
+        (s.cpus_per_worker == 0 or s.cpus_per_worker >= 1e-4,
+         f"config key 'scaling.cpus_per_worker' must be 0 or >= 0.0001, got {s.cpus_per_worker!r}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def read_config_file(path: str) -> dict:
+    """A YAML config file's top-level mapping; anything unreadable is a one-line ConfigError."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory, not a YAML file")
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                          f"offset {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    values = _load_yaml(text, f"config file {path}")
+    if values is None:  # empty, or comments only
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (model:, train:, ...), "
+                          f"got a {type(values).__name__}")
+    return values
 
 
 def apply_file_and_overrides(config, path: str | None, overrides: list[str] | None,
@@ -275,10 +440,7 @@ def apply_file_and_overrides(config, path: str | None, overrides: list[str] | No
     `section.key=value` overrides. Returns the keys that were given ("data.seq_len", ...)."""
     values: dict = dict(base or {})
     if path:
-        if not os.path.exists(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+        values = read_config_file(path)
     given: set[str] = set()
     for layer in (values, parse_overrides(overrides or [])):
         apply_values(config, layer, prefix="")
@@ -308,12 +470,22 @@ def apply_objective_masking(config: Config, given: set[str]) -> None:
 
 
 def describe_options() -> str:
-    """Every config key with its default and help, for `--help`."""
+    """Every config key with its default, allowed values and help, for `--help`."""
     lines = []
     for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(section.default_factory)
         for f in dataclasses.fields(section.default_factory()):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if f.name == "path" and section.name == "data":
                 default = "<shipped State of the Union corpus>"
-            lines.append(f"  {section.name}.{f.name} = {default!r}\n      {f.metadata['help']}")
+            meta, kind = f.metadata, hints[f.name]
+            if meta.get("choices"):
+                allowed = f"  (one of {', '.join(map(str, meta['choices']))})"
+            elif kind is list and (meta.get("bounds") or meta.get("items")):
+                allowed = f"  ({_allowed(kind, meta.get('bounds'), meta.get('items'), meta.get('length'))})"
+            elif meta.get("bounds"):  # floats are also refused when not finite; the listing leaves that implied
+                allowed = f"  ({meta['bounds']})"
+            else:
+                allowed = ""
+            lines.append(f"  {section.name}.{f.name} = {default!r}{allowed}\n      {meta['help']}")
     return "\n".join(lines)

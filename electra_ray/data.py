@@ -5,12 +5,19 @@ Driver side, `build_dataset` makes a Ray Data dataset of packed `[CLS] ... [SEP]
 build_pretraining_dataset does). Worker side, `masked_batches` iterates the worker's shard and
 masks each batch afresh, so every epoch sees new masks. The held-out split is chosen by a hash of
 each document's text: stable across runs, file layouts and worker counts.
+
+Parquet does not check that a string column holds UTF-8: text with invalid bytes is decoded with
+replacement characters (U+FFFD), as `electra_ray.prepare` decodes its input, and a warning names
+the file (or the corpus) once per process.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import json
+import posixpath
+import sys
 import zlib
 from typing import Iterator
 
@@ -36,6 +43,8 @@ def open_corpus(path: str, column: str = "text") -> pads.Dataset:
         info = filesystem.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"corpus path not found: {path}")
+    if info.type == pafs.FileType.Directory:
+        check_finished(path)
     try:
         dataset = pads.dataset(inner, format="parquet", filesystem=filesystem,
                                exclude_invalid_files=False)
@@ -58,6 +67,67 @@ def open_corpus(path: str, column: str = "text") -> pads.Dataset:
     return dataset
 
 
+def check_finished(path: str) -> None:
+    """A corpus directory that electra_ray.prepare was writing is complete: no `_PREPARING` without
+    `_SUCCESS`, no `.partial` file (a shard being written), and every shard its `_SUCCESS` lists
+    present with the bytes it lists. Directories written by anything else (no markers; Spark's
+    empty `_SUCCESS`) pass."""
+    from electra_ray.prepare import PREPARING, SUCCESS
+
+    filesystem, inner = storage.resolve(path)
+    with storage.s3_errors(path):
+        found = [f for f in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
+                 if f.type == pafs.FileType.File]
+    sizes = {posixpath.relpath(f.path, inner): f.size for f in found}
+    unfinished = f"corpus {path} was not finished by electra_ray.prepare: it has"
+    again = "run prepare again (into an empty output path)"
+    if PREPARING in sizes and SUCCESS not in sizes:
+        raise DataError(f"{unfinished} {PREPARING} and no {SUCCESS}; {again}")
+    partial = sorted(name for name in sizes if ".partial" in posixpath.basename(name))
+    if partial:
+        raise DataError(f"{unfinished} {partial[0]}; {again}")
+    if SUCCESS not in sizes or not sizes[SUCCESS]:
+        return
+    with storage.s3_errors(path), filesystem.open_input_stream(posixpath.join(inner, SUCCESS),
+                                                               compression=None) as stream:
+        text = stream.read()
+    try:
+        summary = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return  # not prepare's (another tool's marker): nothing to verify
+    if not isinstance(summary, dict) or not isinstance(summary.get("shards"), list):
+        return
+    for shard in summary["shards"]:
+        if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
+            continue
+        name, size = shard["name"], shard.get("bytes")
+        if name not in sizes:
+            raise DataError(f"corpus {path} is incomplete: its {SUCCESS} lists {name}, which is missing; {again}")
+        if isinstance(size, int) and sizes[name] != size:
+            raise DataError(f"corpus {path} has changed since prepare wrote it: {name} has {sizes[name]} bytes, "
+                            f"its {SUCCESS} says {size}; {again}")
+
+
+_warned_invalid_utf8: set[str] = set()
+
+
+def decode_texts(column: pa.Array | pa.ChunkedArray, where: str) -> list[str | None]:
+    """The values of a string column as Python strings. Invalid UTF-8 (Parquet does not check it;
+    to_pylist would raise UnicodeDecodeError) is decoded with replacement characters, with one
+    warning per `where` (the file or corpus) and process."""
+    try:
+        column.validate(full=True)  # a C++ pass over the bytes: cheap beside tokenizing them
+    except pa.ArrowInvalid:
+        if where not in _warned_invalid_utf8:
+            _warned_invalid_utf8.add(where)
+            print(f"warning: {where} holds text that is not valid UTF-8; decoded with replacement characters",
+                  file=sys.stderr, flush=True)
+        binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
+        return [None if value is None else value.decode("utf-8", errors="replace")
+                for value in column.cast(binary).to_pylist()]
+    return column.to_pylist()
+
+
 def is_eval_document(text: str, eval_fraction: float) -> bool:
     return zlib.crc32(text.encode("utf-8")) % 10_000 < eval_fraction * 10_000
 
@@ -65,10 +135,12 @@ def is_eval_document(text: str, eval_fraction: float) -> bool:
 def iter_documents(path: str, column: str, split: str, eval_fraction: float) -> Iterator[str]:
     """Documents of one split ("train" or "eval"), streamed with pyarrow (no Ray)."""
     want_eval = split == "eval"
-    for batch in open_corpus(path, column).to_batches(columns=[column], batch_size=256):
-        for text in batch.column(0).to_pylist():
-            if text and is_eval_document(text, eval_fraction) == want_eval:
-                yield text
+    for fragment in open_corpus(path, column).get_fragments():
+        where = f"column '{column}' of {fragment.path}"
+        for batch in fragment.to_batches(columns=[column], batch_size=256):
+            for text in decode_texts(batch.column(0), where):
+                if text and is_eval_document(text, eval_fraction) == want_eval:
+                    yield text
 
 
 def pack(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> np.ndarray:
@@ -111,10 +183,12 @@ def tokenize_and_pack(texts: list[str], tokenizer_json: str, seq_len: int) -> np
     return pack([e.ids for e in encodings], seq_len, special["[CLS]"], special["[SEP]"], special["[PAD]"])
 
 
-def _tokenize_block(batch: dict, *, column: str, tokenizer_json: str, seq_len: int,
-                    eval_fraction: float, split: str) -> dict:
+def _tokenize_block(batch: pa.Table, *, column: str, tokenizer_json: str, seq_len: int,
+                    eval_fraction: float, split: str, corpus: str = "the corpus") -> dict:
     want_eval = split == "eval"
-    texts = [t for t in batch[column].tolist() if t and is_eval_document(t, eval_fraction) == want_eval]
+    # An Arrow batch, decoded here: Ray Data's conversion to NumPy fails on invalid UTF-8.
+    texts = [t for t in decode_texts(batch[column], f"column '{column}' of {corpus}")
+             if t and is_eval_document(t, eval_fraction) == want_eval]
     return {"input_ids": tokenize_and_pack(texts, tokenizer_json, seq_len)}
 
 
@@ -130,9 +204,9 @@ def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource:
     dataset = ray.data.read_parquet(corpus.files, filesystem=filesystem, columns=[data_cfg.text_column],
                                     **remote_args)
     return dataset.map_batches(
-        _tokenize_block, batch_size=data_cfg.docs_per_block, batch_format="numpy",
+        _tokenize_block, batch_size=data_cfg.docs_per_block, batch_format="pyarrow",
         fn_kwargs=dict(column=data_cfg.text_column, tokenizer_json=tokenizer_json, seq_len=data_cfg.seq_len,
-                       eval_fraction=data_cfg.eval_fraction, split=split), **remote_args)
+                       eval_fraction=data_cfg.eval_fraction, split=split, corpus=data_cfg.path), **remote_args)
 
 
 def load_sequences(data_cfg, tokenizer_json: str, split: str, max_sequences: int | None = None) -> np.ndarray:

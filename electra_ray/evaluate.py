@@ -3,6 +3,9 @@ masked LM, for the MLM baseline).
 
     python -m electra_ray.evaluate EXPORT_DIR [--max-sequences 512]
 
+EXPORT_DIR: a directory written by electra_ray.export (or pretrain's OUT/export), local or s3://
+(an S3 export is downloaded to a temporary directory first, its manifest checked).
+
 - generator: MLM loss on held-out masked positions, against the unigram entropy of the held-out
   tokens (the best loss a context-free predictor can reach on them);
 - discriminator on generator replacements: RTD loss against the best constant predictor (the
@@ -17,16 +20,21 @@ masked LM, for the MLM baseline).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from electra_ray import storage
 from electra_ray.config import Config
 from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
+from electra_ray.errors import UserError
 from electra_ray.objective import generator_logits, replace_tokens, sample_tokens
 
 
@@ -101,21 +109,96 @@ def detection_auc(discriminator, corruption: FixedCorruption, batch_size: int = 
     return roc_auc(corruption.replaced[corruption.scored], scores[corruption.scored])
 
 
+class ExportError(UserError):
+    """The path is not a usable export: missing, not an export, incomplete or corrupt."""
+
+
+@contextlib.contextmanager
+def local_export(export_dir: str) -> Iterator[str]:
+    """A local export directory: the path itself, or an s3:// export downloaded to a temporary
+    directory (storage.fetch_directory: refused unless its upload completed)."""
+    if not storage.is_remote(export_dir):
+        yield export_dir
+        return
+    storage.check(export_dir)
+    with tempfile.TemporaryDirectory(prefix="electra-ray-evaluate-") as temporary:
+        yield storage.fetch_directory(export_dir, temporary)
+
+
+def read_export_config(export_dir: str, shown: str = "") -> Config:
+    """The pre-training config an export records in electra_ray.json, after checking that
+    `export_dir` is an export; every problem is an ExportError naming `shown` (default: the path)."""
+    shown = shown or export_dir
+    if not os.path.exists(export_dir):
+        raise ExportError(f"export not found: {shown}")
+    if not os.path.isdir(export_dir):
+        raise ExportError(f"{shown} is a file, not an export directory")
+    path = os.path.join(export_dir, "electra_ray.json")
+    if not os.path.isfile(path):
+        raise ExportError(f"{shown} is not an electra-ray export (no electra_ray.json): pass the directory "
+                          f"written by electra_ray.export (a pre-training run's export/)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise ExportError(f"{storage.join(shown, 'electra_ray.json')} is not valid JSON ({error}): "
+                          f"export the checkpoint again") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ExportError(f"{storage.join(shown, 'electra_ray.json')} holds no 'config' mapping: "
+                          f"export the checkpoint again")
+    try:
+        return Config.from_dict(record["config"])
+    except UserError as error:
+        raise ExportError(f"{storage.join(shown, 'electra_ray.json')}: {error}") from None
+
+
+def check_max_sequences(max_sequences) -> None:
+    if max_sequences is None:
+        return
+    if isinstance(max_sequences, bool) or not isinstance(max_sequences, int) or max_sequences < 1:
+        raise UserError(f"--max-sequences must be an integer >= 1, got {max_sequences!r}")
+
+
+def _load_network(kind, directory: str, shown: str):
+    """A network of the export, or an ExportError when its files are missing or unreadable."""
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        raise ExportError(f"export {shown} is incomplete: no {os.path.basename(directory)}/config.json")
+    try:
+        return kind.from_pretrained(directory).eval()
+    except Exception as error:  # missing or corrupt weights: OSError, safetensors' own error, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"cannot load {storage.join(shown, os.path.basename(directory))}: {reason}") from None
+
+
+def evaluate_export(export_dir: str, max_sequences: int | None = 512, batch_size: int = 64, seed: int = 0) -> dict:
+    """Held-out measurements of an export (a local directory or s3:// prefix). For the MLM baseline
+    (no discriminator) only the masked LM's loss and the unigram entropy. `max_sequences`: at most
+    that many held-out sequences (None: all)."""
+    check_max_sequences(max_sequences)
+    with local_export(export_dir) as local:
+        return _evaluate_local(local, export_dir, max_sequences, batch_size, seed)
+
+
 @torch.no_grad()
-def evaluate_export(export_dir: str, max_sequences: int = 512, batch_size: int = 64, seed: int = 0) -> dict:
-    """Held-out measurements of an export. For the MLM baseline (no discriminator) only the
-    masked LM's loss and the unigram entropy."""
+def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batch_size: int, seed: int) -> dict:
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    with open(os.path.join(export_dir, "electra_ray.json")) as f:
-        cfg = Config.from_dict(json.load(f)["config"])
+    cfg = read_export_config(export_dir, shown)
     electra = cfg.train.objective == "electra"
     masked_lm_dir = os.path.join(export_dir, "generator" if electra else "mlm")
-    with open(os.path.join(masked_lm_dir, "tokenizer.json")) as f:
+    tokenizer_path = os.path.join(masked_lm_dir, "tokenizer.json")
+    if not os.path.isfile(tokenizer_path):
+        raise ExportError(f"export {shown} is incomplete: no {os.path.basename(masked_lm_dir)}/tokenizer.json")
+    with open(tokenizer_path, encoding="utf-8") as f:
         tokenizer_json = f.read()
-    _, special = tokenizer_from_json(tokenizer_json)
-    generator = ElectraForMaskedLM.from_pretrained(masked_lm_dir).eval()
-    discriminator = ElectraForPreTraining.from_pretrained(os.path.join(export_dir, "discriminator")).eval() \
+    try:
+        _, special = tokenizer_from_json(tokenizer_json)
+    except Exception as error:  # tokenizers raises its own exception type for an unparsable file
+        raise ExportError(f"{storage.join(shown, os.path.basename(masked_lm_dir), 'tokenizer.json')} is not a "
+                          f"tokenizer ({str(error).splitlines()[0] if str(error) else type(error).__name__})") \
+            from None
+    generator = _load_network(ElectraForMaskedLM, masked_lm_dir, shown)
+    discriminator = _load_network(ElectraForPreTraining, os.path.join(export_dir, "discriminator"), shown) \
         if electra else None
     vocab_size = generator.config.vocab_size
     sequences = load_sequences(cfg.data, tokenizer_json, "eval", max_sequences)
@@ -188,17 +271,26 @@ def format_report(metrics: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export", help="directory written by electra_ray.export / pretrain")
-    parser.add_argument("--max-sequences", type=int, default=512)
+    # Read as text and checked here: a bad value is one `error:` line, not argparse's usage + error.
+    parser.add_argument("--max-sequences", default="512", help="held-out sequences measured (default: 512)")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 
     def run():
-        metrics = evaluate_export(args.export, args.max_sequences)
+        try:
+            max_sequences = int(args.max_sequences)
+        except ValueError:
+            raise UserError(f"--max-sequences must be an integer >= 1, got {args.max_sequences!r}") from None
+        check_max_sequences(max_sequences)
+        metrics = evaluate_export(args.export, max_sequences)
         print(format_report(metrics))
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(metrics, f, indent=1)
+            try:
+                with open(args.json, "w") as f:
+                    json.dump(metrics, f, indent=1)
+            except OSError as error:
+                raise UserError(f"cannot write --json {args.json}: {error.strerror or error}") from None
 
     run_cli(run)
 

@@ -1,6 +1,7 @@
 """Checkpoint -> Hugging Face format: discriminator, generator and tokenizer.
 
-    python -m electra_ray.export CHECKPOINT_DIR OUT_DIR
+    python -m electra_ray.export CHECKPOINT_DIR OUT_DIR [--overwrite]
+    python -m electra_ray.export --verify OUT_DIR        # every file against the export's manifest
 
 Writes OUT/discriminator and OUT/generator (each with the tokenizer beside the weights), so that
 `ElectraForPreTraining.from_pretrained(OUT/"discriminator")` and
@@ -9,9 +10,10 @@ baseline (train.objective=mlm) has one network, written to OUT/mlm
 (`ElectraForMaskedLM.from_pretrained`). Either way the encoder's weights are under `electra.`,
 which is what `ElectraForSequenceClassification.from_pretrained` takes (it drops the pre-training
 head and adds a new classifier). ZeRO shards are consolidated to fp32 first, whatever the stage.
-CHECKPOINT and OUT may be s3:// URLs; OUT appears complete or not at all
-(storage.publish_directory): on S3 a `_MANIFEST.json` is written last, and
-`electra_ray.storage.fetch_directory(URL, DIR)` downloads only a complete export.
+CHECKPOINT and OUT may be s3:// URLs; OUT appears complete or not at all, with a `_MANIFEST.json`
+of every file's sha256 (storage.publish_directory). An existing OUT is replaced only if it is an
+earlier export and --overwrite is given; `electra_ray.storage.fetch_directory(URL, DIR)` downloads
+only a complete, hash-checked export. Checkpoint files are loaded weights-only (checkpoint.py).
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from typing import Callable
 
 import torch
@@ -28,27 +28,36 @@ import torch
 from electra_ray import storage
 from electra_ray.config import Config
 from electra_ray.errors import UserError
-from electra_ray.checkpoint import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR
+from electra_ray.checkpoint import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR, safe_loading, verify_pickles
 
 
 def read_run_state(checkpoint_dir: str) -> dict:
     path = os.path.join(checkpoint_dir, RUN_STATE)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise UserError(f"{checkpoint_dir} is not an electra-ray checkpoint (no {RUN_STATE})")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        for key in ("config", "vocab_size", "zero_stage"):
+            state[key]  # noqa: B018  (a KeyError names what is missing)
+        return state
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is not a readable run state ({type(error).__name__}: {error})") from None
 
 
 def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of the joint model from a DeepSpeed checkpoint of any ZeRO stage."""
+    """Full fp32 weights of the joint model from a DeepSpeed checkpoint of any ZeRO stage; every
+    file is checked and loaded weights-only (checkpoint.safe_loading), zero_to_fp32's too."""
+    verify_pickles(checkpoint_dir)
     if zero_stage == 0:
         path = os.path.join(checkpoint_dir, CHECKPOINT_TAG, "mp_rank_00_model_states.pt")
-        module = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        with safe_loading():
+            module = torch.load(path, map_location="cpu", weights_only=True)["module"]
         return {name: tensor.float() for name, tensor in module.items()}
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with safe_loading():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=CHECKPOINT_TAG)
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=CHECKPOINT_TAG)
 
 
 def load_pretraining_model(checkpoint_dir: str):
@@ -78,21 +87,19 @@ def _is_alias(name: str) -> bool:
     return name.startswith("discriminator.electra.embeddings.") or name.endswith(".generator_lm_head.weight")
 
 
-def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = None) -> str:
-    """Checkpoint (local or s3://) -> HF-format export at `out` (local or s3://), published whole."""
+def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = None, overwrite: bool = False) -> str:
+    """Checkpoint (local or s3://) -> HF-format export at `out` (local or s3://), published whole.
+    An existing `out` is replaced only if it is an earlier export and `overwrite` is set."""
     storage.check(checkpoint)
-    storage.check(out, write=True)
+    if not storage.is_remote(checkpoint) and not os.path.isdir(checkpoint):
+        raise UserError(f"no checkpoint directory at {checkpoint}")
+    storage.check_output(out, "export", overwrite)  # before the work: refused outputs cost nothing
     with storage.local_directory(checkpoint) as checkpoint_dir:
         model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
     source = checkpoint if storage.is_remote(checkpoint) else os.path.abspath(checkpoint)
-    if storage.is_remote(out):
-        with tempfile.TemporaryDirectory(prefix="electra-ray-export-") as staging:
-            write_export(model, cfg, tokenizer_json, source, staging)
-            return storage.publish_directory(staging, out, progress)
-    staging = f"{os.path.abspath(out)}.partial-{os.getpid()}"  # beside OUT: the final rename is atomic
-    shutil.rmtree(staging, ignore_errors=True)
-    write_export(model, cfg, tokenizer_json, source, staging)
-    return storage.publish_directory(staging, out)
+    with storage.staging_directory(out) as staging:
+        write_export(model, cfg, tokenizer_json, source, staging)
+        return storage.publish_directory(staging, out, "export", overwrite, progress)
 
 
 def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, directory: str) -> None:
@@ -109,13 +116,26 @@ def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, direc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a checkpoint directory written by electra_ray.pretrain (or s3://...)")
-    parser.add_argument("out", help="output directory, or s3://bucket/prefix")
+    parser = argparse.ArgumentParser(prog="python -m electra_ray.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?", help="a checkpoint directory written by electra_ray.pretrain (or s3://...)")
+    parser.add_argument("out", nargs="?", help="output directory, or s3://bucket/prefix")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export at OUT (only the files its manifest lists are removed)")
+    parser.add_argument("--verify", metavar="EXPORT", help="check every file of an export against its manifest")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 
-    run_cli(lambda: print(f"export: {export(args.checkpoint, args.out)}"))
+    def run():
+        if args.verify:
+            manifest = storage.verify_directory(args.verify)
+            print(f"verified: {args.verify} ({len(manifest.files)} files, sha256 as its manifest lists)")
+            return
+        if not (args.checkpoint and args.out):
+            raise UserError("give CHECKPOINT and OUT (or --verify EXPORT)")
+        print(f"export: {export(args.checkpoint, args.out, overwrite=args.overwrite)}")
+
+    run_cli(run)
 
 
 if __name__ == "__main__":

@@ -103,19 +103,64 @@ def model_directory(path: str) -> str:
                         f"electra-ray export (discriminator/ or mlm/)")
 
 
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate(cfg: FinetuneConfig) -> None:
+    """Every setting in range and the settings consistent, before any file is read: each problem a
+    FinetuneError naming the flag. Checked in order, so a later check may rely on an earlier one."""
     metrics = METRICS[cfg.task] if cfg.task in METRICS else ()
     checks = [
-        (cfg.task in METRICS, f"task must be one of {list(METRICS)}, got {cfg.task!r}"),
-        (not cfg.metric or cfg.metric in metrics, f"metric {cfg.metric!r} is not one of {list(metrics)} "
-                                                  f"(the metrics of a {cfg.task} task)"),
-        (cfg.epochs >= 1 and cfg.batch_size >= 1 and cfg.seeds, "epochs, batch_size and seeds must be set"),
-        (cfg.batch_size % max(1, cfg.num_workers) == 0,
-         f"batch_size ({cfg.batch_size}) must be divisible by num_workers ({cfg.num_workers})"),
-        (0 < cfg.layer_decay <= 1 and 0 <= cfg.warmup < 1, "layer_decay must be in (0, 1] and warmup in [0, 1)"),
-        (cfg.max_seq_len >= 3, "max_seq_len must be >= 3"),
+        lambda: (cfg.task in METRICS, f"task must be one of {list(METRICS)}, got {cfg.task!r}"),
+        lambda: (not cfg.metric or cfg.metric in metrics, f"metric {cfg.metric!r} is not one of {list(metrics)} "
+                                                          f"(the metrics of a {cfg.task} task)"),
+        *[lambda name=name: (isinstance(getattr(cfg, name), str) and getattr(cfg, name) != "",
+                             f"--{name} is required: a path (local or s3://)")
+          for name in ("model", "train", "eval")],
+        lambda: (_finite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number > 0, got {cfg.lr!r}"),
+        lambda: (_integer(cfg.epochs) and cfg.epochs >= 1, f"--epochs must be an integer >= 1, got {cfg.epochs!r}"),
+        lambda: (_integer(cfg.batch_size) and cfg.batch_size >= 1,
+                 f"--batch-size must be an integer >= 1, got {cfg.batch_size!r}"),
+        lambda: (_integer(cfg.max_seq_len) and cfg.max_seq_len >= 3,  # [CLS], a token, [SEP]
+                 f"--max-seq-len must be an integer >= 3, got {cfg.max_seq_len!r}"),
+        lambda: (_finite(cfg.dropout) and 0 <= cfg.dropout < 1,
+                 f"--dropout must be a number in [0, 1), got {cfg.dropout!r}"),
+        lambda: (_finite(cfg.warmup) and 0 <= cfg.warmup < 1,
+                 f"--warmup must be a number in [0, 1), got {cfg.warmup!r}"),
+        lambda: (_finite(cfg.layer_decay) and 0 < cfg.layer_decay <= 1,
+                 f"--layer-decay must be a number in (0, 1], got {cfg.layer_decay!r}"),
+        lambda: (_finite(cfg.weight_decay) and cfg.weight_decay >= 0,
+                 f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay!r}"),
+        lambda: (_finite(cfg.adam_eps) and cfg.adam_eps > 0,
+                 f"--adam-eps must be a finite number > 0, got {cfg.adam_eps!r}"),
+        lambda: (_finite(cfg.grad_clip) and cfg.grad_clip >= 0,
+                 f"--grad-clip must be a finite number >= 0 (0: off), got {cfg.grad_clip!r}"),
+        lambda: (_integer(cfg.num_workers) and cfg.num_workers >= 0,
+                 f"--num-workers must be an integer >= 0 (0: in this process), got {cfg.num_workers!r}"),
+        lambda: (_integer(cfg.threads) and cfg.threads >= 0,
+                 f"--threads must be an integer >= 0 (0: the default), got {cfg.threads!r}"),
+        lambda: (_integer(cfg.max_train_examples) and cfg.max_train_examples >= 0,
+                 f"--max-train-examples must be an integer >= 0 (0: all), got {cfg.max_train_examples!r}"),
+        lambda: (isinstance(cfg.seeds, (list, tuple)) and len(cfg.seeds) > 0 and all(map(_integer, cfg.seeds)),
+                 f"--seeds must list one or more integers, got {cfg.seeds!r}"),
+        lambda: (len(set(cfg.seeds)) == len(cfg.seeds),  # each seed's model is OUT/seed-N
+                 f"--seeds lists a seed twice: {list(cfg.seeds)}"),
+        lambda: (cfg.batch_size % max(1, cfg.num_workers) == 0,
+                 f"batch_size ({cfg.batch_size}) must be divisible by num_workers ({cfg.num_workers})"),
+        lambda: (isinstance(cfg.labels, (list, tuple)), f"--labels must be a list, got {cfg.labels!r}"),
+        lambda: (not cfg.labels or cfg.task == "classification",
+                 f"--labels lists the classes of a classification task; --task is {cfg.task}"),
+        lambda: (all(isinstance(v, (str, int, float, bool)) for v in cfg.labels),  # a label is one value
+                 f"--labels must list single values (strings or numbers), got {list(cfg.labels)!r}"),
+        lambda: (len(set(cfg.labels)) == len(cfg.labels), f"--labels lists a class twice: {list(cfg.labels)!r}"),
     ]
-    for ok, message in checks:
+    for check in checks:
+        ok, message = check()
         if not ok:
             raise FinetuneError(message)
 
@@ -139,7 +184,7 @@ def load_task(cfg: FinetuneConfig, tokenizer, max_len: int) -> tuple[TaskData, T
         train = train.slice(0, cfg.max_train_examples)
     labels = None
     if cfg.task == "classification":
-        labels = list(cfg.labels) or class_labels(train, cfg.label_column)
+        labels = list(cfg.labels) or class_labels(train, cfg.label_column, cfg.train)
         if len(labels) < 2:
             raise FinetuneError(f"training file {cfg.train} has {len(labels)} distinct label(s) in column "
                                 f"'{cfg.label_column}'; classification needs at least 2")

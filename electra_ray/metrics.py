@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import ray.train
@@ -37,11 +38,25 @@ class MetricsLogger(ray.train.UserCallback):
 
 
 def _records(run_dir: str) -> list[dict]:
+    """The records of metrics.jsonl. A line that is not a JSON object (the last one, cut short when
+    the process writing it was killed) is skipped with a warning: the history is still usable."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                print(f"warning: metrics.jsonl line {number} is not JSON (truncated?); skipped", file=sys.stderr)
+                continue
+            records.append(record)
+    return records
 
 
 def read_history(run_dir: str) -> list[dict]:

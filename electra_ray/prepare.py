@@ -13,6 +13,13 @@ OUT: a local directory or s3:// prefix that gets part-00000.parquet, part-00001.
 (zstd) with columns `text` (one document per row) and `source` (the file it came from). Shards
 hold about --shard-mb MB of text: large enough for efficient reads, many enough that Ray Data
 reads them in parallel.
+
+OUT is complete when it holds `_SUCCESS` (JSON: each shard's name, rows and bytes, the documents
+and text bytes), written last. While prepare runs, OUT holds `_PREPARING`, and each shard is
+written under a temporary name (`part-00000.parquet.partial-<hex>`) and renamed into place once
+whole, so an interrupted run never leaves a shard that looks finished; `electra_ray.data` refuses a
+corpus with `_PREPARING` but no `_SUCCESS`, or with a `.partial` file. A failed run removes what it
+wrote; an OUT that holds Parquet files or either marker is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +27,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
+import os
 import posixpath
+import sys
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -33,6 +45,11 @@ from electra_ray.errors import UserError
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+# The markers of an output directory (electra_ray.data reads them too): _PREPARING while prepare
+# runs, _SUCCESS (written last) once every shard is in place. Their leading "_" keeps them out of
+# Parquet readers' file discovery.
+PREPARING, SUCCESS = "_PREPARING", "_SUCCESS"
+PARTIAL = ".partial-"  # a shard being written: part-00000.parquet.partial-<hex>
 
 
 @dataclass
@@ -66,12 +83,24 @@ def list_inputs(inputs: list[str]) -> list[str]:
 
 
 def read_documents(path: str, documents: str = "blank-line", field: str = "text") -> Iterator[str]:
-    """The documents of one input file (see the module docstring for the formats)."""
-    filesystem, inner = storage.resolve(path)
-    stem, compression = inner, None
+    """The documents of one input file (see the module docstring for the formats). A file that
+    cannot be read or decompressed (a corrupt or truncated .gz) is a UserError naming it."""
+    stem, compression = path, None
     for suffix, codec in COMPRESSION.items():
-        if inner.endswith(suffix):
-            stem, compression = inner[: -len(suffix)], codec
+        if path.endswith(suffix):
+            stem, compression = path[: -len(suffix)], codec
+    try:
+        yield from _read_documents(path, stem, compression, documents, field)
+    except OSError as error:  # local files only: s3_errors turns S3 ones into a StorageError
+        # pyarrow's decompressors raise OSError ("zlib inflate failed: ...", "Truncated compressed stream")
+        # from inside the iteration, whenever the bad block is reached.
+        hint = f" (a corrupt or truncated {compression} file?)" if compression else ""
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot read {path}: {reason}{hint}") from None
+
+
+def _read_documents(path: str, stem: str, compression: str | None, documents: str, field: str) -> Iterator[str]:
+    filesystem, inner = storage.resolve(path)
     with storage.s3_errors(path), filesystem.open_input_stream(inner, compression=compression) as raw:
         lines = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace")
         if stem.endswith(JSON_SUFFIXES):
@@ -108,43 +137,165 @@ def _json_text(line: str, field: str, path: str, number: int) -> str:
 
 def prepare(inputs: list[str], out: str, documents: str = "blank-line", field: str = "text",
             shard_mb: float = 128.0) -> PrepareResult:
+    if isinstance(shard_mb, bool) or not isinstance(shard_mb, (int, float)) or \
+            not (math.isfinite(shard_mb) and shard_mb > 0):
+        raise UserError(f"--shard-mb must be a finite number > 0, got {shard_mb!r}")
     files = list_inputs(inputs)
     storage.check(out, write=True)
-    filesystem, inner = storage.resolve(out)
-    with storage.s3_errors(out):
-        if filesystem.get_file_info(inner).type == pafs.FileType.Directory and any(
-                f.path.endswith(".parquet") for f in filesystem.get_file_info(pafs.FileSelector(inner))):
-            raise UserError(f"{out} already holds Parquet files: choose an empty output path")
-        if not storage.is_remote(out):
-            filesystem.create_dir(inner)
+    output = _Output(out)
     result = PrepareResult([], 0, 0)
     texts, sources, size = [], [], 0
+    listing = []  # {"name", "rows", "bytes"} of each shard, for _SUCCESS
 
     def write_shard():
         shard = f"part-{len(result.shards):05d}.parquet"
-        with storage.s3_errors(out):
-            pq.write_table(pa.table({"text": texts, "source": sources}), posixpath.join(inner, shard),
-                           filesystem=filesystem, compression="zstd")
+        written = output.write_shard(shard, pa.table({"text": texts, "source": sources}))
+        listing.append({"name": shard, "rows": len(texts), "bytes": written})
         result.shards.append(storage.join(out, shard))
         print(f"{result.shards[-1]}: {len(texts):,} documents, {size / 1e6:.1f} MB of text", flush=True)
 
-    for path in files:
-        for text in read_documents(path, documents, field):
-            if not text:
-                continue
-            texts.append(text)
-            sources.append(path)
-            size += len(text.encode("utf-8"))
-            result.documents += 1
-            result.text_bytes += len(text.encode("utf-8"))
-            if size >= shard_mb * 1e6:
-                write_shard()
-                texts, sources, size = [], [], 0
-    if texts:
-        write_shard()
-    if not result.shards:
-        raise UserError(f"no documents in {', '.join(inputs)}")
+    output.begin()
+    try:
+        for path in files:
+            for text in read_documents(path, documents, field):
+                if not text:
+                    continue
+                texts.append(text)
+                sources.append(path)
+                size += len(text.encode("utf-8"))
+                result.documents += 1
+                result.text_bytes += len(text.encode("utf-8"))
+                if size >= shard_mb * 1e6:
+                    write_shard()
+                    texts, sources, size = [], [], 0
+        if texts:
+            write_shard()
+        if not result.shards:
+            raise UserError(f"no documents in {', '.join(inputs)}")
+        output.finish({"format": "electra_ray.prepare", "shards": listing, "documents": result.documents,
+                       "text_bytes": result.text_bytes})
+    except BaseException:  # an error or Ctrl-C: take back what this run wrote, nothing else
+        output.abort()
+        raise
     return result
+
+
+class _Output:
+    """The output directory (local or S3) of one prepare run: the markers, the shards written
+    under a temporary name and renamed into place, and the clean-up of a failed run (only what
+    this run wrote: its shards, its partial file, its marker, the directory if it made it)."""
+
+    def __init__(self, out: str):
+        self.out, self.remote = out, storage.is_remote(out)
+        self.filesystem, self.inner = storage.resolve(out)
+        self.written: list[str] = []  # names this run put in place, removed again by abort()
+        self.created_dir = False
+        self.started = ""
+        with storage.s3_errors(out):
+            kind = self.filesystem.get_file_info(self.inner).type
+            if kind == pafs.FileType.File:
+                raise UserError(f"{out} is a file: prepare writes a directory of Parquet shards there")
+            names = [posixpath.basename(f.path) for f in self.filesystem.get_file_info(
+                pafs.FileSelector(self.inner))] if kind == pafs.FileType.Directory else []
+        if any(name.endswith(".parquet") for name in names):
+            raise UserError(f"{out} already holds Parquet files: choose an empty output path")
+        for marker, meaning in ((SUCCESS, "a finished corpus"), (PREPARING, "an unfinished prepare")):
+            if marker in names:
+                raise UserError(f"{out} already holds {marker} ({meaning}): choose an empty output path, "
+                                f"or remove {out} first if it is not needed")
+        if any(PARTIAL in name for name in names):
+            partial = next(name for name in names if PARTIAL in name)
+            raise UserError(f"{out} already holds {partial} (a shard an interrupted prepare left): choose an "
+                            f"empty output path")
+        self.created_dir = kind == pafs.FileType.NotFound
+
+    def begin(self) -> None:
+        if not self.remote:
+            os.makedirs(self.inner, exist_ok=True)
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._put(PREPARING, json.dumps({"started": self.started}).encode())
+        self.written.append(PREPARING)
+
+    def write_shard(self, name: str, table: pa.Table) -> int:
+        """Write the shard under a temporary name, then rename it into place; returns its bytes."""
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        data = buffer.getvalue().to_pybytes()
+        self._put(name, data)
+        self.written.append(name)
+        return len(data)
+
+    def finish(self, summary: dict) -> None:
+        """_SUCCESS last (in place only once every shard is), then _PREPARING goes."""
+        summary = {**summary, "started": self.started,
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._put(SUCCESS, (json.dumps(summary, indent=1) + "\n").encode())
+        self.written = []  # complete from here on: nothing for abort() to take back
+        try:
+            self._remove(PREPARING)
+        except (OSError, UserError) as error:  # readers take _SUCCESS beside _PREPARING as complete
+            print(f"warning: could not remove {storage.join(self.out, PREPARING)}: {error}", file=sys.stderr)
+
+    def _put(self, name: str, data: bytes) -> None:
+        """`data` as OUT/name, whole or not at all: written beside it as name.partial-<hex>, then
+        renamed (local: fsync, os.replace; S3, where no rename exists: a server-side copy, then the
+        partial object is deleted)."""
+        partial = f"{name}{PARTIAL}{uuid.uuid4().hex[:12]}"
+        if not self.remote:
+            path = os.path.join(self.inner, partial)
+            try:
+                with open(path, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(path, os.path.join(self.inner, name))
+            except BaseException:
+                if os.path.exists(path):
+                    os.remove(path)
+                raise
+            _fsync_directory(self.inner)  # the rename itself survives a crash
+            return
+        bucket, prefix = storage._bucket_key(self.out)
+        key = posixpath.join(prefix, partial)
+        client = storage._client()
+        with storage.s3_errors(self.out):
+            client.upload_fileobj(io.BytesIO(data), bucket, key)
+            try:
+                client.copy({"Bucket": bucket, "Key": key}, bucket, posixpath.join(prefix, name))
+            finally:
+                client.delete_object(Bucket=bucket, Key=key)
+
+    def _remove(self, name: str) -> None:
+        if not self.remote:
+            os.remove(os.path.join(self.inner, name))
+            return
+        bucket, prefix = storage._bucket_key(self.out)
+        with storage.s3_errors(self.out):
+            storage._client().delete_object(Bucket=bucket, Key=posixpath.join(prefix, name))
+
+    def abort(self) -> None:
+        """Best effort: a clean-up that fails leaves _PREPARING behind, which readers refuse."""
+        try:
+            for name in reversed(self.written):  # _PREPARING last: until then OUT reads as unfinished
+                self._remove(name)
+            self.written = []
+            if self.created_dir and not self.remote:
+                os.rmdir(self.inner)  # only if empty: nothing else was put there meanwhile
+        except Exception:
+            pass
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,12 +306,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--documents", choices=("blank-line", "line", "file"), default="blank-line",
                         help="how text files divide into documents (default: blank-line)")
     parser.add_argument("--field", default="text", help="JSONL field holding the document (default: text)")
-    parser.add_argument("--shard-mb", type=float, default=128.0, help="MB of text per shard (default: 128)")
+    # Read as text and checked by prepare: a bad value is one `error:` line, not argparse's usage + error.
+    parser.add_argument("--shard-mb", default="128", help="MB of text per shard (default: 128)")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 
     def run():
-        result = prepare(args.inputs, args.out, args.documents, args.field, args.shard_mb)
+        try:
+            shard_mb = float(args.shard_mb)
+        except ValueError:
+            raise UserError(f"--shard-mb must be a finite number > 0, got {args.shard_mb!r}") from None
+        result = prepare(args.inputs, args.out, args.documents, args.field, shard_mb)
         print(f"prepared {result.documents:,} documents ({result.text_bytes / 1e6:.1f} MB) in "
               f"{len(result.shards)} shards under {args.out}")
 

@@ -23,6 +23,14 @@ from electra_ray.config import Config, describe_options, load_config
 from electra_ray.errors import UserError
 
 CONFIG_FILE = "config.json"  # in the run directory: what --resume starts from
+# Keys a run's checkpoints and tokenizer depend on: continuing a run with other values would load
+# its weights into another network (or fail deep inside the workers), so they must equal the
+# saved config's (check_run_directory).
+RUN_IDENTITY = ("model.num_layers", "model.hidden_size", "model.embedding_size", "model.num_heads",
+                "model.intermediate_size", "model.generator_size", "model.max_position_embeddings",
+                "train.objective", "train.zero_stage", "data.tokenizer", "data.vocab_size")
+# How long a request for resources the cluster lacks waits for its autoscaler before it is an error.
+RESOURCE_WAIT_S = float(os.environ.get("ELECTRA_RAY_RESOURCE_WAIT_S", 900))
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
 
 
@@ -69,11 +77,22 @@ def start_local_ray(num_cpus: int, env_vars: dict | None = None) -> None:
 
     os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # Token auth (Ray's default for a new local Ray, made explicit): the dashboard and Jobs API on
+    # 127.0.0.1 run code for whoever calls them, and on a shared host that is every local user.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     # Train's print patch would echo each progress line twice on the console.
     context = ray.init(num_cpus=num_cpus, logging_level="warning",
                        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}})
+    protect_auth_token()
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+def protect_auth_token() -> None:
+    """Ray writes its token file with the umask's mode (often world-readable): make it the owner's."""
+    token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    if os.path.isfile(token) and os.stat(token).st_mode & 0o077:
+        os.chmod(token, 0o600)
 
 
 def init_ray(cfg: Config) -> int:
@@ -93,6 +112,94 @@ def init_ray(cfg: Config) -> int:
     if cfg.scaling.use_gpu or len([node for node in ray.nodes() if node["Alive"]]) > 1:
         return 0
     return max(1, (os.cpu_count() or 1) // cfg.scaling.num_workers)
+
+
+def check_resources(cfg: Config) -> None:
+    """A request no node can meet is an error within a bounded time, never an endless wait: at once
+    on a cluster without an autoscaler, after RESOURCE_WAIT_S on one with an autoscaler (which may
+    start nodes that have it)."""
+    import ray
+
+    wanted = {"CPU": cfg.scaling.num_workers * (cfg.scaling.cpus_per_worker or 1.0)}
+    if cfg.scaling.use_gpu:
+        wanted["GPU"] = float(cfg.scaling.num_workers)
+    if cfg.scaling.data_resource:
+        wanted[cfg.scaling.data_resource] = 1e-9  # any amount: Ray Data's tasks ask for a fraction
+
+    def missing() -> list[str]:
+        have = ray.cluster_resources()
+        return [f"{name} (asked {amount:g}, the cluster has {have.get(name, 0):g})" if amount >= 1 else
+                f"{name} (no node has it)" for name, amount in wanted.items() if have.get(name, 0) < amount]
+
+    if not missing():
+        return
+    advice = ("; set scaling.use_gpu=false" if cfg.scaling.use_gpu else "") + (
+        "; check scaling.data_resource" if cfg.scaling.data_resource else "")
+    if not _autoscaler_running():
+        raise UserError(f"this Ray cluster cannot run the job: missing {', '.join(missing())}{advice}")
+    from ray.autoscaler.sdk import request_resources
+
+    print(f"waiting up to {RESOURCE_WAIT_S:.0f}s for the autoscaler to add {', '.join(missing())}", flush=True)
+    request_resources(bundles=[{name: max(amount, 1.0)} for name, amount in wanted.items()])
+    deadline = time.monotonic() + RESOURCE_WAIT_S
+    while missing() and time.monotonic() < deadline:
+        time.sleep(5)
+    request_resources(bundles=[])
+    if missing():
+        raise UserError(f"no node of this Ray cluster provides {', '.join(missing())} after {RESOURCE_WAIT_S:.0f}s "
+                        f"of autoscaling: its node types do not have it{advice}")
+
+
+def _autoscaler_running() -> bool:
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS):  # the v1 monitor's heartbeat
+            return True
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return is_autoscaler_v2(fetch_from_server=True)
+    except Exception:  # no GCS answer: treat as no autoscaler, the conservative side
+        return False
+
+
+def check_run_directory(cfg: Config) -> bool:
+    """Naming an existing run continues it, but only if it is a run of the same network: a
+    directory that is not a run is refused, and so is a run whose saved config differs in a key
+    of RUN_IDENTITY (before anything is written, config.json included)."""
+    saved_path = storage.join(cfg.run_dir, CONFIG_FILE)
+    if not storage.exists(saved_path):
+        if _holds_files(cfg.run_dir):
+            raise UserError(f"{cfg.run_dir} exists and is not a run of electra_ray.pretrain (no {CONFIG_FILE}): "
+                            f"nothing was written; choose another output.name or output.dir")
+        return False
+    try:
+        saved = json.loads(storage.read_text(saved_path))
+    except ValueError as error:
+        raise UserError(f"{saved_path} is not readable JSON ({error}): cannot check that this run matches it") \
+            from None
+    current = cfg.to_dict()
+    differences = []
+    for key in RUN_IDENTITY:
+        section, name = key.split(".")
+        before, now = saved.get(section, {}).get(name), current[section][name]
+        if before != now:
+            differences.append(f"{key} {before!r} -> {now!r}")
+    if differences:
+        raise UserError(f"run {cfg.run_dir} was started with other settings ({'; '.join(differences)}): nothing "
+                        f"was written; use another output.name, or the run's own values to continue it")
+    return True
+
+
+def _holds_files(path: str) -> bool:
+    if not storage.is_remote(path):
+        return os.path.isdir(path) and bool(os.listdir(path)) or os.path.isfile(path)
+    filesystem, inner = storage.resolve(path)
+    import pyarrow.fs as pafs
+
+    with storage.s3_errors(path):
+        return bool(filesystem.get_file_info(pafs.FileSelector(inner, allow_not_found=True)))
 
 
 def scaling_config(cfg: Config):
@@ -139,11 +246,17 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     storage.check(cfg.output.dir, write=True)
     if not cfg.output.name:
         cfg.output.name = time.strftime("run-%Y%m%d-%H%M%S")
+    continuing = check_run_directory(cfg)
     run_dir = os.path.abspath(cfg.local_run_dir)
+    if not continuing and run_dir != os.path.abspath(cfg.run_dir) and _holds_files(run_dir):
+        raise UserError(f"the run's local directory {run_dir} already holds files: nothing was written; choose "
+                        f"another output.local_dir or output.name")
+    storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
     os.makedirs(run_dir, exist_ok=True)
     tokenizer_json = prepare_tokenizer(cfg, run_dir)
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
     default_threads = init_ray(cfg)
+    check_resources(cfg)
     threads = threads if threads and default_threads else default_threads  # a cluster keeps Ray's setting
     ray.data.DataContext.get_current().enable_progress_bars = False  # the training progress line suffices
     peak = 0.0
@@ -153,7 +266,6 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
 
         peak = peak_flops(torch.device("cpu"), threads)
     storage_filesystem, storage_path = storage.resolve(cfg.output.dir)
-    storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
     stop_request = ray.remote(num_cpus=0)(StopRequest).remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -191,13 +303,13 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {}, stopped=True)
     if not export_and_evaluate:
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {})
-    export_dir = export(checkpoint, os.path.join(run_dir, "export"))
+    export_dir = export(checkpoint, os.path.join(run_dir, "export"), overwrite=True)  # the run's own
     evaluation = evaluate_export(export_dir)
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(evaluation, f, indent=1)
     print(format_report(evaluation), flush=True)
     if storage.is_remote(cfg.run_dir):  # the local directory may not outlive the machine
-        export_dir = storage.publish_directory(export_dir, storage.join(cfg.run_dir, "export"))
+        export_dir = storage.publish_directory(export_dir, storage.join(cfg.run_dir, "export"), overwrite=True)
         for name in ("metrics.jsonl", "eval.json"):
             with open(os.path.join(run_dir, name)) as f:
                 storage.write_text(storage.join(cfg.run_dir, name), f.read())

@@ -13,28 +13,31 @@ carries none, and nothing here logs them.
 pyarrow filesystems serve reading (the corpus, Ray Data) and Ray Train's checkpoint storage; boto3
 does the object operations of checks, publishing and fetching.
 
-A published directory (`publish_directory`) is complete or invisible to readers that go through
-`fetch_directory`: on S3 the files go to a temporary prefix, are copied into place, and a
-manifest listing them is written last.
+Outputs (exports, tokenizers) are published under one rule, in `publish_directory`: see the block
+comment above it. `fetch_directory` reads only a complete, hash-checked version.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import posixpath
 import shutil
 import tempfile
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import pyarrow.fs as pafs
 
 from electra_ray.errors import UserError
 
-MANIFEST = "_MANIFEST.json"  # written last; its presence is what makes an S3 directory complete
+MANIFEST = "_MANIFEST.json"  # written last; names the version and hashes of a published directory
+VERSIONS = "_versions"      # S3: PREFIX/_versions/VERSION/ holds the files of each published version
 
 
 class StorageError(UserError):
@@ -55,6 +58,15 @@ def max_attempts() -> int:
 
 def endpoint_url() -> str:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
+
+
+def redact(url: str) -> str:
+    """`url` with any `user:password@` part masked: messages never echo credentials."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if not sep or "@" not in netloc:
+        return url
+    return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,13 +114,14 @@ def explain(error: Exception, path: str) -> str:
 
     text = str(error)
     code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
-    where = f"endpoint {endpoint_url()}" if endpoint_url() else "AWS S3"
-    bucket = path.partition("://")[2].split("/")[0]
+    endpoint, path = redact(endpoint_url()), redact(path)
+    where = f"endpoint {endpoint}" if endpoint else "AWS S3"
+    bucket = path.partition("://")[2].split("/")[0].rpartition("@")[2]
     if isinstance(error, NoCredentialsError):
         return (f"no AWS credentials found for {path}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                 f"or AWS_PROFILE, or run where an instance role provides them")
     if isinstance(error, EndpointConnectionError) or "NETWORK_CONNECTION" in text or "curlCode" in text:
-        return (f"cannot reach the S3 endpoint {endpoint_url() or '(AWS default)'} for {path}: check "
+        return (f"cannot reach the S3 endpoint {endpoint or '(AWS default)'} for {path}: check "
                 f"AWS_ENDPOINT_URL and that the server is up and reachable from this machine")
     if code in ("NoSuchBucket", "404") or "NO_SUCH_BUCKET" in text:
         return f"bucket '{bucket}' does not exist at {where} ({path})"
@@ -116,7 +129,8 @@ def explain(error: Exception, path: str) -> str:
             c in text for c in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH")):
         return (f"access denied to {path} at {where}: check the credentials (AWS_ACCESS_KEY_ID / "
                 f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket's policy")
-    return f"S3 request for {path} failed: {text.splitlines()[0] if text else type(error).__name__}"
+    detail = text.splitlines()[0] if text else type(error).__name__
+    return f"S3 request for {path} failed: {detail.replace(endpoint_url(), endpoint) if endpoint_url() else detail}"
 
 
 @contextlib.contextmanager
@@ -189,11 +203,6 @@ def write_text(path: str, text: str) -> None:
         stream.write(text.encode("utf-8"))
 
 
-def _local_files(directory: str) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(root, name), directory)
-                  for root, _, names in os.walk(directory) for name in names)
-
-
 def download_directory(url: str, local_dir: str) -> str:
     """Copy a directory (local or S3) to a local directory; returns the local directory."""
     filesystem, inner = resolve(url)
@@ -215,75 +224,350 @@ def local_directory(path: str) -> Iterator[str]:
         yield download_directory(path, temporary)
 
 
-def publish_directory(local_dir: str, dest: str, progress: Callable[[str], None] | None = None) -> str:
-    """Make `dest` a copy of `local_dir` that readers see whole or not at all.
+# -- published directories: the one rule for outputs ---------------------------------------------
+#
+# A command writes only where it was pointed and removes only what it wrote there before. Every
+# directory a command publishes (an export, a tokenizer) carries a manifest, `_MANIFEST.json`: its
+# kind, and each file's size and sha256. An existing destination is replaced only if its manifest
+# says it is an output of the same kind and the caller passes `overwrite` (`--overwrite`), and then
+# only the files that manifest lists are removed; any other existing destination is refused.
+#
+# Local: the files are staged in a directory beside the destination (random suffix), fsynced and
+# renamed into place. S3, which has no rename: the files go to a fresh version prefix
+# PREFIX/_versions/VERSION/, and the manifest, written last in one PUT, names that version. A
+# reader follows the manifest and checks every hash, so it sees one whole version or fails; the
+# old version's keys (exactly those its manifest lists) are deleted only after the manifest moved.
+# A publisher killed at any point leaves the previous export readable, and two publishers never
+# delete each other's files (each deletes only the version it read before it started).
 
-    Local: `local_dir`, which must be on dest's filesystem, is renamed into place. S3, where no rename exists: upload
-    to a temporary prefix beside `dest` (an interrupted upload leaves `dest` as it was), delete
-    `dest`'s manifest (from here on `dest` reads as incomplete) and its other objects, copy the
-    new objects into place on the server, write the manifest last. `progress(name)` is called
-    after each object is written.
-    """
-    if not is_remote(dest):
-        return _publish_local(local_dir, dest)
-    bucket, prefix = _bucket_key(dest)
-    staging = f"{prefix}.partial-{uuid.uuid4().hex[:12]}"
-    files = {name: os.path.getsize(os.path.join(local_dir, name)) for name in _local_files(local_dir)}
-    client = _client()
-    with s3_errors(dest):
-        for name in files:
-            client.upload_file(os.path.join(local_dir, name), bucket, f"{staging}/{name}")
-            if progress:
-                progress(name)
-        client.delete_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")
-        _delete_prefix(client, bucket, f"{prefix}/")
-        for name in files:
-            client.copy({"Bucket": bucket, "Key": f"{staging}/{name}"}, bucket, f"{prefix}/{name}")
-            if progress:
-                progress(name)
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}", Body=json.dumps({"files": files}, indent=1))
-        _delete_prefix(client, bucket, f"{prefix}.partial-")  # this upload's, and any interrupted one's
-    return dest
+MANIFEST_FORMAT = 2  # 1: {"files": {name: size}} beside the manifest, written by electra-ray <= 0.1
 
 
-def _delete_prefix(client, bucket: str, prefix: str) -> None:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+@dataclass(frozen=True)
+class Manifest:
+    kind: str                   # "export", "tokenizer": what wrote the directory
+    files: dict[str, dict]      # relative name -> {"size": bytes, "sha256": hex} ({"size"} only in format 1)
+    version: str = ""           # S3: the files live under PREFIX/_versions/VERSION/; "": beside the manifest
+
+    def to_json(self) -> str:
+        return json.dumps({"format": MANIFEST_FORMAT, "kind": self.kind, "version": self.version,
+                           "files": self.files}, indent=1, sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: bytes | str, where: str) -> "Manifest":
+        try:
+            values = json.loads(text)
+            files = values["files"]
+            if not isinstance(files, dict):
+                raise TypeError("files is not a mapping")
+            files = {name: entry if isinstance(entry, dict) else {"size": int(entry)} for name, entry in files.items()}
+            for name, entry in files.items():
+                safe_relative_name(name, where)
+                if not isinstance(entry.get("size"), int) or entry["size"] < 0:
+                    raise TypeError(f"bad size for {name}")
+            version = str(values.get("version", ""))
+            if version and safe_relative_name(version, where) != version or "/" in version:
+                raise TypeError(f"bad version {version!r}")
+            return cls(kind=str(values.get("kind", "export")), files=files, version=version)
+        except StorageError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise StorageError(f"{where} is not a valid {MANIFEST} ({type(error).__name__}: {error})") from None
 
 
-def _publish_local(local_dir: str, dest: str) -> str:
-    """Rename `local_dir` (on dest's filesystem) into place; an old `dest` is removed only after."""
-    dest = os.path.abspath(dest)
-    previous = f"{dest}.previous-{os.getpid()}"
-    if os.path.exists(dest):
-        os.rename(dest, previous)
-    os.rename(local_dir, dest)
-    shutil.rmtree(previous, ignore_errors=True)
-    return dest
+def safe_relative_name(name: str, where: str) -> str:
+    """A manifest's file name, refused if it could land outside the directory it is fetched into:
+    absolute, drive-qualified, `..`, `.` or empty segments, backslashes, NUL."""
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if (not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\0" in name
+            or (len(name) > 1 and name[1] == ":") or any(part in ("", ".", "..") for part in parts)):
+        raise StorageError(f"{where} names an unsafe file {name!r} (absolute, '..' or empty segment): refusing it")
+    return name
 
 
-def fetch_directory(url: str, local_dir: str) -> str:
-    """Download a directory published by `publish_directory`, refusing one without its manifest."""
-    if not is_remote(url):
-        return url
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _local_files(directory: str) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
+                  for root, _, names in os.walk(directory) for name in names)
+
+
+def describe_files(local_dir: str) -> dict[str, dict]:
+    """{relative name: {"size", "sha256"}} of every file under `local_dir` but its manifest."""
+    return {name: {"size": os.path.getsize(os.path.join(local_dir, name)),
+                   "sha256": _sha256(os.path.join(local_dir, name))}
+            for name in _local_files(local_dir) if name != MANIFEST}
+
+
+def read_manifest(path: str) -> Manifest | None:
+    """The manifest of a published directory (local or S3), None if there is none."""
+    where = join(path, MANIFEST)
+    if not is_remote(path):
+        if not os.path.isfile(where):
+            return None
+        with open(where, "rb") as f:
+            return Manifest.parse(f.read(), where)
     from botocore.exceptions import ClientError
 
-    bucket, prefix = _bucket_key(url)
+    bucket, key = _bucket_key(path)
+    with s3_errors(path):
+        try:
+            body = _client().get_object(Bucket=bucket, Key=_key(key, MANIFEST))["Body"].read()
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+    return Manifest.parse(body, where)
+
+
+def check_output(dest: str, kind: str, overwrite: bool = False) -> Manifest | None:
+    """Refuse, before any work, a destination the rule above does not let `kind` be published to.
+    Returns the manifest of the output it will replace (None: the destination is new or empty)."""
+    what = "an export" if kind == "export" else f"a {kind}"
+    if is_remote(dest):
+        check(dest, write=True)
+        previous = read_manifest(dest)
+        if previous is None and _s3_has_foreign_objects(dest):
+            raise StorageError(f"{dest} already holds objects that are not {what} of electra-ray: nothing was "
+                               f"written; choose a new prefix")
+    else:
+        dest = os.path.abspath(dest)
+        if os.path.lexists(dest) and not os.path.isdir(dest):
+            raise StorageError(f"{dest} exists and is not a directory: nothing was written; choose a new path")
+        previous = read_manifest(dest) if os.path.isdir(dest) else None
+        if previous is None and os.path.isdir(dest) and os.listdir(dest):
+            raise StorageError(f"{dest} already exists and is not {what} of electra-ray (it holds "
+                               f"{', '.join(sorted(os.listdir(dest))[:3])}...): nothing was written; choose a new path")
+    if previous is not None and previous.kind != kind:
+        raise StorageError(f"{dest} holds {previous.kind} output, not {what}: nothing was written; choose a new path")
+    if previous is not None and not overwrite:
+        raise StorageError(f"{dest} already holds {what}: nothing was written; pass --overwrite to replace it "
+                           f"(only the files its {MANIFEST} lists are removed)")
+    return previous
+
+
+def _s3_has_foreign_objects(dest: str) -> bool:
+    """Objects under the prefix other than unfinished versions of ours (a first publish in progress)."""
+    bucket, key = _bucket_key(dest)
+    for page in _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=_key(key, "")):
+        for item in page.get("Contents", []):
+            if not item["Key"].startswith(_key(key, VERSIONS) + "/"):
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def staging_directory(dest: str) -> Iterator[str]:
+    """A fresh directory to write an output into before `publish_directory`: beside a local `dest`
+    (so the final rename is atomic), in the temporary directory for S3. Removed afterwards unless
+    it was published (renamed away)."""
+    if is_remote(dest):
+        with tempfile.TemporaryDirectory(prefix="electra-ray-staging-") as staging:
+            yield staging
+        return
+    dest = os.path.abspath(dest)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    staging = f"{dest}.partial-{uuid.uuid4().hex[:12]}"
+    os.mkdir(staging)
+    try:
+        yield staging
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)  # ours: created above with a fresh random name
+
+
+def publish_directory(local_dir: str, dest: str, kind: str = "export", overwrite: bool = False,
+                      progress: Callable[[str], None] | None = None) -> str:
+    """Make `dest` (local or S3) a copy of `local_dir` that readers see whole or not at all, under
+    the rule above. A local `local_dir` must be a `staging_directory(dest)` (it is renamed into
+    place). `progress(name)` is called after each file is written. Returns `dest`."""
+    previous = check_output(dest, kind, overwrite)
+    files = describe_files(local_dir)
+    if is_remote(dest):
+        return _publish_s3(local_dir, dest, Manifest(kind, files, _new_version()), previous, progress)
+    return _publish_local(local_dir, os.path.abspath(dest), Manifest(kind, files), previous)
+
+
+def _new_version() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _publish_s3(local_dir: str, dest: str, manifest: Manifest, previous: Manifest | None,
+                progress: Callable[[str], None] | None) -> str:
+    bucket, key = _bucket_key(dest)
+    version_key = _key(key, f"{VERSIONS}/{manifest.version}")
+    client, uploaded = _client(), []
+    with s3_errors(dest):
+        try:
+            for name in manifest.files:
+                client.upload_file(os.path.join(local_dir, name), bucket, f"{version_key}/{name}")
+                uploaded.append(f"{version_key}/{name}")
+                if progress:
+                    progress(name)
+            client.put_object(Bucket=bucket, Key=_key(key, MANIFEST), Body=manifest.to_json().encode())
+        except BaseException:
+            with contextlib.suppress(Exception):  # our own unfinished version only; a kill leaves it behind
+                _delete_keys(client, bucket, uploaded)
+            raise
+        if previous is not None:  # the manifest has moved: the old version is unreachable now
+            old_key = _key(key, f"{VERSIONS}/{previous.version}") if previous.version else key
+            _delete_keys(client, bucket, [f"{old_key}/{name}" for name in previous.files])
+    return dest
+
+
+def _delete_keys(client, bucket: str, keys: list[str]) -> None:
+    for start in range(0, len(keys), 1000):
+        batch = [{"Key": k} for k in keys[start:start + 1000]]
+        client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+
+
+def _fsync_tree(directory: str) -> None:
+    for root, dirs, names in os.walk(directory):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        descriptor = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _publish_local(staging: str, dest: str, manifest: Manifest, previous: Manifest | None) -> str:
+    with open(os.path.join(staging, MANIFEST), "w") as f:
+        f.write(manifest.to_json())
+    _fsync_tree(staging)
+    if previous is None:
+        if os.path.isdir(dest):
+            os.rmdir(dest)  # empty (check_output saw to that); fails, leaving it, if a file arrived since
+        os.rename(staging, dest)
+    else:
+        foreign = sorted(set(_local_files(dest)) - set(previous.files) - {MANIFEST})
+        if foreign:
+            raise StorageError(f"{dest} holds files its {MANIFEST} does not list ({', '.join(foreign[:3])}): "
+                               f"nothing was replaced; move them away first")
+        aside = f"{dest}.previous-{uuid.uuid4().hex[:12]}"
+        os.rename(dest, aside)
+        os.rename(staging, dest)
+        _remove_listed(aside, previous)
+    parent = os.open(os.path.dirname(dest), os.O_RDONLY)
+    try:
+        os.fsync(parent)  # the renames themselves
+    finally:
+        os.close(parent)
+    return dest
+
+
+def _remove_listed(directory: str, manifest: Manifest) -> None:
+    """Remove the files a manifest lists (and it), then the directories left empty; anything else
+    stays where it is."""
+    for name in [*manifest.files, MANIFEST]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, *name.split("/")))
+    for root, _, _ in sorted(os.walk(directory), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(root)  # only if empty
+    if os.path.isdir(directory):
+        print(f"warning: left {directory}: it holds files no manifest listed", flush=True)
+
+
+def verify_directory(path: str) -> Manifest:
+    """Check a published directory (local or S3) against its manifest: every listed file there,
+    with its size and sha256. Returns the manifest; raises StorageError naming the first mismatch."""
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="electra-ray-verify-") as temporary:
+            fetch_directory(path, os.path.join(temporary, "copy"))  # verifies every hash on the way
+            return read_manifest(path)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise StorageError(f"{path} has no {MANIFEST}: not a directory published by electra-ray")
+    for name, entry in manifest.files.items():
+        _check_file(os.path.join(path, *name.split("/")), entry, f"{path}/{name}")
+    return manifest
+
+
+def _check_file(local: str, entry: dict, where: str) -> None:
+    if not os.path.isfile(local):
+        raise StorageError(f"{where} is missing")
+    if os.path.getsize(local) != entry["size"]:
+        raise StorageError(f"{where} has {os.path.getsize(local)} bytes, the manifest says {entry['size']}")
+    if "sha256" in entry and _sha256(local) != entry["sha256"]:
+        raise StorageError(f"{where} does not match the sha256 its manifest lists")
+
+
+class _VersionMoved(Exception):
+    """A file of the version being fetched is gone or changed: a publisher replaced it meanwhile."""
+
+
+def fetch_directory(url: str, local_dir: str, attempts: int = 5) -> str:
+    """Download a directory published by `publish_directory` into `local_dir` (new or empty),
+    every file checked against the manifest's size and sha256. A version replaced while it is read
+    is fetched again from the new manifest. A local `url` is returned as it is."""
+    if not is_remote(url):
+        return url
+    local_dir = os.path.abspath(local_dir)
+    if os.path.lexists(local_dir) and not (os.path.isdir(local_dir) and not os.listdir(local_dir)):
+        raise StorageError(f"cannot fetch {url} into {local_dir}: it exists and is not an empty directory")
+    for _ in range(attempts):
+        manifest = read_manifest(url)
+        if manifest is None:
+            raise StorageError(f"{url} is not a complete export (no {MANIFEST}): its upload was interrupted "
+                               f"or is still running; run the export again")
+        with staging_directory(local_dir) as staging:
+            try:
+                _download_version(url, manifest, staging)
+            except _VersionMoved:
+                if read_manifest(url) == manifest:
+                    raise StorageError(f"{url} is damaged: a file its {MANIFEST} lists is missing or "
+                                       f"differs; publish it again") from None
+                continue
+            if os.path.isdir(local_dir):
+                os.rmdir(local_dir)
+            os.rename(staging, local_dir)
+        return local_dir
+    raise StorageError(f"{url} was replaced {attempts} times while it was being fetched; try again")
+
+
+def _download_version(url: str, manifest: Manifest, staging: str) -> None:
+    from botocore.exceptions import ClientError
+
+    bucket, key = _bucket_key(url)
+    source = _key(key, f"{VERSIONS}/{manifest.version}") if manifest.version else key
+    root = os.path.realpath(staging)
     client = _client()
     with s3_errors(url):
-        try:
-            manifest = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
-        except ClientError as error:
-            if error.response["Error"]["Code"] not in ("NoSuchKey", "404"):
-                raise
-            raise StorageError(f"{url} is not a complete export (no {MANIFEST}): its upload was interrupted "
-                               f"or is still running; run the export again") from None
-        for name, size in json.loads(manifest)["files"].items():
-            target = os.path.join(local_dir, name)
+        for name, entry in manifest.files.items():
+            target = os.path.join(root, *name.split("/"))
+            if os.path.commonpath([root, os.path.realpath(target)]) != root:
+                raise StorageError(f"{url}/{MANIFEST} names {name!r}, which leaves the target directory")
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            client.download_file(bucket, f"{prefix}/{name}", target)
-            if os.path.getsize(target) != size:
-                raise StorageError(f"{url}/{name} has {os.path.getsize(target)} bytes, the manifest says {size}")
-    return local_dir
+            try:
+                client.download_file(bucket, f"{source}/{name}", target)
+                _check_file(target, entry, f"{url}/{name}")
+            except (ClientError, StorageError) as error:
+                if isinstance(error, ClientError) and error.response["Error"]["Code"] not in ("NoSuchKey", "404"):
+                    raise
+                raise _VersionMoved() from None
+
+
+def read_published_text(prefix: str, name: str) -> str:
+    """One file of a published directory, following (and checking against) its manifest; a
+    directory with no manifest (a tokenizer put there by hand) is read directly."""
+    manifest = read_manifest(prefix) if is_remote(prefix) else None
+    if manifest is None or not manifest.version or name not in manifest.files:
+        return read_text(join(prefix, name))
+    text = read_text(join(prefix, VERSIONS, manifest.version, name))
+    entry = manifest.files[name]
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != entry.get("sha256"):
+        raise StorageError(f"{prefix}/{name} does not match the sha256 its manifest lists (replaced while read?)")
+    return text

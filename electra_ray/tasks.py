@@ -13,6 +13,7 @@ writes DIR/train.parquet and DIR/dev.parquet from the installed PyPI package mov
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 
@@ -49,8 +50,11 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
 
     filesystem, inner = storage.resolve(path)  # a local path or s3://
     with storage.s3_errors(path):
-        if filesystem.get_file_info(inner).type != FileType.File:
-            raise TaskDataError(f"task file not found: {path}")
+        kind = filesystem.get_file_info(inner).type
+    if kind == FileType.Directory:
+        raise TaskDataError(f"task file {path} is a directory: pass a Parquet, CSV, TSV or JSONL file")
+    if kind != FileType.File:
+        raise TaskDataError(f"task file not found: {path}")
     extension = os.path.splitext(path)[1].lower()
     try:
         if extension == ".parquet":
@@ -67,8 +71,10 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
         else:
             raise TaskDataError(f"task file {path}: unknown format '{extension}' "
                                 f"(expected .parquet, .csv, .tsv or .jsonl)")
-    except (pa.ArrowInvalid, OSError) as error:
-        raise TaskDataError(f"cannot read task file {path}: {error}") from None
+    except (pa.ArrowException, OSError) as error:  # unreadable, not in its format, ...
+        raise TaskDataError(f"cannot read task file {path}: {_first_line(error)}") from None
+    if table.num_rows == 0:
+        raise TaskDataError(f"task file {path} is empty (no rows)")
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise TaskDataError(f"task file {path} has no column '{missing[0]}' (columns: "
@@ -76,18 +82,60 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
     return table
 
 
-def class_labels(table: pa.Table, column: str) -> list:
-    """The distinct labels of a training table, sorted: class i is the i-th."""
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_single_values(table: pa.Table, path: str, column: str) -> None:
+    """A label is one value: a list, struct or map column (JSONL `"label": [0, 1]`) is refused."""
+    kind = table[column].type
+    if pa.types.is_nested(kind):
+        first = next((row for row, v in enumerate(table[column].to_pylist()) if v is not None), 0)
+        raise TaskDataError(f"task file {path}: column '{column}' holds {kind}, not one label per example "
+                            f"(row {first + 1}: {table[column][first].as_py()!r})")
+
+
+def _check_utf8(table: pa.Table, path: str, column: str) -> None:
+    """A string column holds UTF-8 (Parquet does not check it; to_pylist would raise)."""
+    if not (pa.types.is_string(table[column].type) or pa.types.is_large_string(table[column].type)):
+        return
+    try:
+        table[column].validate(full=True)
+    except pa.ArrowInvalid:
+        binary = pa.large_binary() if pa.types.is_large_string(table[column].type) else pa.binary()
+        for row, value in enumerate(table[column].cast(binary).to_pylist()):
+            try:
+                value is None or value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TaskDataError(f"task file {path}: row {row + 1} of column '{column}' is not valid UTF-8 "
+                                    f"text") from None
+        raise
+
+
+def class_labels(table: pa.Table, column: str, path: str = "the training file") -> list:
+    """The distinct labels of a training table, sorted: class i is the i-th. Non-integer numbers
+    (a regression target, most likely) are refused: each would become a class of its own."""
+    _check_single_values(table, path, column)
+    _check_utf8(table, path, column)
+    if pa.types.is_floating(table[column].type):
+        for row, value in enumerate(table[column].to_pylist()):
+            if value is not None and not (math.isfinite(value) and float(value).is_integer()):
+                raise TaskDataError(f"task file {path}: label column '{column}' holds non-integer numbers (row "
+                                    f"{row + 1}: {value!r}); use --task regression, or list the classes with "
+                                    f"--labels")
     return sorted(v for v in pc.unique(table[column]).to_pylist() if v is not None)
 
 
 def examples(table: pa.Table, path: str, text_column: str, pair_column: str, label_column: str,
              labels: list | None) -> Examples:
     """Texts and label targets of a task table. `labels`: the classes in index order; None for
-    regression. A null label, a label outside `labels` or a non-numeric regression target is an
-    error naming the row."""
+    regression. A null label, a label outside `labels`, a non-numeric or non-finite regression
+    target, a list-valued label or text that is not UTF-8 is an error naming the row."""
     texts = _texts(table, path, text_column)
     pairs = _texts(table, path, pair_column) if pair_column else None
+    _check_single_values(table, path, label_column)
+    _check_utf8(table, path, label_column)
     values = table[label_column].to_pylist()
     for row, value in enumerate(values):
         if value is None:
@@ -96,7 +144,12 @@ def examples(table: pa.Table, path: str, text_column: str, pair_column: str, lab
         if not (pa.types.is_integer(table[label_column].type) or pa.types.is_floating(table[label_column].type)):
             raise TaskDataError(f"task file {path}: column '{label_column}' holds {table[label_column].type}, "
                                 f"not numbers: a regression task needs numeric labels")
-        return Examples(texts, pairs, np.asarray(values, dtype=np.float32))
+        targets = np.asarray(values, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(targets) | (np.abs(targets) > np.finfo(np.float32).max))
+        if bad.size:  # NaN or inf: the loss, and every score computed from it, would be NaN
+            raise TaskDataError(f"task file {path}: row {bad[0] + 1} has label {values[bad[0]]!r} in column "
+                                f"'{label_column}'; a regression target must be a finite number")
+        return Examples(texts, pairs, targets.astype(np.float32))
     index = {value: i for i, value in enumerate(labels)}
     for row, value in enumerate(values):
         if value not in index:
@@ -109,6 +162,7 @@ def _texts(table: pa.Table, path: str, column: str) -> list[str]:
     kind = table[column].type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise TaskDataError(f"task file {path}: column '{column}' holds {kind}, not text")
+    _check_utf8(table, path, column)
     return [text or "" for text in table[column].to_pylist()]
 
 

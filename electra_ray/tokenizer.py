@@ -14,6 +14,8 @@ from typing import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from electra_ray.errors import UserError
+
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4 in this order
 
@@ -49,13 +51,27 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, model_max_length: int = 5
 
 
 def read_tokenizer_json(directory: str) -> str:
-    """The tokenizer as JSON text: small, and what workers on any node rebuild it from."""
+    """The tokenizer as JSON text: small, and what workers on any node rebuild it from. Checked
+    here, on the driver, so that a file that is no tokenizer, or one without the five special
+    tokens the objective needs, is a one-line error before Ray starts, not a crash in the workers."""
     from electra_ray import storage
 
     path = storage.join(directory, "tokenizer.json")
     if not storage.exists(path):
         raise storage.StorageError(f"no tokenizer.json in tokenizer directory {directory}")
-    return storage.read_text(path)
+    try:
+        text = storage.read_published_text(directory, "tokenizer.json")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a tokenizer: not UTF-8 text") from None
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as error:  # tokenizers raises a bare Exception for every parse failure
+        raise UserError(f"{path} is not a tokenizer ({str(error).splitlines()[0][:200]})") from None
+    missing = [token for token, id_ in special_ids(tokenizer).items() if id_ is None]
+    if missing:
+        raise UserError(f"tokenizer {path} lacks the special tokens {' '.join(missing)}: ELECTRA needs "
+                        f"{' '.join(SPECIAL_TOKENS)} in its vocabulary")
+    return text
 
 
 def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
@@ -71,27 +87,27 @@ def iter_texts(path: str, column: str = "text", batch_rows: int = 256) -> Iterat
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m electra_ray.tokenizer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="Parquet file, directory or s3:// prefix (one document per row)")
     parser.add_argument("--column", default="text", help="text column (default: text)")
     parser.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (default: 30522)")
     parser.add_argument("--out", required=True, help="output directory or s3:// prefix")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier tokenizer at --out (only the files its manifest lists are removed)")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 
     def run():
-        import tempfile
-
         from electra_ray import storage
 
-        storage.check(args.out, write=True)
+        if args.vocab_size < len(SPECIAL_TOKENS) + 1:
+            raise UserError(f"--vocab-size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {args.vocab_size}")
+        storage.check_output(args.out, "tokenizer", args.overwrite)  # before training: a refusal costs nothing
         tokenizer = train_tokenizer(iter_texts(args.input, args.column), args.vocab_size)
-        if storage.is_remote(args.out):
-            with tempfile.TemporaryDirectory() as local:
-                save_tokenizer(tokenizer, local)
-                storage.publish_directory(local, args.out)
-        else:
-            save_tokenizer(tokenizer, args.out)
+        with storage.staging_directory(args.out) as staging:
+            save_tokenizer(tokenizer, staging)
+            storage.publish_directory(staging, args.out, "tokenizer", args.overwrite)
         print(f"tokenizer: {args.out} ({tokenizer.get_vocab_size()} tokens)")
 
     run_cli(run)

@@ -7,6 +7,7 @@ saves its ZeRO shard into one directory that Ray Train persists as a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -18,15 +19,12 @@ import torch
 
 from electra_ray import checkpoint as checkpoints
 from electra_ray.config import Config
+from electra_ray.errors import TrainingError  # noqa: F401  (re-exported: pretrain and tests import it here)
 from electra_ray.objective import STAT_NAMES, summarize
 
 
 # Dense bf16 peak FLOP/s from the datasheets, for MFU on GPUs.
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on for a reason the user can act on (non-finite loss, too little data)."""
 
 
 def lr_lambda(warmup_steps: int, max_steps: int):
@@ -169,6 +167,19 @@ def _quiet_report_logging() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+# Python errors of a worker's set-up that would recur on every retry.
+SETUP_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, ImportError)
+
+
+@contextlib.contextmanager
+def setup_errors():
+    try:
+        yield
+    except SETUP_ERRORS as error:
+        first_line = (str(error).splitlines() or [""])[0]
+        raise TrainingError(f"worker set-up failed: {type(error).__name__}: {first_line}") from error
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train's entry point. A TrainingError is reported, not raised: Ray Train would restart
     the workers (train.max_failures) for an error that would only happen again. Every rank
@@ -185,35 +196,38 @@ def _train(loop_config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    cfg = Config.from_dict(loop_config["config"])
-    _quiet_report_logging()
-    tokenizer_json: str = loop_config["tokenizer_json"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    use_gpu = cfg.scaling.use_gpu
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
-    import deepspeed
-    from ray.train.torch import get_device
+    # A failure here (a config or tokenizer the workers cannot use) is the same on every attempt:
+    # reported as a training error, never retried train.max_failures times.
+    with setup_errors():
+        cfg = Config.from_dict(loop_config["config"])
+        _quiet_report_logging()
+        tokenizer_json: str = loop_config["tokenizer_json"]
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        use_gpu = cfg.scaling.use_gpu
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
+        import deepspeed
+        from ray.train.torch import get_device
 
-    from electra_ray.data import tokenizer_from_json, masked_batches
-    from electra_ray.evaluate import detection_auc
-    from electra_ray.model import build_model, flops_per_token
+        from electra_ray.data import tokenizer_from_json, masked_batches
+        from electra_ray.evaluate import detection_auc
+        from electra_ray.model import build_model, flops_per_token
 
-    if not use_gpu and loop_config.get("num_threads"):
-        torch.set_num_threads(loop_config["num_threads"])
-    device = get_device() if use_gpu else torch.device("cpu")
-    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and use_gpu)
-    _, special = tokenizer_from_json(tokenizer_json)
-    vocab_size = loop_config["vocab_size"]
+        if not use_gpu and loop_config.get("num_threads"):
+            torch.set_num_threads(loop_config["num_threads"])
+        device = get_device() if use_gpu else torch.device("cpu")
+        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and use_gpu)
+        _, special = tokenizer_from_json(tokenizer_json)
+        vocab_size = loop_config["vocab_size"]
 
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, cfg.train.temperature,
-                        cfg.train.objective)
-    schedule = lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, cfg.train.weight_decay),
-        config=deepspeed_config(cfg, use_bf16),
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, cfg.train.temperature,
+                            cfg.train.objective)
+        schedule = lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps)
+        engine, _, _, scheduler = deepspeed.initialize(
+            model=model, model_parameters=param_groups(model, cfg.train.weight_decay),
+            config=deepspeed_config(cfg, use_bf16),
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
 
     if world == 1 and cfg.train.zero_stage == 0:
         # One rank has nothing to all-reduce; DeepSpeed would still copy every gradient into a

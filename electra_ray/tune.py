@@ -73,6 +73,13 @@ def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
     given = apply_file_and_overrides(cfg, path, overrides)
     apply_objective_masking(cfg.pretrain, {k.removeprefix("pretrain.") for k in given if k.startswith("pretrain.")})
     cfg.space = flatten_space(cfg.space)
+    from electra_ray.config import _convert
+
+    for key, values in cfg.space.items():
+        if isinstance(values, dict) and isinstance(next(iter(values.values())), list):
+            # YAML 1.1 reads 1e-3 as a string; Tune needs the distribution's bounds as numbers.
+            (kind, bounds), = values.items()
+            values[kind] = [_convert(f"space.{key}.{kind}", b, int if kind == "randint" else float) for b in bounds]
     if cfg.pretrain.train.eval_every == 0:  # every report carries the metric ASHA needs
         cfg.pretrain.train.eval_every = cfg.pretrain.train.log_every
     check_sweep(cfg)
@@ -106,11 +113,15 @@ def trial_config(base: dict, params: dict) -> Config:
 def check_sweep(cfg: SweepConfig) -> None:
     """Every error a sweep's settings can hold, before any trial starts: unknown or ill-typed keys,
     values the pre-training config rejects, distributions a grid cannot enumerate."""
+    from electra_ray.config import BoundsError, check_bounds
+
     check_choices(cfg)
+    # The sweep's own numbers (pretrain.* and finetune.* carry their ranges in their fields); ASHA
+    # needs reduction_factor > 1, and dev_fraction 0 or 1 would leave dev or train empty.
+    check_bounds(cfg, bounds={"num_samples": ">= 1", "max_concurrent_trials": ">= 0", "grace_period": ">= 0",
+                              "reduction_factor": "> 1", "dev_fraction": "(0, 1)"})
     if not cfg.space:
         raise ConfigError("space is empty: name at least one pre-training key to search")
-    if cfg.num_samples < 1 or cfg.reduction_factor <= 1 or cfg.grace_period < 0:
-        raise ConfigError("num_samples must be >= 1, reduction_factor > 1 and grace_period >= 0")
     if cfg.metric == "heldout_auc" or cfg.asha:
         if cfg.pretrain.train.objective != "electra":
             raise ConfigError("a sweep ranks discriminators: pretrain.train.objective must be electra")
@@ -122,6 +133,14 @@ def check_sweep(cfg: SweepConfig) -> None:
                 raise ConfigError(f"space.{key}: a grid needs a list of values, not {kind} (use search: random)")
             if not (isinstance(bounds, list) and len(bounds) == 2):
                 raise ConfigError(f"space.{key}: {kind} needs [low, high], got {bounds!r}")
+            # Tune itself fails on these only when the sweep starts: an empty range, a log of <= 0.
+            numbers = all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+                          for b in bounds)
+            if not numbers or bounds[0] >= bounds[1]:
+                raise ConfigError(f"space.{key}: {kind} needs [low, high], two finite numbers with low < high, "
+                                  f"got {bounds!r}")
+            if kind == "loguniform" and bounds[0] <= 0:
+                raise ConfigError(f"space.{key}: loguniform needs low > 0, got {bounds!r}")
             values = bounds
         if not isinstance(values, list) or not values:
             raise ConfigError(f"space.{key}: expected a non-empty list of values or {{uniform|loguniform|randint: "
@@ -129,6 +148,11 @@ def check_sweep(cfg: SweepConfig) -> None:
         for value in values:
             try:
                 trial_config(base, {key: value})
+            except BoundsError as error:
+                if error.key != key:
+                    raise ConfigError(f"space.{key} = {value!r}: {error}") from None
+                # The value is out of the searched key's own range: say which, once.
+                raise ConfigError(f"space.{key} = {value!r}: {key} must be {error.allowed}") from None
             except ConfigError as error:
                 raise ConfigError(f"space.{key} = {value!r}: {error}") from None
 
