@@ -30,7 +30,7 @@ OBJECTIVE_MASKING = {"electra": (0.85, 0.0), "mlm": (0.8, 0.1)}
 
 
 class ConfigError(UserError):
-    """A config file or override names an unknown key or holds an ill-typed value."""
+    """A config file or override names an unknown key, or holds an ill-typed or out-of-range value."""
 
 
 class BoundsError(ConfigError):

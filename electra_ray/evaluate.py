@@ -122,7 +122,8 @@ def local_export(export_dir: str) -> Iterator[str]:
         return
     storage.check(export_dir)
     with tempfile.TemporaryDirectory(prefix="electra-ray-evaluate-") as temporary:
-        yield storage.fetch_directory(export_dir, temporary)
+        # A new subdirectory: fetch_directory stages beside its target, here inside the temporary one.
+        yield storage.fetch_directory(export_dir, os.path.join(temporary, "export"))
 
 
 def read_export_config(export_dir: str, shown: str = "") -> Config:

@@ -91,9 +91,9 @@ def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = N
     """Checkpoint (local or s3://) -> HF-format export at `out` (local or s3://), published whole.
     An existing `out` is replaced only if it is an earlier export and `overwrite` is set."""
     storage.check(checkpoint)
+    storage.check_output(out, "export", overwrite)  # before the work: refused outputs cost nothing
     if not storage.is_remote(checkpoint) and not os.path.isdir(checkpoint):
         raise UserError(f"no checkpoint directory at {checkpoint}")
-    storage.check_output(out, "export", overwrite)  # before the work: refused outputs cost nothing
     with storage.local_directory(checkpoint) as checkpoint_dir:
         model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
     source = checkpoint if storage.is_remote(checkpoint) else os.path.abspath(checkpoint)

@@ -20,6 +20,7 @@ comment above it. `fetch_directory` reads only a complete, hash-checked version.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -326,12 +327,14 @@ def read_manifest(path: str) -> Manifest | None:
     return Manifest.parse(body, where)
 
 
-def check_output(dest: str, kind: str, overwrite: bool = False) -> Manifest | None:
+def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = True) -> Manifest | None:
     """Refuse, before any work, a destination the rule above does not let `kind` be published to.
-    Returns the manifest of the output it will replace (None: the destination is new or empty)."""
+    Returns the manifest of the output it will replace (None: the destination is new or empty).
+    `probe`: on S3, first a quick write check (3 tries: a wrong endpoint fails in seconds)."""
     what = "an export" if kind == "export" else f"a {kind}"
     if is_remote(dest):
-        check(dest, write=True)
+        if probe:
+            check(dest, write=True)
         previous = read_manifest(dest)
         if previous is None and _s3_has_foreign_objects(dest):
             raise StorageError(f"{dest} already holds objects that are not {what} of electra-ray: nothing was "
@@ -387,7 +390,7 @@ def publish_directory(local_dir: str, dest: str, kind: str = "export", overwrite
     """Make `dest` (local or S3) a copy of `local_dir` that readers see whole or not at all, under
     the rule above. A local `local_dir` must be a `staging_directory(dest)` (it is renamed into
     place). `progress(name)` is called after each file is written. Returns `dest`."""
-    previous = check_output(dest, kind, overwrite)
+    previous = check_output(dest, kind, overwrite, probe=False)  # with the full retries: outages pass
     files = describe_files(local_dir)
     if is_remote(dest):
         return _publish_s3(local_dir, dest, Manifest(kind, files, _new_version()), previous, progress)
@@ -531,6 +534,8 @@ def fetch_directory(url: str, local_dir: str, attempts: int = 5) -> str:
                     raise StorageError(f"{url} is damaged: a file its {MANIFEST} lists is missing or "
                                        f"differs; publish it again") from None
                 continue
+            with open(os.path.join(staging, MANIFEST), "w") as f:  # the copy can be verified like the original
+                f.write(dataclasses.replace(manifest, version="").to_json())
             if os.path.isdir(local_dir):
                 os.rmdir(local_dir)
             os.rename(staging, local_dir)
@@ -565,6 +570,8 @@ def read_published_text(prefix: str, name: str) -> str:
     directory with no manifest (a tokenizer put there by hand) is read directly."""
     manifest = read_manifest(prefix) if is_remote(prefix) else None
     if manifest is None or not manifest.version or name not in manifest.files:
+        if not exists(join(prefix, name)):
+            raise StorageError(f"no {name} in {prefix}")
         return read_text(join(prefix, name))
     text = read_text(join(prefix, VERSIONS, manifest.version, name))
     entry = manifest.files[name]

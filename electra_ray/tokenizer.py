@@ -57,10 +57,14 @@ def read_tokenizer_json(directory: str) -> str:
     from electra_ray import storage
 
     path = storage.join(directory, "tokenizer.json")
-    if not storage.exists(path):
-        raise storage.StorageError(f"no tokenizer.json in tokenizer directory {directory}")
     try:
         text = storage.read_published_text(directory, "tokenizer.json")
+    except storage.StorageError as error:
+        if not str(error).startswith("no tokenizer.json"):
+            raise
+        raise storage.StorageError(f"no tokenizer.json in tokenizer directory {directory}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a tokenizer file") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not a tokenizer: not UTF-8 text") from None
     try:

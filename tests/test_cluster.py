@@ -1,6 +1,8 @@
 """Cluster configs and multi-node runs.
 
-The YAMLs in cluster/ are checked against Ray's own autoscaler schema. Then real Ray clusters on
+The YAMLs in cluster/ are checked against Ray's own autoscaler schema and held to their security
+settings (IMDSv2, encrypted volumes, pinned images and installs, non-root containers, the
+NetworkPolicy, the head's IAM policy), all without starting Ray. Then real Ray clusters on
 this machine, several nodes each, started with `ray start` in subprocesses: a job submitted with
 `ray job submit` trains and exports, with Ray Data's tasks on the node that has `data_node`; and
 a cluster started from a fake multi-node autoscaling config grows when training asks for more
@@ -10,7 +12,9 @@ workers than the head node has. Every process a test starts is stopped by pid at
 import contextlib
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,11 +31,53 @@ from conftest import _free_port
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "cluster")
 BIN = os.path.dirname(sys.executable)
+POLICY = os.path.join(CLUSTER, "iam-autoscaler-policy.json")  # the AWS head's instance role
+# The securityContext of every container in kuberay.yaml (uid 1000: the rayproject image's `ray` user).
+RESTRICTED = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+              "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+CHANGES = ("Terminate", "Stop", "Start", "Delete", "Reboot", "Modify", "Create", "Attach", "Detach")
+
+
+def documents(name: str) -> list[dict]:
+    with open(os.path.join(CLUSTER, name)) as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
 
 
 def load(name: str) -> dict:
-    with open(os.path.join(CLUSTER, name)) as f:
-        return yaml.safe_load(f)
+    """A cluster file's first YAML document, the cluster (kuberay.yaml: its NetworkPolicy follows)."""
+    return documents(name)[0]
+
+
+def values_of(tree, keys: set[str]) -> list:
+    """Every value under one of `keys`, at any depth of a parsed YAML document."""
+    if isinstance(tree, dict):
+        return [v for k, v in tree.items() if k in keys] + [x for v in tree.values() for x in values_of(v, keys)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in values_of(v, keys)]
+    return []
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """cluster/Dockerfile's instructions, (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", open(os.path.join(CLUSTER, "Dockerfile")).read())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def pip_requirements(command: str) -> list[str]:
+    """What each `pip install` in a shell command installs (its arguments, options left out)."""
+    words, found = shlex.split(command), []
+    for i in range(len(words) - 1):
+        if words[i].endswith(("pip", "pip3")) and words[i + 1] == "install":
+            for word in words[i + 2:]:
+                if word in ("&&", "||", ";", "|"):
+                    break
+                found.append(word)
+    return found
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def autoscaler_config(config: dict) -> dict:
@@ -81,7 +127,155 @@ def test_aws_config_opens_no_port_and_holds_no_credentials():
         assert node_type["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]  # every process on every node
-    assert "pip install --quiet ~/electra-ray" in config["setup_commands"]
+    assert any("pip install --quiet ~/electra-ray" in command for command in config["setup_commands"])
+
+
+def test_aws_nodes_require_imdsv2_and_encrypt_their_volumes():
+    for name, node_type in load("aws.yaml")["available_node_types"].items():
+        node = node_type["node_config"]
+        # Hop limit 2: the credentials must still reach a process in the node's container.
+        assert node["MetadataOptions"]["HttpTokens"] == "required", name
+        assert node["MetadataOptions"].get("HttpEndpoint", "enabled") == "enabled", name
+        assert node["MetadataOptions"]["HttpPutResponseHopLimit"] == 2, name
+        assert node["BlockDeviceMappings"], name
+        assert all(volume["Ebs"].get("Encrypted") is True for volume in node["BlockDeviceMappings"]), name
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "kuberay.yaml", "Dockerfile"])
+def test_images_and_amis_are_pinned(name):
+    """Every container image has a tag other than `latest` (or a digest); every AMI is one id, not
+    an alias or an SSM parameter that moves."""
+    text = open(os.path.join(CLUSTER, name)).read()
+    assert ":latest" not in text and "/latest" not in text
+    if name == "Dockerfile":
+        images, amis = [args.split()[0] for instruction, args in dockerfile() if instruction == "FROM"], []
+    else:
+        trees = documents(name)
+        images, amis = values_of(trees, {"image", "head_image", "worker_image"}), values_of(trees, {"ImageId"})
+    assert images
+    for image in images:
+        tag = image.split("@", 1)[1] if "@" in image else image.rsplit("/", 1)[-1].partition(":")[2]
+        assert tag and tag != "latest", image
+    assert all(re.fullmatch(r"ami-[0-9a-f]{8,17}", ami) for ami in amis), amis
+    assert bool(amis) == (name == "aws.yaml")
+
+
+def test_pip_installs_are_pinned():
+    """aws.yaml's node setup and the Dockerfile install this checkout and exact versions only (the
+    same ones, within pyproject.toml's ranges), and never upgrade pip."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    config = load("aws.yaml")
+    commands = [c for commands in values_of(config, {"setup_commands", "head_setup_commands",
+                                                     "worker_setup_commands", "initialization_commands"})
+                for c in commands]
+    runs = [args for instruction, args in dockerfile() if instruction == "RUN"]
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        ranges = {Requirement(r).name: Requirement(r).specifier for r in tomllib.load(f)["project"]["dependencies"]}
+    pins = {}
+    for where, shell in [("aws.yaml", c) for c in commands] + [("Dockerfile", r) for r in runs]:
+        for word in pip_requirements(shell):
+            assert word not in ("-U", "--upgrade", "-e", "--editable", "-r", "--requirement"), (where, shell)
+            if word.startswith("-") or word in (".", "~/electra-ray"):  # options; this checkout
+                continue
+            requirement = Requirement(word)
+            specs = list(requirement.specifier)
+            assert len(specs) == 1 and specs[0].operator == "==", (where, word)
+            spec = specs[0]
+            assert requirement.name not in ranges or spec.version in ranges[requirement.name], word
+            pins.setdefault(where, set()).add((requirement.name, spec.version))
+    assert pins["aws.yaml"] == pins["Dockerfile"]
+    assert {"ray", "torch", "deepspeed", "transformers"} <= {name for name, _ in pins["aws.yaml"]}
+
+
+def test_kuberay_containers_run_as_non_root_without_privileges():
+    rayjob = load("kuberay.yaml")
+    containers = values_of(rayjob, {"containers", "initContainers"})
+    names = [container["name"] for group in containers for container in group]
+    assert names.count("ray-head") == 1 and names.count("ray-worker") == 2 and "ray-job-submitter" in names
+    contexts = [container.get("securityContext", {}) for group in containers for container in group]
+    contexts.append(rayjob["spec"]["rayClusterSpec"]["autoscalerOptions"].get("securityContext", {}))
+    for context in contexts:
+        assert {key: context.get(key) for key in RESTRICTED} == RESTRICTED, context
+
+
+def test_kuberay_network_policy_admits_only_the_clusters_pods():
+    """One NetworkPolicy selects every Ray pod; it admits this cluster's pods on any port, and
+    others (the namespace's pods, the operator) on the dashboard / Jobs API and Ray client ports
+    only, which token auth guards. The head's Service exposes no other port of its own."""
+    rayjob, *others = documents("kuberay.yaml")
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"]["mode"] == "token"
+    [head] = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert {port["containerPort"] for port in head["ports"]} <= {6379, 8265, 10001}
+    [policy] = [doc for doc in others if doc["kind"] == "NetworkPolicy"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector
+    for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        assert selector.items() <= template.get("metadata", {}).get("labels", {}).items()
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    own_pods = False
+    for rule in policy["spec"]["ingress"]:
+        peers, ports = rule["from"], {port["port"] for port in rule.get("ports", [])}  # no `from`: anyone
+        assert all("ipBlock" not in peer and "podSelector" in peer for peer in peers), rule
+        if peers == [{"podSelector": {"matchLabels": selector}}]:
+            own_pods = True
+            continue
+        assert ports and ports <= {8265, 10001}, rule
+        for peer in peers:  # the namespace's pods, or named pods of one named namespace
+            if "namespaceSelector" in peer:
+                assert peer["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name"), rule
+                assert peer["podSelector"].get("matchLabels"), rule
+    assert own_pods
+
+
+def test_head_iam_policy_is_held_to_this_cluster():
+    """The AWS head may launch only instances tagged with this cluster's name, change only such
+    instances, pass only the worker role, and do all Ray's AWS node provider needs."""
+    config = load("aws.yaml")
+    cluster_name = config["cluster_name"]
+    worker_profile = config["available_node_types"]["gpu_worker"]["node_config"]["IamInstanceProfile"]["Arn"]
+    worker_role = worker_profile.replace(":instance-profile/", ":role/")  # the README names both alike
+    with open(POLICY) as f:
+        statements = json.load(f)["Statement"]
+    granted = set()
+    for statement in statements:
+        actions, resources = as_list(statement["Action"]), as_list(statement["Resource"])
+        tags = statement.get("Condition", {}).get("StringEquals", {})
+        granted.update(actions)
+        assert statement["Effect"] == "Allow" and "NotAction" not in statement and "NotResource" not in statement
+        assert not any("*" in action for action in actions), statement
+        if all(action.startswith("ec2:Describe") for action in actions):
+            continue  # read-only lookups
+        assert "*" not in resources, statement
+        if actions == ["iam:PassRole"]:
+            assert resources == [worker_role], statement
+        elif actions == ["ec2:RunInstances"] and any(":instance/" in r for r in resources):
+            assert tags.get("aws:RequestTag/ray-cluster-name") == cluster_name, statement
+        elif actions == ["ec2:RunInstances"]:  # what a launch uses; the instance statement holds the launch
+            kinds = "image|subnet|network-interface|security-group|volume|key-pair|spot-instances-request"
+            assert all(re.fullmatch(rf"arn:aws:ec2:\*:\*?:({kinds})/\*", r) for r in resources), statement
+        elif actions == ["ec2:CreateTags"] and tags.get("ec2:CreateAction") == "RunInstances":
+            pass  # the tags of the launch request itself
+        else:
+            assert all(action.split(":")[1].startswith(CHANGES) for action in actions), statement
+            assert tags.get("aws:ResourceTag/ray-cluster-name") == cluster_name, statement
+    # what ray/autoscaler/_private/aws/node_provider.py calls on the head
+    assert {"ec2:DescribeInstances", "ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances",
+            "ec2:StopInstances", "ec2:StartInstances", "iam:PassRole"} <= granted
+
+
+def test_readme_shows_the_head_policy_and_never_full_ec2_access():
+    readme = open(os.path.join(CLUSTER, "README.md")).read()
+    policy = open(POLICY).read()
+    for text in (readme, policy):
+        assert "AmazonEC2FullAccess" not in text and "FullAccess" not in text
+        assert not re.search(r'"(ec2|iam):\*"|"Action"\s*:\s*\[?\s*"\*"', text)
+    assert "--policy-document file://cluster/iam-autoscaler-policy.json" in readme
+    shown = re.search(r"```json\n(.*?)```", readme, re.S)
+    assert shown and json.loads(shown.group(1)) == json.loads(policy)
 
 
 @pytest.mark.parametrize("name", ["aws.yaml", "kuberay.yaml"])

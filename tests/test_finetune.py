@@ -226,3 +226,57 @@ def test_an_export_and_task_files_on_s3(electra_export, rotten_tomatoes, rclone_
 
     with pytest.raises(TaskDataError, match=r"^task file not found: s3://electra/tasks/missing.csv$"):
         finetune(dataclasses.replace(cfg, eval="s3://electra/tasks/missing.csv"))
+
+
+# -- settings and labels refused before any work (issue 16) ---------------------------------------
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": float("nan")}, "--lr must be a finite number > 0, got nan"),
+    ({"lr": 0.0}, "--lr must be a finite number > 0, got 0.0"),
+    ({"epochs": 0}, "--epochs must be an integer >= 1, got 0"),
+    ({"batch_size": -4}, "--batch-size must be an integer >= 1, got -4"),
+    ({"max_seq_len": 2}, "--max-seq-len must be an integer >= 3, got 2"),
+    ({"dropout": 1.0}, "--dropout must be a number in [0, 1), got 1.0"),
+    ({"warmup": -0.1}, "--warmup must be a number in [0, 1), got -0.1"),
+    ({"layer_decay": 0.0}, "--layer-decay must be a number in (0, 1], got 0.0"),
+    ({"weight_decay": float("inf")}, "--weight-decay must be a finite number >= 0, got inf"),
+    ({"adam_eps": 0.0}, "--adam-eps must be a finite number > 0, got 0.0"),
+    ({"grad_clip": -1.0}, "--grad-clip must be a finite number >= 0 (0: off), got -1.0"),
+    ({"num_workers": -1}, "--num-workers must be an integer >= 0 (0: in this process), got -1"),
+    ({"threads": -2}, "--threads must be an integer >= 0 (0: the default), got -2"),
+    ({"max_train_examples": -5}, "--max-train-examples must be an integer >= 0 (0: all), got -5"),
+    ({"seeds": []}, "--seeds must list one or more integers, got []"),
+    ({"seeds": [0, "one"]}, "--seeds must list one or more integers, got [0, 'one']"),
+    ({"seeds": [1, 1]}, "--seeds lists a seed twice: [1, 1]"),
+    ({"labels": [0, 1], "task": "regression"}, "--labels lists the classes of a classification task; --task is "
+                                               "regression"),
+    ({"labels": [[0, 1]]}, "--labels must list single values (strings or numbers), got [[0, 1]]"),
+    ({"labels": ["pos", "neg", "pos"]}, "--labels lists a class twice: ['pos', 'neg', 'pos']"),
+    ({"train": ""}, "--train is required: a path (local or s3://)"),
+])
+def test_settings_out_of_range_name_the_flag(changes, message):
+    from electra_ray.finetune import FinetuneError, validate
+
+    cfg = dataclasses.replace(FinetuneConfig(model="m", train="t.csv", eval="e.csv"), **changes)
+    with pytest.raises(FinetuneError) as error:
+        validate(cfg)
+    assert str(error.value) == message
+
+
+def test_continuous_labels_ask_for_regression(tmp_path):
+    from electra_ray.finetune import load_task
+
+    pq.write_table(pa.table({"text": ["a", "b", "c"], "label": [0.1, 0.9, 0.5]}), tmp_path / "sts.parquet")
+    cfg = FinetuneConfig(model="m", train=str(tmp_path / "sts.parquet"), eval=str(tmp_path / "sts.parquet"))
+    with pytest.raises(TaskDataError, match=r"sts.parquet: label column 'label' holds non-integer numbers \(row 1: "
+                                            r"0.1\); use --task regression"):
+        load_task(cfg, tokenizer=None, max_len=16)  # refused before anything is tokenized
+
+
+def test_a_bad_flag_is_a_one_line_error(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "electra_ray.finetune", "--model", str(tmp_path), "--train", "t.csv",
+                          "--eval", "e.csv", "--lr", "nan", "--out", str(tmp_path / "ft")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == ["error: --lr must be a finite number > 0, got nan"]
+    assert not (tmp_path / "ft").exists()

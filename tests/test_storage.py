@@ -1,6 +1,7 @@
 """s3:// paths against a real S3-compatible server (rclone) on 127.0.0.1: publishing, fetching,
 and the one-line errors a user sees for each way S3 can be unusable."""
 
+import json
 import os
 import subprocess
 import sys
@@ -35,14 +36,17 @@ def test_publish_replaces_the_previous_copy_and_fetch_gets_exactly_it(rclone_s3,
     written = []
     storage.publish_directory(write_tree(tmp_path / "v1", {"a.txt": "one", "sub/b.txt": "two"}), url,
                               progress=written.append)
-    assert written == ["a.txt", "sub/b.txt"] * 2  # uploaded to the staging prefix, then copied into place
-    storage.publish_directory(write_tree(tmp_path / "v2", {"a.txt": "uno", "c.txt": "tres"}), url)
+    assert written == ["a.txt", "sub/b.txt"]  # each uploaded once, to its own version prefix
+    storage.publish_directory(write_tree(tmp_path / "v2", {"a.txt": "uno", "c.txt": "tres"}), url, overwrite=True)
 
     fetched = read_tree(storage.fetch_directory(url, str(tmp_path / "got")))
+    assert storage.Manifest.parse(fetched.pop(storage.MANIFEST), "").files.keys() == {"a.txt", "c.txt"}
     assert fetched == {"a.txt": "uno", "c.txt": "tres"}  # sub/b.txt of v1 did not survive
     bucket_dir = os.path.join(rclone_s3.data_dir, "electra", "published")
     assert sorted(os.listdir(bucket_dir)) == ["model"]  # no staging prefix left behind
     assert storage.MANIFEST in os.listdir(os.path.join(bucket_dir, "model"))
+    versions = os.listdir(os.path.join(bucket_dir, "model", storage.VERSIONS))
+    assert versions == [storage.read_manifest(url).version]  # the first version's files were removed
 
 
 def test_fetch_refuses_a_prefix_without_manifest(rclone_s3, tmp_path):
@@ -60,7 +64,8 @@ def test_a_short_outage_is_retried(rclone_s3, tmp_path):
         storage.publish_directory(write_tree(tmp_path / "v", {"weights.bin": "x" * 1000}), "s3://electra/retried")
     finally:
         restart.join()
-    assert read_tree(storage.fetch_directory("s3://electra/retried", str(tmp_path / "got"))) == {"weights.bin": "x" * 1000}
+    fetched = read_tree(storage.fetch_directory("s3://electra/retried", str(tmp_path / "got")))
+    assert fetched.pop(storage.MANIFEST) and fetched == {"weights.bin": "x" * 1000}
 
 
 def test_tokenizer_verb_writes_to_and_pipeline_reads_from_s3(rclone_s3, small_corpus, tmp_path):
@@ -112,3 +117,130 @@ def test_each_s3_failure_is_one_clear_line(rclone_s3, case, args, env, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message.format(port=rclone_s3.port, closed=closed)), result.stderr
     assert rclone_s3.SECRET_KEY not in result.stdout + result.stderr
+
+
+# -- the output rule: nothing of the user's is replaced or removed --------------------------------
+
+def test_local_publish_refuses_a_directory_that_is_not_an_earlier_output(tmp_path):
+    home = write_tree(tmp_path / "home", {"notes.txt": "mine", "runs/x/checkpoint_0/weights": "w"})
+    with storage.staging_directory(home) as staging:
+        write_tree(staging, {"model.bin": "new"})
+        with pytest.raises(storage.StorageError, match="already exists and is not an export of electra-ray"):
+            storage.publish_directory(staging, home)
+    assert read_tree(home) == {"notes.txt": "mine", "runs/x/checkpoint_0/weights": "w"}
+    assert sorted(os.listdir(tmp_path)) == ["home"]  # the staging directory went too
+
+
+def test_local_overwrite_removes_only_what_the_old_manifest_lists(tmp_path):
+    dest = str(tmp_path / "export")
+    for version, files in (("one", {"a.bin": "1", "sub/b.bin": "2"}), ("two", {"a.bin": "uno"})):
+        with storage.staging_directory(dest) as staging:
+            write_tree(staging, files)
+            if version == "two":
+                with pytest.raises(storage.StorageError, match="already holds an export.*--overwrite"):
+                    storage.publish_directory(staging, dest)
+            storage.publish_directory(staging, dest, overwrite=version == "two")
+    assert {k: v for k, v in read_tree(dest).items() if k != storage.MANIFEST} == {"a.bin": "uno"}
+    storage.verify_directory(dest)
+
+    write_tree(dest, {"my-notes.txt": "keep"})  # a file of the user's inside the export
+    with storage.staging_directory(dest) as staging:
+        write_tree(staging, {"a.bin": "three"})
+        with pytest.raises(storage.StorageError, match=r"holds files its _MANIFEST.json does not list \(my-notes.txt\)"):
+            storage.publish_directory(staging, dest, overwrite=True)
+    assert read_tree(dest)["my-notes.txt"] == "keep" and read_tree(dest)["a.bin"] == "uno"
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+
+    with open(os.path.join(dest, "a.bin"), "w") as f:
+        f.write("UNO")  # same size: only the hash can tell
+    with pytest.raises(storage.StorageError, match="a.bin does not match the sha256 its manifest lists"):
+        storage.verify_directory(dest)
+
+
+def test_s3_publish_refuses_a_prefix_of_other_objects_and_keeps_them(rclone_s3, tmp_path):
+    client = storage._client()
+    for key in ("runs/x/checkpoint_0/model.pt", "runs/x/config.json"):
+        client.put_object(Bucket="electra", Key=key, Body=b"user data")
+    source = write_tree(tmp_path / "export", {"weights.bin": "w"})
+    for dest in ("s3://electra/runs/x", "s3://electra/runs"):
+        with pytest.raises(storage.StorageError, match="already holds objects that are not an export"):
+            storage.publish_directory(source, dest, overwrite=True)
+    keys = sorted(item["Key"] for item in client.list_objects_v2(Bucket="electra", Prefix="runs/")["Contents"])
+    assert keys == ["runs/x/checkpoint_0/model.pt", "runs/x/config.json"]
+
+    storage.publish_directory(source, "s3://electra/runs/x/export")  # a new prefix beside them is fine
+    with pytest.raises(storage.StorageError, match="already holds an export"):
+        storage.publish_directory(source, "s3://electra/runs/x/export")
+    with pytest.raises(storage.StorageError, match="holds export output, not a tokenizer"):
+        storage.publish_directory(source, "s3://electra/runs/x/export", kind="tokenizer", overwrite=True)
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "sub//x", "a/../../escape"])
+def test_fetch_refuses_a_manifest_naming_a_path_outside_the_target(rclone_s3, tmp_path, name):
+    client = storage._client()
+    client.put_object(Bucket="electra", Key="evil/_versions/v1/ok.txt", Body=b"ok")
+    manifest = {"format": 2, "kind": "export", "version": "v1",
+                "files": {"ok.txt": {"size": 2}, name: {"size": 5}}}
+    client.put_object(Bucket="electra", Key="evil/_MANIFEST.json", Body=json.dumps(manifest).encode())
+    target = tmp_path / "deep" / "er" / "target"
+    with pytest.raises(storage.StorageError, match="names an unsafe file"):
+        storage.fetch_directory("s3://electra/evil", str(target))
+    written = [os.path.join(root, f) for root, _, files in os.walk(tmp_path) for f in files]
+    assert written == [] and not os.path.exists("/abs/path")
+
+
+PUBLISH = """
+import sys
+from electra_ray import storage
+storage.publish_directory(sys.argv[1], sys.argv[2], overwrite=True)
+"""
+
+
+def test_publishers_killed_at_random_points_never_expose_a_mix(rclone_s3, tmp_path):
+    """A reader fetches in a loop while two publishers replace the export and one of them is
+    SIGKILLed at a random point: every fetch that succeeds is one whole export, hash-checked, and
+    after each kill the export is still fetchable."""
+    import random
+    import signal
+    import time
+
+    url = "s3://electra/contested"
+    trees = {}
+    for name in ("a", "b"):  # same file names, different contents: a mix would be detectable
+        files = {f"part-{i}.bin": (name * 1000 + str(i)) * 40 for i in range(6)}
+        trees[name] = (write_tree(tmp_path / f"src-{name}", files), files)
+    storage.publish_directory(trees["a"][0], url)
+    complete = [files for _, files in trees.values()]
+    seen, failures, stop = [], [], threading.Event()
+
+    def reader():
+        count = 0
+        while not stop.is_set():
+            count += 1
+            try:
+                got = read_tree(storage.fetch_directory(url, str(tmp_path / f"read-{count}")))
+            except storage.StorageError as error:
+                failures.append(str(error))
+                continue
+            got.pop(storage.MANIFEST, None)
+            seen.append(got in complete)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    rng = random.Random(0)
+    try:
+        for round_ in range(5):
+            first, second = ("b", "a") if round_ % 2 == 0 else ("a", "b")
+            publishers = [subprocess.Popen([sys.executable, "-c", PUBLISH, trees[name][0], url]) for name in (first, second)]
+            time.sleep(rng.uniform(0.3, 2.0))  # import time plus part of the upload, or past its end
+            publishers[0].send_signal(signal.SIGKILL)
+            publishers[0].wait()
+            assert publishers[1].wait(timeout=120) == 0
+            after = read_tree(storage.fetch_directory(url, str(tmp_path / f"after-{round_}")))
+            after.pop(storage.MANIFEST)
+            assert after in complete
+    finally:
+        stop.set()
+        thread.join()
+    assert seen and all(seen), (len(seen), seen.count(False))
+    assert len(failures) <= len(seen), failures[:3]  # a fetch may lose a race now and then, not as a rule

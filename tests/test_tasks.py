@@ -99,3 +99,87 @@ def test_regression_metrics():
     ties = regression_metrics(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0]))
     ranks_a, ranks_b = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4])
     assert ties["spearman"] == pytest.approx(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+# -- labels and files that cannot make a task (issue 16) ------------------------------------------
+
+def test_list_valued_labels_are_refused(tmp_path):
+    path = tmp_path / "multi.jsonl"
+    path.write_text('{"text": "a", "label": [0, 1]}\n{"text": "b", "label": [1]}\n')
+    table = read_task_file(str(path), ["text", "label"])
+    message = r"multi.jsonl: column 'label' holds list<item: int64>, not one label per example \(row 1: \[0, 1\]\)"
+    with pytest.raises(TaskDataError, match=message):
+        class_labels(table, "label", str(path))
+    for labels in ([0, 1], None):
+        with pytest.raises(TaskDataError, match=message):
+            examples(table, str(path), "text", "", "label", labels=labels)
+
+
+def test_continuous_labels_are_not_classes(tmp_path):
+    path = write(tmp_path / "sts.csv", [("a", "b", 0.0), ("c", "d", 0.37), ("e", "f", 4.5)])
+    table = read_task_file(path, ["sentence1", "label"])
+    with pytest.raises(TaskDataError, match=r"sts.csv: label column 'label' holds non-integer numbers \(row 2: "
+                                            r"0.37\); use --task regression, or list the classes with --labels"):
+        class_labels(table, "label", path)
+    data = examples(table, path, "sentence1", "", "label", labels=[0.0, 0.37, 4.5])  # listed: classes after all
+    assert data.labels.tolist() == [0, 1, 2]
+    whole = read_task_file(write(tmp_path / "whole.csv", [("a", "b", "1.0"), ("c", "d", "0.0")]), ["label"])
+    assert whole["label"].type == pa.float64() and class_labels(whole, "label") == [0.0, 1.0]  # 1.0 is class 1
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf"])
+def test_regression_targets_must_be_finite(tmp_path, bad):
+    path = write(tmp_path / "sts.csv", [("a", "b", "0.5"), ("c", "d", bad), ("e", "f", "2")])
+    table = read_task_file(path, ["sentence1", "label"])
+    with pytest.raises(TaskDataError, match=rf"sts.csv: row 2 has label {bad} in column 'label'; a regression "
+                                            rf"target must be a finite number"):
+        examples(table, path, "sentence1", "", "label", labels=None)
+    # CSV reads "nan" as a missing value ("row 2 has no label"); Parquet keeps NaN a number
+    pq.write_table(pa.table({"text": ["a", "b"], "score": [1.0, float("nan")]}), tmp_path / "sts.parquet")
+    table = read_task_file(str(tmp_path / "sts.parquet"), ["text", "score"])
+    with pytest.raises(TaskDataError, match=r"sts.parquet: row 2 has label nan in column 'score'"):
+        examples(table, str(tmp_path / "sts.parquet"), "text", "", "score", labels=None)
+    big = pa.table({"text": ["a", "b"], "score": [1.0, 1e300]})  # finite, but not in float32
+    with pytest.raises(TaskDataError, match="row 2 has label 1e"):
+        examples(big, "t.parquet", "text", "", "score", labels=None)
+
+
+def test_labels_that_miss_a_class_of_the_data_name_the_row(tmp_path):
+    path = write(tmp_path / "train.tsv", ROWS + [("fine", "ok", 2)])
+    table = read_task_file(path, ["sentence1", "label"])
+    with pytest.raises(TaskDataError, match=r"train.tsv: row 4 has label 2, which is not one of the task's labels "
+                                            r"\[0, 1\]"):
+        examples(table, path, "sentence1", "", "label", labels=[0, 1])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.csv", "", r"cannot read task file .*empty.csv: Empty CSV file"),
+    ("header.csv", "text,label\n", r"task file .*header.csv is empty \(no rows\)"),
+    ("empty.tsv", "text\tlabel\n", r"task file .*empty.tsv is empty \(no rows\)"),
+    ("empty.jsonl", "", r"cannot read task file .*empty.jsonl: Empty JSON file"),
+    ("bad.jsonl", '{"text": "a", "label": 1}\n{"text": ', r"^cannot read task file .*bad.jsonl: .*"),
+    ("bad.parquet", "PAR1 not parquet", r"^cannot read task file .*bad.parquet: .*"),
+    ("task.xlsx", "x", r"unknown format '\.xlsx' \(expected \.parquet, \.csv, \.tsv or \.jsonl\)"),
+])
+def test_empty_unreadable_or_unsupported_files(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(TaskDataError, match=message) as error:
+        read_task_file(str(tmp_path / name), ["text", "label"])
+    assert "\n" not in str(error.value)
+
+
+def test_an_empty_parquet_file_or_a_directory(tmp_path):
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())}),
+                   tmp_path / "none.parquet")
+    with pytest.raises(TaskDataError, match=r"none.parquet is empty \(no rows\)"):
+        read_task_file(str(tmp_path / "none.parquet"), ["text", "label"])
+    with pytest.raises(TaskDataError, match=r"task file .* is a directory: pass a Parquet, CSV, TSV or JSONL file"):
+        read_task_file(str(tmp_path), ["text", "label"])
+
+
+def test_text_that_is_not_utf8_names_the_row(tmp_path):
+    text = pa.array([b"fine", b"\xff\xfe broken"], pa.binary()).view(pa.string())  # Parquet does not check
+    pq.write_table(pa.table({"text": text, "label": [0, 1]}), tmp_path / "t.parquet")
+    table = read_task_file(str(tmp_path / "t.parquet"), ["text", "label"])
+    with pytest.raises(TaskDataError, match=r"t.parquet: row 2 of column 'text' is not valid UTF-8 text"):
+        examples(table, str(tmp_path / "t.parquet"), "text", "", "label", labels=[0, 1])
