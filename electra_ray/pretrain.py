@@ -251,8 +251,10 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     if not continuing and run_dir != os.path.abspath(cfg.run_dir) and _holds_files(run_dir):
         raise UserError(f"the run's local directory {run_dir} already holds files: nothing was written; choose "
                         f"another output.local_dir or output.name")
-    storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
     os.makedirs(run_dir, exist_ok=True)
+    if not storage.is_remote(cfg.run_dir):
+        os.makedirs(cfg.run_dir, exist_ok=True)
+    storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
     tokenizer_json = prepare_tokenizer(cfg, run_dir)
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
     default_threads = init_ray(cfg)

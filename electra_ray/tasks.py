@@ -56,21 +56,25 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
     if kind != FileType.File:
         raise TaskDataError(f"task file not found: {path}")
     extension = os.path.splitext(path)[1].lower()
+    if extension not in (".parquet", ".csv", ".tsv", ".jsonl", ".json"):
+        raise TaskDataError(f"task file {path}: unknown format '{extension}' "
+                            f"(expected .parquet, .csv, .tsv or .jsonl)")
     try:
-        if extension == ".parquet":
-            table = pq.read_table(inner, filesystem=filesystem)
-        elif extension in (".csv", ".tsv"):
-            # GLUE's TSV files are not quoted: a '"' inside a sentence is text.
-            tsv = extension == ".tsv"
-            table = pacsv.read_csv(filesystem.open_input_stream(inner, compression=None), parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",",
-                                                                          quote_char=False if tsv else '"'),
-                                   convert_options=pacsv.ConvertOptions(
-                                       column_types={c: pa.string() for c in text_columns}))
-        elif extension in (".jsonl", ".json"):
-            table = pajson.read_json(filesystem.open_input_stream(inner, compression=None))
-        else:
-            raise TaskDataError(f"task file {path}: unknown format '{extension}' "
-                                f"(expected .parquet, .csv, .tsv or .jsonl)")
+        # s3_errors: a failed S3 request is explained (StorageError); a local OSError passes to the handler below.
+        with storage.s3_errors(path):
+            if extension == ".parquet":
+                table = pq.read_table(inner, filesystem=filesystem)
+            elif extension in (".csv", ".tsv"):
+                # GLUE's TSV files are not quoted: a '"' inside a sentence is text.
+                tsv = extension == ".tsv"
+                with filesystem.open_input_stream(inner, compression=None) as stream:
+                    table = pacsv.read_csv(
+                        stream, parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",",
+                                                                 quote_char=False if tsv else '"'),
+                        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}))
+            else:
+                with filesystem.open_input_stream(inner, compression=None) as stream:
+                    table = pajson.read_json(stream)
     except (pa.ArrowException, OSError) as error:  # unreadable, not in its format, ...
         raise TaskDataError(f"cannot read task file {path}: {_first_line(error)}") from None
     if table.num_rows == 0:

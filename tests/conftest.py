@@ -167,3 +167,55 @@ def rclone_s3(tmp_path_factory):
     with environment(server.env()):
         yield server
     server.stop()
+
+
+TINY_MODEL = {"num_layers": 1, "hidden_size": 32, "embedding_size": 32, "num_heads": 2, "intermediate_size": 64,
+              "max_position_embeddings": 64}
+
+
+@pytest.fixture(scope="session")
+def stage0_checkpoint(tmp_path_factory, tokenizer_json) -> str:
+    """A checkpoint laid out as a 1-worker ZeRO-0 run writes it (DeepSpeed's model-states file with
+    the joint model under "module", the run state, the tokenizer, the random streams), made without
+    Ray: what the export and safe-loading tests read. Returns its directory."""
+    import json
+
+    import torch
+
+    from electra_ray.checkpoint import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR
+    from electra_ray.config import load_config
+    from electra_ray.data import tokenizer_from_json
+    from electra_ray.model import build_model
+
+    tokenizer, special = tokenizer_from_json(tokenizer_json)
+    cfg = load_config(None, [f"model.{key}={value}" for key, value in TINY_MODEL.items()] + ["data.seq_len=32"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tokenizer.get_vocab_size(), special["[PAD]"], cfg.train.rtd_weight)
+    directory = tmp_path_factory.mktemp("checkpoint") / "checkpoint_000000"
+    os.makedirs(directory / CHECKPOINT_TAG)
+    os.makedirs(directory / TOKENIZER_DIR)
+    torch.save({"module": model.state_dict()}, directory / CHECKPOINT_TAG / "mp_rank_00_model_states.pt")
+    torch.save({"mask": {"bit_generator": "PCG64", "state": {"state": 1, "inc": 3}, "has_uint32": 0, "uinteger": 0},
+                "sample": torch.Generator().get_state(), "torch": torch.get_rng_state()}, directory / "rng_rank0.pt")
+    (directory / RUN_STATE).write_text(json.dumps({"config": cfg.to_dict(), "step": 0, "epoch": 0, "consumed": 0,
+                                                   "vocab_size": tokenizer.get_vocab_size(), "zero_stage": 0,
+                                                   "world_size": 1}))
+    (directory / TOKENIZER_DIR / "tokenizer.json").write_text(tokenizer_json)
+    return str(directory)
+
+
+class CodeRunningPickle:
+    """Unpickling this runs code: it creates `marker` (a harmless stand-in for what an attacker's
+    pickle would do)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def write_code_running_pickle(path, marker: str) -> None:
+    import torch
+
+    torch.save({"module": CodeRunningPickle(marker)}, path)

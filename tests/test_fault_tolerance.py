@@ -192,3 +192,27 @@ def test_persistent_non_finite_loss_stops_naming_the_last_good_checkpoint(small_
     with pytest.raises(UserError, match=r"training stopped: loss is (nan|inf) at step (\d+) for 4 steps in a row;"
                                         r".*last good checkpoint: (step \d+|none yet); lower train.lr .*\(run .*run\)"):
         pretrain(cfg)
+
+
+def test_resume_refuses_a_code_running_checkpoint_without_running_it(reference, small_corpus, tokenizer_dir,
+                                                                     tmp_path):
+    """A tampered file in the newest checkpoint stops the run with one error (every rank refuses it
+    before loading anything; no retry, no fall-back to an older checkpoint an attacker left alone)."""
+    import shutil
+
+    from conftest import write_code_running_pickle
+    from electra_ray.errors import UserError
+
+    first, _ = reference
+    run_dir = os.path.join(tmp_path, "run")
+    shutil.copytree(first.run_dir, run_dir)
+    newest = checkpoints_in(run_dir)[-1]
+    marker = tmp_path / "ran"
+    write_code_running_pickle(os.path.join(newest, "model", "mp_rank_00_model_states.pt"), str(marker))
+
+    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{**STEPS, "train.max_steps": 32})
+    with pytest.raises(UserError, match=r"training stopped: refusing to load .*mp_rank_00_model_states.pt: it needs "
+                                        r"objects a checkpoint never holds \(Unsupported global: GLOBAL exec\)"):
+        pretrain(cfg, export_and_evaluate=False)
+    assert not marker.exists()
+    assert checkpoints_in(run_dir)[-1] == newest  # nothing trained, nothing saved

@@ -1,0 +1,56 @@
+"""Checkpoints are loaded weights-only: a tampered file in shared storage is refused before any of
+it runs, by export (ours and DeepSpeed's zero_to_fp32 path) and by resume (tests/test_fault_tolerance)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import write_code_running_pickle
+from electra_ray import checkpoint as checkpoints
+from electra_ray.export import export
+
+
+def test_the_marker_pickle_really_runs_code_when_unpickled_unsafely(tmp_path):
+    """The control: the tampered file would do what the tests below say is prevented."""
+    marker = tmp_path / "ran"
+    write_code_running_pickle(tmp_path / "evil.pt", str(marker))
+    torch.load(tmp_path / "evil.pt", weights_only=False)
+    assert marker.exists()
+
+
+def test_export_reads_a_clean_checkpoint(stage0_checkpoint, tmp_path):
+    out = export(stage0_checkpoint, str(tmp_path / "export"))
+    assert sorted(os.listdir(out)) == ["_MANIFEST.json", "discriminator", "electra_ray.json", "generator"]
+
+
+@pytest.mark.parametrize("tampered", ["model/mp_rank_00_model_states.pt", "rng_rank0.pt"])
+def test_export_refuses_a_code_running_checkpoint_without_running_it(stage0_checkpoint, tmp_path, tampered):
+    checkpoint = str(tmp_path / "checkpoint")
+    shutil.copytree(stage0_checkpoint, checkpoint)
+    marker = tmp_path / "ran"
+    write_code_running_pickle(os.path.join(checkpoint, tampered), str(marker))
+
+    run = subprocess.run([sys.executable, "-m", "electra_ray.export", checkpoint, str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()]
+    assert run.stderr.startswith(f"error: refusing to load {os.path.join(checkpoint, tampered)}: it needs objects "
+                                 f"a checkpoint never holds (Unsupported global: GLOBAL exec); was it tampered with?")
+    assert not marker.exists() and not os.path.exists(tmp_path / "out")
+    with pytest.raises(checkpoints.UnsafeCheckpointError):
+        checkpoints.verify_pickles(checkpoint)
+    assert not marker.exists()
+
+
+def test_safe_loading_forces_weights_only_even_where_a_caller_asks_otherwise(tmp_path):
+    """DeepSpeed's checkpoint engine and zero_to_fp32 call torch.load(weights_only=False)."""
+    marker = tmp_path / "ran"
+    write_code_running_pickle(tmp_path / "evil.pt", str(marker))
+    with checkpoints.safe_loading(), pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(tmp_path / "evil.pt", weights_only=False)
+    assert not marker.exists()
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # restored after the block
