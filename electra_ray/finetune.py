@@ -34,8 +34,8 @@ import yaml
 from electra_ray import storage
 from electra_ray.config import _f, apply_values
 from electra_ray.errors import UserError
-from electra_ray.tasks import (Examples, class_labels, classification_metrics, examples, read_task_file,
-                               regression_metrics)
+from electra_ray.tasks import (Examples, TaskDataError, class_labels, classification_metrics, examples,
+                               read_task_file, regression_metrics)
 
 METRICS = {"classification": ("accuracy", "f1", "mcc"), "regression": ("pearson", "spearman", "mse")}
 
@@ -414,11 +414,27 @@ def run_seed(cfg: FinetuneConfig, model_dir: str, tokenizer, train: TaskData, ev
     return run
 
 
+def check_out(out: str) -> None:
+    """A fine-tuning writes into a new or empty --out only: a fetched model would merge with an
+    earlier one there, and results would be overwritten."""
+    if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
+        return
+    if os.path.isfile(os.path.join(out, "metrics.json")):
+        raise FinetuneError(f"--out {out} already holds a fine-tuning's results: nothing was written; choose a new "
+                            f"--out (results are never overwritten)")
+    raise FinetuneError(f"--out {out} already exists and is not a fine-tuning output: nothing was written; choose "
+                        f"a new --out")
+
+
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     from transformers import AutoConfig, AutoTokenizer
 
     validate(cfg)
+    for path in (cfg.train, cfg.eval):  # before --out is checked: the cheap mistakes first
+        if not storage.exists(path):
+            raise TaskDataError(f"task file not found: {path}")
     out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("finetune-%Y%m%d-%H%M%S")))
+    check_out(out)
     model = cfg.model
     if storage.is_remote(model):  # an export published to S3: downloaded, its manifest checked
         model = storage.fetch_directory(model, os.path.join(out, "pretrained"))

@@ -77,9 +77,10 @@ def start_local_ray(num_cpus: int, env_vars: dict | None = None) -> None:
 
     os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    # Token auth (Ray's default for a new local Ray, made explicit): the dashboard and Jobs API on
-    # 127.0.0.1 run code for whoever calls them, and on a shared host that is every local user.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Token auth stays on (Ray's default for a new local Ray; RAY_AUTH_MODE=disabled turns it off):
+    # the dashboard and Jobs API on 127.0.0.1 run code for whoever calls them, on a shared host
+    # every local user. (Setting RAY_AUTH_MODE here, after `import ray`, would not reach Ray's
+    # cached config and would break the start.)
     # Train's print patch would echo each progress line twice on the console.
     context = ray.init(num_cpus=num_cpus, logging_level="warning",
                        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}})
@@ -116,8 +117,8 @@ def init_ray(cfg: Config) -> int:
 
 def check_resources(cfg: Config) -> None:
     """A request no node can meet is an error within a bounded time, never an endless wait: at once
-    on a cluster without an autoscaler, after RESOURCE_WAIT_S on one with an autoscaler (which may
-    start nodes that have it)."""
+    on the local Ray (nothing can add nodes to it), after RESOURCE_WAIT_S on a cluster joined by
+    address, whose autoscaler may start nodes that have it."""
     import ray
 
     wanted = {"CPU": cfg.scaling.num_workers * (cfg.scaling.cpus_per_worker or 1.0)}
@@ -135,7 +136,7 @@ def check_resources(cfg: Config) -> None:
         return
     advice = ("; set scaling.use_gpu=false" if cfg.scaling.use_gpu else "") + (
         "; check scaling.data_resource" if cfg.scaling.data_resource else "")
-    if not _autoscaler_running():
+    if not (cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS")):
         raise UserError(f"this Ray cluster cannot run the job: missing {', '.join(missing())}{advice}")
     from ray.autoscaler.sdk import request_resources
 
@@ -148,20 +149,6 @@ def check_resources(cfg: Config) -> None:
     if missing():
         raise UserError(f"no node of this Ray cluster provides {', '.join(missing())} after {RESOURCE_WAIT_S:.0f}s "
                         f"of autoscaling: its node types do not have it{advice}")
-
-
-def _autoscaler_running() -> bool:
-    from ray._private import ray_constants
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    try:
-        if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS):  # the v1 monitor's heartbeat
-            return True
-        from ray.autoscaler.v2.utils import is_autoscaler_v2
-
-        return is_autoscaler_v2(fetch_from_server=True)
-    except Exception:  # no GCS answer: treat as no autoscaler, the conservative side
-        return False
 
 
 def check_run_directory(cfg: Config) -> bool:
@@ -237,6 +224,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     from electra_ray.evaluate import evaluate_export, format_report
     from electra_ray.export import export
     from electra_ray.metrics import MetricsLogger, read_history, training_error
+    from electra_ray.tokenizer import read_tokenizer_json
     from electra_ray.train import StopRequest, TrainingError, train_loop_per_worker
 
     # Fail fast, before Ray starts: a corpus, tokenizer or storage that cannot be used.
@@ -251,14 +239,17 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     if not continuing and run_dir != os.path.abspath(cfg.run_dir) and _holds_files(run_dir):
         raise UserError(f"the run's local directory {run_dir} already holds files: nothing was written; choose "
                         f"another output.local_dir or output.name")
+    if cfg.data.tokenizer:
+        read_tokenizer_json(cfg.data.tokenizer)  # a file that is no usable tokenizer: refused here
+    default_threads = init_ray(cfg)
+    check_resources(cfg)
+    # Checks done: from here on the run directory is written.
     os.makedirs(run_dir, exist_ok=True)
     if not storage.is_remote(cfg.run_dir):
         os.makedirs(cfg.run_dir, exist_ok=True)
     storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
     tokenizer_json = prepare_tokenizer(cfg, run_dir)
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
-    default_threads = init_ray(cfg)
-    check_resources(cfg)
     threads = threads if threads and default_threads else default_threads  # a cluster keeps Ray's setting
     ray.data.DataContext.get_current().enable_progress_bars = False  # the training progress line suffices
     peak = 0.0

@@ -85,9 +85,11 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
 def iter_texts(path: str, column: str = "text", batch_rows: int = 256) -> Iterator[str]:
     from electra_ray.data import open_corpus
 
+    from electra_ray.data import decode_texts
+
     dataset = open_corpus(path, column)
     for batch in dataset.to_batches(columns=[column], batch_size=batch_rows):
-        yield from (t for t in batch.column(0).to_pylist() if t)
+        yield from (t for t in decode_texts(batch.column(0), path) if t)
 
 
 def main(argv: list[str] | None = None) -> None:

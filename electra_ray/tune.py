@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -207,9 +208,10 @@ def run_trial(params: dict, settings: dict) -> None:
         return
     run_dir = cfg.local_run_dir
     ft = FinetuneConfig(**settings["finetune"])
-    ft.model = export(result.checkpoint, os.path.join(run_dir, "export"))
+    ft.model = export(result.checkpoint, os.path.join(run_dir, "export"), overwrite=True)  # the trial's own
     ft.train, ft.eval = settings["task_files"]
     ft.num_workers, ft.out = 0, os.path.join(run_dir, "finetune")
+    shutil.rmtree(ft.out, ignore_errors=True)  # an earlier attempt's (restored trial): this trial wrote it
     # A task of its own: the trial function holds no GPU (and almost no CPU) of its own.
     task = ray.remote(num_cpus=max(1, ft.threads), num_gpus=1 if ft.use_gpu else 0)(finetune_metrics)
     metrics = ray.get(task.options(scheduling_strategy="DEFAULT").remote(ft))  # not in the trial's placement group

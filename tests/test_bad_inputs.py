@@ -1,0 +1,308 @@
+"""Bad input, across every verb: exit status 2, one line `error: ...` naming the problem, no
+traceback, no process left behind, and nothing written or removed anywhere but the target.
+
+Each case runs the real command (`python -m electra_ray.<verb>`) in its own directory, which holds
+user files (some of them exactly where the output would go). The directory, and the S3 bucket, are
+snapshotted before and after: a case passes only if both are unchanged. The cases run two at a
+time, up front (a module fixture), since each costs mostly the interpreter's imports."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import TINY_MODEL
+
+BUCKET = "electra"
+
+
+@dataclasses.dataclass
+class Case:
+    id: str
+    argv: list[str]        # after `python -m electra_ray.`; {dir} {corpus} {tok} {ckpt} {s3} are filled in
+    message: str           # what the one error line must contain ({dir} filled in)
+    setup: Callable[[str, dict], None] = lambda directory, ctx: None
+    starts_ray: bool = False  # run alone: two local Rays starting at once race for Ray's token file
+
+
+def user_files(directory: str, *names: str) -> None:
+    """Files of the user's, e.g. where an output would go."""
+    for name in names:
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"precious {name}\n")
+
+
+def write(directory: str, name: str, content: str | bytes) -> None:
+    path = os.path.join(directory, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+
+
+def saved_run(directory: str, ctx: dict, **model) -> None:
+    """runs/old: a run started with a 32-wide model (its config.json), and a file of its own."""
+    from electra_ray.config import load_config
+
+    values = {**TINY_MODEL, **model}
+    cfg = load_config(None, [f"model.{k}={v}" for k, v in values.items()] + [
+        f"data.path={ctx['corpus']}", f"data.tokenizer={ctx['tok']}", "data.seq_len=32"])
+    write(directory, "runs/old/config.json", json.dumps(cfg.to_dict()))
+    user_files(directory, "runs/old/checkpoint_000000/electra_ray.json")
+
+
+def tokenizer_without_specials(directory: str, ctx: dict) -> None:
+    from tokenizers import Tokenizer, models
+
+    write(directory, "tok/tokenizer.json", Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="b")).to_str())
+
+
+def an_export(directory: str, ctx: dict) -> None:
+    from electra_ray.export import export
+
+    export(ctx["ckpt"], os.path.join(directory, "export"))
+
+
+def tampered_export(directory: str, ctx: dict) -> None:
+    an_export(directory, ctx)
+    path = os.path.join(directory, "export", "discriminator", "config.json")
+    with open(path, "r+b") as f:
+        first = f.read(1)
+        f.seek(0)
+        f.write(b"[" if first != b"[" else b"{")  # same size, other bytes
+
+
+def s3_objects(directory: str, ctx: dict) -> None:
+    """The user's objects under this case's own prefix (cases run side by side)."""
+    for name in ("data/a.parquet", "data/notes.txt"):
+        ctx["s3"].put_object(Bucket=BUCKET, Key=f"{ctx['prefix']}/{name}", Body=b"user data")
+
+
+def corrupt_gzip(directory: str, ctx: dict) -> None:
+    write(directory, "texts/a.txt.gz", b"\x1f\x8b\x08\x00 this is not deflate data at all")
+
+
+def float_labels(directory: str, ctx: dict) -> None:
+    pq.write_table(pa.table({"text": ["good", "bad", "fine"], "label": [0.5, 1.25, 2.0]}),
+                   os.path.join(directory, "train.parquet"))
+
+
+def nan_targets(directory: str, ctx: dict) -> None:
+    pq.write_table(pa.table({"text": ["good", "bad"], "label": [0.5, float("nan")]}),
+                   os.path.join(directory, "train.parquet"))
+
+
+def unfinished_corpus(directory: str, ctx: dict) -> None:
+    import shutil
+
+    shutil.copytree(ctx["corpus"], os.path.join(directory, "corpus"))
+    write(directory, "corpus/_PREPARING", "{}")
+
+
+CFG = ["--set", "output.dir={dir}/runs", "data.path={corpus}", "data.tokenizer={tok}"]
+
+CASES = [
+    # pretrain: config values, each named with its key
+    Case("batch size 0", ["pretrain", *CFG, "train.batch_size=0"], "config key 'train.batch_size' must be >= 1, got 0"),
+    Case("lr nan", ["pretrain", *CFG, "train.lr=nan"], "'train.lr' must be finite and > 0, got nan"),
+    Case("lr negative", ["pretrain", *CFG, "train.lr=-1e-3"], "'train.lr' must be"),
+    Case("grad accum 0", ["pretrain", *CFG, "train.grad_accum=0"], "'train.grad_accum' must be >= 1, got 0"),
+    Case("heads 0", ["pretrain", *CFG, "model.num_heads=0"], "'model.num_heads' must be >= 1, got 0"),
+    Case("temperature 0", ["pretrain", *CFG, "train.temperature=0"], "'train.temperature' must be"),
+    Case("mask token prob < 0", ["pretrain", *CFG, "data.mask_token_prob=-0.1"], "'data.mask_token_prob' must be"),
+    Case("dropout > 1", ["pretrain", *CFG, "model.dropout=1.5"], "'model.dropout' must be"),
+    Case("vocab size 0", ["pretrain", *CFG, "data.vocab_size=0"], "'data.vocab_size' must be"),
+    Case("beta 1", ["pretrain", *CFG, "train.adam_betas=[0.9, 1.0]"], "train.adam_betas"),
+    Case("max failures -2", ["pretrain", *CFG, "train.max_failures=-2"], "'train.max_failures' must be >= -1"),
+    Case("unknown key", ["pretrain", *CFG, "train.nope=1"], "unknown config key 'train.nope'"),
+    Case("malformed --set", ["pretrain", *CFG, "train.adam_betas=[0.9,"], "malformed YAML"),
+    Case("malformed config file", ["pretrain", "--config", "{dir}/bad.yaml"], "bad.yaml",
+         lambda d, ctx: write(d, "bad.yaml", "train: {lr: [1,\n")),
+    Case("missing corpus", ["pretrain", *CFG, "data.path={dir}/nothing"], "{dir}/nothing"),
+    Case("tokenizer not a tokenizer", ["pretrain", *CFG, "data.tokenizer={dir}/tok"], "is not a tokenizer",
+         lambda d, ctx: write(d, "tok/tokenizer.json", "hello")),
+    Case("tokenizer without specials", ["pretrain", *CFG, "data.tokenizer={dir}/tok"],
+         "lacks the special tokens [PAD] [UNK] [CLS] [SEP] [MASK]", tokenizer_without_specials),
+    Case("run of another model", ["pretrain", *CFG, "output.name=old", "model.hidden_size=64", "data.seq_len=32",
+                                  *[f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "hidden_size"]],
+         "was started with other settings (model.hidden_size 32 -> 64;", saved_run),
+    Case("resume with another objective", ["pretrain", "--resume", "{dir}/runs/old", "--set", "train.objective=mlm"],
+         "(train.objective 'electra' -> 'mlm')", saved_run),
+    Case("output name is not a run", ["pretrain", *CFG, "output.name=mine"], "is not a run of electra_ray.pretrain",
+         lambda d, ctx: user_files(d, "runs/mine/thesis.tex")),
+    Case("resume a non-run", ["pretrain", "--resume", "{dir}/home"], "cannot resume",
+         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case("unfinished corpus", ["pretrain", *CFG, "data.path={dir}/corpus"], "_PREPARING", unfinished_corpus),
+    Case("gpu on a cluster without", ["pretrain", *CFG, "scaling.use_gpu=true"], "missing GPU", starts_ray=True),
+    Case("resource no node has", ["pretrain", *CFG, "scaling.data_resource=data_node"], "data_node (no node has it)",
+         starts_ray=True),
+    # export: never onto user data
+    Case("export onto a run", ["export", "{ckpt}", "{dir}/runs/x"], "already exists and is not an export",
+         lambda d, ctx: user_files(d, "runs/x/checkpoint_000001/model.pt", "runs/x/config.json")),
+    Case("export onto the current directory", ["export", "{ckpt}", "."], "already exists and is not an export",
+         lambda d, ctx: user_files(d, "thesis.tex")),
+    Case("export onto an export", ["export", "{ckpt}", "{dir}/export"], "already holds an export", an_export),
+    Case("export onto a file", ["export", "{ckpt}", "{dir}/notes.txt"], "exists and is not a directory",
+         lambda d, ctx: user_files(d, "notes.txt")),
+    Case("export onto S3 user data", ["export", "{ckpt}", "{s3}/data"],
+         "already holds objects that are not an export", s3_objects),
+    Case("export a missing checkpoint", ["export", "{dir}/nothing", "{dir}/out"], "no checkpoint directory"),
+    Case("export a non-checkpoint", ["export", "{dir}/home", "{dir}/out"], "is not an electra-ray checkpoint",
+         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case("export a corrupt run state", ["export", "{dir}/ckpt", "{dir}/out"], "is not a readable run state",
+         lambda d, ctx: write(d, "ckpt/electra_ray.json", '{"config": ')),
+    Case("verify a tampered export", ["export", "--verify", "{dir}/export"], "does not match the sha256", tampered_export),
+    # tokenizer
+    Case("tokenizer onto user files", ["tokenizer", "--input", "{corpus}", "--vocab-size", "200", "--out", "{dir}/home"],
+         "already exists and is not a tokenizer", lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case("tokenizer onto S3 user data", ["tokenizer", "--input", "{corpus}", "--vocab-size", "200", "--out",
+                                         "{s3}/data"], "already holds objects", s3_objects),
+    Case("tokenizer vocab 0", ["tokenizer", "--input", "{corpus}", "--vocab-size", "0", "--out", "{dir}/t"],
+         "--vocab-size must be"),
+    Case("tokenizer missing input", ["tokenizer", "--input", "{dir}/nothing", "--out", "{dir}/t"], "{dir}/nothing"),
+    # prepare
+    Case("prepare missing input", ["prepare", "{dir}/nothing", "{dir}/out"], "input not found: {dir}/nothing"),
+    Case("prepare shard size 0", ["prepare", "{dir}/texts", "{dir}/out", "--shard-mb", "0"], "shard-mb",
+         lambda d, ctx: user_files(d, "texts/a.txt")),
+    Case("prepare corrupt gzip", ["prepare", "{dir}/texts", "{dir}/out"], "a.txt.gz", corrupt_gzip),
+    Case("prepare not JSON", ["prepare", "{dir}/texts", "{dir}/out"], "a.jsonl:1: not JSON",
+         lambda d, ctx: write(d, "texts/a.jsonl", "{not json\n")),
+    Case("prepare onto a corpus", ["prepare", "{dir}/texts", "{dir}/out"], "already holds",
+         lambda d, ctx: (user_files(d, "texts/a.txt"), write(d, "out/part-00000.parquet", "x"))),
+    # evaluate
+    Case("evaluate a missing export", ["evaluate", "{dir}/nothing"], "{dir}/nothing"),
+    Case("evaluate a non-export", ["evaluate", "{dir}/home"], "{dir}/home",
+         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case("evaluate max sequences 0", ["evaluate", "{dir}/export", "--max-sequences", "0"], "max-sequences",
+         an_export),
+    # finetune
+    Case("finetune a missing model", ["finetune", "--model", "{dir}/nothing", "--train", "{dir}/train.parquet",
+                                      "--eval", "{dir}/train.parquet", "--out", "{dir}/ft"], "{dir}/nothing",
+         float_labels),
+    Case("finetune lr nan", ["finetune", "--model", "{dir}/export", "--train", "{dir}/train.parquet", "--eval",
+                             "{dir}/train.parquet", "--lr", "nan", "--out", "{dir}/ft"], "lr", float_labels),
+    Case("finetune float labels as classes", ["finetune", "--model", "{dir}/export", "--train", "{dir}/train.parquet",
+                                              "--eval", "{dir}/train.parquet", "--num-workers", "0", "--out",
+                                              "{dir}/ft"], "regression",
+         lambda d, ctx: (float_labels(d, ctx), an_export(d, ctx))),
+    Case("finetune nan targets", ["finetune", "--model", "{dir}/export", "--train", "{dir}/train.parquet", "--eval",
+                                  "{dir}/train.parquet", "--task", "regression", "--num-workers", "0", "--out",
+                                  "{dir}/ft"], "train.parquet", lambda d, ctx: (nan_targets(d, ctx), an_export(d, ctx))),
+    Case("finetune onto user files", ["finetune", "--model", "{dir}/export", "--train", "{dir}/train.parquet",
+                                      "--eval", "{dir}/train.parquet", "--task", "regression", "--num-workers", "0",
+                                      "--out", "{dir}/home"], "is not a fine-tuning output",
+         lambda d, ctx: (float_labels(d, ctx), an_export(d, ctx), user_files(d, "home/notes.txt"))),
+    # tune and compare
+    Case("tune samples 0", ["tune", "--set", "num_samples=0", "out={dir}/sweep"], "num_samples"),
+    Case("tune malformed config", ["tune", "--config", "{dir}/bad.yaml"], "bad.yaml",
+         lambda d, ctx: write(d, "bad.yaml", "space: [1, 2\n")),
+    Case("tune onto user files", ["tune", "--set", "out={dir}/home", "pretrain.data.path={corpus}"], "not empty",
+         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case("tune resume a non-sweep", ["tune", "--resume", "{dir}/home"], "cannot resume",
+         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case("compare points 0", ["compare", "--set", "points=0", "out={dir}/cmp"], "points"),
+    Case("compare onto user files", ["compare", "--set", "out={dir}/home"], "not empty",
+         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case("compare bad key", ["compare", "--set", "pretrain.train.lr=-1"], "'pretrain.train.lr' must be"),
+]
+
+
+def snapshot(directory: str, client, prefix: str) -> dict:
+    """Every file under `directory` (name -> sha256) and every object under `prefix` (key -> etag)."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    objects = {item["Key"]: item["ETag"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
+               for item in page.get("Contents", [])}
+    return {"files": files, "objects": objects}
+
+
+def session_processes(session: int) -> list[int]:
+    """Live processes (zombies aside) of the session the command led."""
+    left = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and os.getsid(int(name)) == session:
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rpartition(")")[2].split()[0] != "Z":
+                        left.append(int(name))
+        except (OSError, IndexError):  # gone meanwhile
+            pass
+    return left
+
+
+def processes_after(session: int, grace_s: float = 20.0) -> list[int]:
+    """What is still running `grace_s` after the command ended (Ray's daemons take seconds to see
+    their driver go)."""
+    import time
+
+    deadline = time.monotonic() + grace_s
+    while session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return session_processes(session)
+
+
+def run_case(case: Case, directory: str, ctx: dict) -> dict:
+    os.makedirs(directory)
+    ctx = {**ctx, "prefix": os.path.basename(directory)}
+    case.setup(directory, ctx)
+    fill = {"dir": directory, "corpus": ctx["corpus"], "tok": ctx["tok"], "ckpt": ctx["ckpt"],
+            "s3": f"s3://{BUCKET}/{ctx['prefix']}"}
+    before = snapshot(directory, ctx["s3"], ctx["prefix"])
+    process = subprocess.Popen([sys.executable, "-m", f"electra_ray.{case.argv[0]}",
+                                *[arg.format(**fill) for arg in case.argv[1:]]],
+                               cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env={**os.environ, "RAY_DASHBOARD_ENABLED": "0"})
+    stdout, stderr = process.communicate(timeout=300)
+    left = processes_after(process.pid)
+    return {"returncode": process.returncode, "stdout": stdout, "stderr": stderr, "left": left,
+            "unchanged": snapshot(directory, ctx["s3"], ctx["prefix"]) == before, "message": case.message.format(**fill)}
+
+
+@pytest.fixture(scope="module")
+def outcomes(rclone_s3, small_corpus, tokenizer_dir, stage0_checkpoint, tmp_path_factory) -> dict[str, dict]:
+    from electra_ray import storage
+
+    ctx = {"corpus": small_corpus, "tok": tokenizer_dir, "ckpt": stage0_checkpoint, "s3": storage._client()}
+    root = tmp_path_factory.mktemp("bad-inputs")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case.id: pool.submit(run_case, case, str(root / f"case-{number}"), ctx)
+                   for number, case in enumerate(CASES) if not case.starts_ray}
+        results = {name: future.result() for name, future in futures.items()}
+    for number, case in enumerate(CASES):
+        if case.starts_ray:
+            results[case.id] = run_case(case, str(root / f"case-{number}"), ctx)
+    return results
+
+
+def test_the_battery_covers_every_verb():
+    verbs = {case.argv[0] for case in CASES}
+    assert verbs >= {"pretrain", "prepare", "tokenizer", "export", "evaluate", "finetune", "tune", "compare"}
+    assert len({case.id for case in CASES}) == len(CASES) >= 40
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_line_and_harms_nothing(outcomes, case):
+    outcome = outcomes[case.id]
+    lines = outcome["stderr"].strip().splitlines()
+    assert outcome["returncode"] == 2, outcome["stderr"][-3000:]
+    assert "Traceback" not in outcome["stderr"], outcome["stderr"][-3000:]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], outcome["stderr"][-3000:]
+    assert outcome["message"] in errors[0]
+    assert outcome["unchanged"], "files or objects were written or removed"
+    assert not outcome["left"], f"processes left running: {outcome['left']}"
