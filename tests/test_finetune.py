@@ -82,7 +82,7 @@ def test_mlm_baseline_exports_its_encoder_and_fine_tunes_on_ray(small_corpus, to
     result = pretrained("mlm", small_corpus, tokenizer_dir, tmp_path)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0] and all(h["rtd_loss"] == 0 for h in result.history)
-    assert sorted(os.listdir(result.export)) == ["electra_ray.json", "mlm"]
+    assert sorted(os.listdir(result.export)) == ["_MANIFEST.json", "electra_ray.json", "mlm"]
     assert model_directory(result.export) == os.path.join(result.export, "mlm")
 
     from electra_ray.export import consolidated_state_dict

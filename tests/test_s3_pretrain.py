@@ -99,9 +99,11 @@ def test_naming_an_s3_run_again_continues_from_its_checkpoint(s3_run):
     assert result.checkpoint != first.checkpoint
 
 
-@pytest.mark.parametrize("phase", ["upload", "copy into place"])
+@pytest.mark.parametrize("phase", ["upload", "manifest"])
 def test_export_interrupted_by_the_server_going_away(s3_run, phase, tmp_path):
-    """rclone keeps its data on disk, so the server can be stopped mid-export and started again."""
+    """rclone keeps its data on disk, so the server can be stopped mid-export and started again:
+    during the upload of the files, or after it, when only the manifest is left to write. Either
+    way the previous export stays complete and readable."""
     _, _, result, checkpoint = s3_run
     data = tmp_path / "rclone"
     data.mkdir()
@@ -110,10 +112,10 @@ def test_export_interrupted_by_the_server_going_away(s3_run, phase, tmp_path):
     url = "s3://models/electra-tiny"
     try:
         with environment({**server.env(), "AWS_MAX_ATTEMPTS": "2"}):
-            if phase == "upload":
-                export(checkpoint, url)  # a complete older export is there when the next one fails
-            files = sum(len(names) for _, _, names in os.walk(os.path.join(result.run_dir, "export")))
-            stop_at = 1 if phase == "upload" else files + 1
+            export(checkpoint, url)  # a complete older export is there when the next one fails
+            before = storage.read_manifest(url)
+            files = sum(len(names) for _, _, names in os.walk(os.path.join(result.run_dir, "export"))) - 1
+            stop_at = 1 if phase == "upload" else files  # files: every file of the export uploaded
             written = []
 
             def stop_server(name):
@@ -122,19 +124,17 @@ def test_export_interrupted_by_the_server_going_away(s3_run, phase, tmp_path):
                     server.stop()
 
             with pytest.raises(storage.StorageError, match=f"cannot reach the S3 endpoint {server.endpoint}"):
-                export(checkpoint, url, progress=stop_server)
+                export(checkpoint, url, progress=stop_server, overwrite=True)
             server.start()
-            if phase == "upload":  # the previous export is untouched and still complete
-                assert os.path.isdir(storage.fetch_directory(url, str(tmp_path / "old")))
-            else:  # half copied: nothing that looks complete
-                with pytest.raises(storage.StorageError, match="is not a complete export"):
-                    storage.fetch_directory(url, str(tmp_path / "half"))
+            assert storage.read_manifest(url) == before  # the previous export is untouched and still complete
+            assert os.path.isdir(storage.fetch_directory(url, str(tmp_path / "old")))
 
-            export(checkpoint, url)  # the retry
+            export(checkpoint, url, overwrite=True)  # the retry
             fetched = storage.fetch_directory(url, str(tmp_path / "fetched"))
     finally:
         server.stop()
     from transformers import ElectraForMaskedLM
 
     assert ElectraForMaskedLM.from_pretrained(os.path.join(fetched, "generator")).config.hidden_size == 16
-    assert not [p for p in os.listdir(os.path.join(data, "models")) if ".partial-" in p]
+    versions = os.listdir(os.path.join(data, "models", "electra-tiny", storage.VERSIONS))
+    assert storage.read_manifest(url).version in versions and before.version not in versions  # old files gone
