@@ -46,22 +46,29 @@ class PretrainResult:
 
 def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
     """The tokenizer's JSON text: loaded from data.tokenizer, or trained on the training split."""
-    from electra_ray.data import DataError, iter_documents
     from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
 
     directory = cfg.data.tokenizer or os.path.join(run_dir, "tokenizer")
     if not cfg.data.tokenizer and not os.path.exists(os.path.join(directory, "tokenizer.json")):
         start = time.perf_counter()
-        texts = iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction)
-        first = next(texts, None)
-        if first is None:
-            raise DataError(f"corpus {cfg.data.path} has no text to train on: column '{cfg.data.text_column}' "
-                            f"is empty in every row of the training split")
-        tokenizer = train_tokenizer(itertools.chain([first], texts), cfg.data.vocab_size)
+        texts = training_texts(cfg)
+        tokenizer = train_tokenizer(texts, cfg.data.vocab_size)
         save_tokenizer(tokenizer, directory, model_max_length=cfg.model.max_position_embeddings)
         print(f"tokenizer: trained {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - start:.1f}s "
               f"-> {directory}", flush=True)
     return read_tokenizer_json(directory)
+
+
+def training_texts(cfg: Config):
+    """The training split's documents; a corpus with none is an error here, before anything is written."""
+    from electra_ray.data import DataError, iter_documents
+
+    texts = iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction)
+    first = next(texts, None)
+    if first is None:
+        raise DataError(f"corpus {cfg.data.path} has no text to train on: column '{cfg.data.text_column}' "
+                        f"is empty in every row of the training split")
+    return itertools.chain([first], texts)
 
 
 def start_local_ray(num_cpus: int, env_vars: dict | None = None) -> None:
@@ -241,6 +248,8 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
                         f"another output.local_dir or output.name")
     if cfg.data.tokenizer:
         read_tokenizer_json(cfg.data.tokenizer)  # a file that is no usable tokenizer: refused here
+    else:
+        training_texts(cfg)  # a corpus with no text to train a tokenizer on: refused here
     default_threads = init_ray(cfg)
     check_resources(cfg)
     # Checks done: from here on the run directory is written.

@@ -244,3 +244,19 @@ def test_publishers_killed_at_random_points_never_expose_a_mix(rclone_s3, tmp_pa
         thread.join()
     assert seen and all(seen), (len(seen), seen.count(False))
     assert len(failures) <= len(seen), failures[:3]  # a fetch may lose a race now and then, not as a rule
+
+
+def test_a_manifest_that_is_not_json_is_one_clear_error(rclone_s3, tmp_path):
+    storage._client().put_object(Bucket="electra", Key="garbled/_MANIFEST.json", Body=b"{not json")
+    with pytest.raises(storage.StorageError, match=r"s3://electra/garbled/_MANIFEST.json is not a valid _MANIFEST.json"):
+        storage.fetch_directory("s3://electra/garbled", str(tmp_path / "got"))
+    assert not os.path.exists(tmp_path / "got")
+
+
+def test_messages_never_echo_credentials_in_an_endpoint_url(rclone_s3, monkeypatch):
+    closed = _free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://admin:hunter2-secret@127.0.0.1:{closed}")
+    with pytest.raises(storage.StorageError) as refused:
+        storage.check("s3://electra/x")
+    assert "hunter2" not in str(refused.value) and f"http://***@127.0.0.1:{closed}" in str(refused.value)
+    assert storage.redact("s3://key:secret@bucket/p") == "s3://***@bucket/p" and storage.redact("s3://b/p") == "s3://b/p"

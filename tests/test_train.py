@@ -34,3 +34,16 @@ def test_no_weight_decay_on_biases_and_layer_norms():
     assert any("LayerNorm" in names[id(p)] for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert isinstance(decay["params"][0], torch.nn.Parameter)
+
+
+def test_a_deterministic_setup_failure_becomes_a_training_error_not_a_retry():
+    """Ray Train would restart the workers train.max_failures times (forever with -1) for it."""
+    from electra_ray.errors import TrainingError
+    from electra_ray.train import setup_errors
+
+    with pytest.raises(TrainingError, match=r"^worker set-up failed: KeyError: '\[MASK\]'$"):
+        with setup_errors():
+            {}["[MASK]"]
+    with pytest.raises(ConnectionError):  # a transient failure still propagates: Ray Train retries it
+        with setup_errors():
+            raise ConnectionError("peer reset")
