@@ -148,7 +148,11 @@ def check_resources(cfg: Config) -> None:
     from ray.autoscaler.sdk import request_resources
 
     print(f"waiting up to {RESOURCE_WAIT_S:.0f}s for the autoscaler to add {', '.join(missing())}", flush=True)
-    request_resources(bundles=[{name: max(amount, 1.0)} for name, amount in wanted.items()])
+    # The workers' own shape (one bundle each, as Ray Train will ask), so the autoscaler starts
+    # the node types that fit them; Ray Data's resource as a bundle of its own.
+    worker = {"CPU": cfg.scaling.cpus_per_worker or 1.0, **({"GPU": 1.0} if cfg.scaling.use_gpu else {})}
+    data = [{cfg.scaling.data_resource: 1.0}] if cfg.scaling.data_resource else []
+    request_resources(bundles=[worker] * cfg.scaling.num_workers + data)
     deadline = time.monotonic() + RESOURCE_WAIT_S
     while missing() and time.monotonic() < deadline:
         time.sleep(5)

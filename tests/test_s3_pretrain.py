@@ -131,10 +131,11 @@ def test_export_interrupted_by_the_server_going_away(s3_run, phase, tmp_path):
 
             export(checkpoint, url, overwrite=True)  # the retry
             fetched = storage.fetch_directory(url, str(tmp_path / "fetched"))
+            after = storage.read_manifest(url)
     finally:
         server.stop()
     from transformers import ElectraForMaskedLM
 
     assert ElectraForMaskedLM.from_pretrained(os.path.join(fetched, "generator")).config.hidden_size == 16
     versions = os.listdir(os.path.join(data, "models", "electra-tiny", storage.VERSIONS))
-    assert storage.read_manifest(url).version in versions and before.version not in versions  # old files gone
+    assert after.version in versions and before.version not in versions  # the old version's files are gone
