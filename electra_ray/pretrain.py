@@ -250,6 +250,10 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     if not continuing and run_dir != os.path.abspath(cfg.run_dir) and _holds_files(run_dir):
         raise UserError(f"the run's local directory {run_dir} already holds files: nothing was written; choose "
                         f"another output.local_dir or output.name")
+    if export_and_evaluate:  # the run's own export is replaced at the end; anything else there is refused now
+        storage.check_output(os.path.join(run_dir, "export"), "export", overwrite=True)
+        if storage.is_remote(cfg.run_dir):
+            storage.check_output(storage.join(cfg.run_dir, "export"), "export", overwrite=True, probe=False)
     if cfg.data.tokenizer:
         read_tokenizer_json(cfg.data.tokenizer)  # a file that is no usable tokenizer: refused here
     else:
