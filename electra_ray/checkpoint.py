@@ -85,7 +85,14 @@ def verify_pickles(directory: str) -> None:
     for path in sorted(glob.glob(os.path.join(directory, "**", "*.pt"), recursive=True)):
         try:
             with safe_loading():
-                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                try:
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as error:
+                    if "mmap" not in str(error):
+                        raise
+                    # torch.save's legacy (non-zip) format cannot be memory-mapped: read it whole,
+                    # still weights-only.
+                    torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\. |$)", str(error), re.M)
             reason = found.group(1) if found else "unsafe pickle"

@@ -95,7 +95,13 @@ def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = N
     if not storage.is_remote(checkpoint) and not os.path.isdir(checkpoint):
         raise UserError(f"no checkpoint directory at {checkpoint}")
     with storage.local_directory(checkpoint) as checkpoint_dir:
-        model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
+        try:
+            model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
+        except UserError:
+            raise
+        except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:  # a truncated or corrupt file
+            first_line = (str(error).splitlines() or [""])[0][:300]
+            raise UserError(f"cannot read checkpoint {checkpoint}: {type(error).__name__}: {first_line}") from None
     source = checkpoint if storage.is_remote(checkpoint) else os.path.abspath(checkpoint)
     with storage.staging_directory(out) as staging:
         write_export(model, cfg, tokenizer_json, source, staging)

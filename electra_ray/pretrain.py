@@ -177,6 +177,8 @@ def check_run_directory(cfg: Config) -> bool:
     except ValueError as error:
         raise UserError(f"{saved_path} is not readable JSON ({error}): cannot check that this run matches it") \
             from None
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(s), dict) for s in ("model", "train", "data")):
+        raise UserError(f"{saved_path} is not a run's config: cannot check that this run matches it")
     current = cfg.to_dict()
     differences = []
     for key in RUN_IDENTITY:
@@ -377,7 +379,12 @@ def resume_config(run: str, overrides: list[str]) -> Config:
     path = storage.join(run, CONFIG_FILE)
     if not storage.exists(path):
         raise UserError(f"cannot resume {run}: no {CONFIG_FILE} there (is it a run directory of electra_ray.pretrain?)")
-    values = json.loads(storage.read_text(path))
+    try:
+        values = json.loads(storage.read_text(path))
+        values["output"]  # noqa: B018  (a KeyError: not a run's config)
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"cannot resume {run}: its {CONFIG_FILE} is not a run's config ({type(error).__name__})") \
+            from None
     if storage.is_remote(run):
         parent, _, name = run.rpartition("/")
     else:

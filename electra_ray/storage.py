@@ -269,7 +269,9 @@ class Manifest:
             version = str(values.get("version", ""))
             if version and safe_relative_name(version, where) != version or "/" in version:
                 raise TypeError(f"bad version {version!r}")
-            return cls(kind=str(values.get("kind", "export")), files=files, version=version)
+            # Format 1 named no kind: its tokenizers hold tokenizer.json and no network directory.
+            legacy = "tokenizer" if "tokenizer.json" in files and not any("/" in n for n in files) else "export"
+            return cls(kind=str(values.get("kind", legacy)), files=files, version=version)
         except StorageError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as error:
@@ -341,12 +343,21 @@ def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = Tr
                                f"written; choose a new prefix")
     else:
         dest = os.path.abspath(dest)
-        if os.path.lexists(dest) and not os.path.isdir(dest):
+        if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
             raise StorageError(f"{dest} exists and is not a directory: nothing was written; choose a new path")
+        parent = os.path.dirname(dest)
+        while not os.path.isdir(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK):
+            raise StorageError(f"cannot write {dest}: {parent} is not writable")
         previous = read_manifest(dest) if os.path.isdir(dest) else None
         if previous is None and os.path.isdir(dest) and os.listdir(dest):
             raise StorageError(f"{dest} already exists and is not {what} of electra-ray (it holds "
                                f"{', '.join(sorted(os.listdir(dest))[:3])}...): nothing was written; choose a new path")
+        foreign = _foreign_entries(dest, previous) if previous is not None else []
+        if foreign:
+            raise StorageError(f"{dest} holds files its {MANIFEST} does not list ({', '.join(foreign[:3])}): "
+                               f"nothing was written; move them away first")
     if previous is not None and previous.kind != kind:
         raise StorageError(f"{dest} holds {previous.kind} output, not {what}: nothing was written; choose a new path")
     if previous is not None and not overwrite:
@@ -358,10 +369,11 @@ def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = Tr
 def _s3_has_foreign_objects(dest: str) -> bool:
     """Objects under the prefix other than unfinished versions of ours (a first publish in progress)."""
     bucket, key = _bucket_key(dest)
-    for page in _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=_key(key, "")):
-        for item in page.get("Contents", []):
-            if not item["Key"].startswith(_key(key, VERSIONS) + "/"):
-                return True
+    with s3_errors(dest):
+        for page in _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=_key(key, "")):
+            for item in page.get("Contents", []):
+                if not item["Key"].startswith(_key(key, VERSIONS) + "/"):
+                    return True
     return False
 
 
@@ -394,7 +406,10 @@ def publish_directory(local_dir: str, dest: str, kind: str = "export", overwrite
     files = describe_files(local_dir)
     if is_remote(dest):
         return _publish_s3(local_dir, dest, Manifest(kind, files, _new_version()), previous, progress)
-    return _publish_local(local_dir, os.path.abspath(dest), Manifest(kind, files), previous)
+    try:
+        return _publish_local(local_dir, os.path.abspath(dest), Manifest(kind, files), previous)
+    except OSError as error:  # e.g. a mount point, or a file that appeared meanwhile: nothing was replaced
+        raise StorageError(f"cannot publish to {dest}: {error.strerror or error}") from None
 
 
 def _new_version() -> str:
@@ -417,11 +432,13 @@ def _publish_s3(local_dir: str, dest: str, manifest: Manifest, previous: Manifes
                 uploaded.append(f"{version_key}/{name}")
                 if progress:
                     progress(name)
-            client.put_object(Bucket=bucket, Key=_key(key, MANIFEST), Body=manifest.to_json().encode())
         except BaseException:
             with contextlib.suppress(Exception):  # our own unfinished version only; a kill leaves it behind
                 _delete_keys(client, bucket, uploaded)
             raise
+        # Not undone if it fails: the PUT may have reached the server though its answer did not, and
+        # then the manifest names these files. Unreferenced versions are left, never a dangling one.
+        client.put_object(Bucket=bucket, Key=_key(key, MANIFEST), Body=manifest.to_json().encode())
         if previous is not None:  # the manifest has moved: the old version is unreachable now
             old_key = _key(key, f"{VERSIONS}/{previous.version}") if previous.version else key
             _delete_keys(client, bucket, [f"{old_key}/{name}" for name in previous.files])
@@ -455,7 +472,7 @@ def _publish_local(staging: str, dest: str, manifest: Manifest, previous: Manife
             os.rmdir(dest)  # empty (check_output saw to that); fails, leaving it, if a file arrived since
         os.rename(staging, dest)
     else:
-        foreign = sorted(set(_local_files(dest)) - set(previous.files) - {MANIFEST})
+        foreign = _foreign_entries(dest, previous)  # again: one may have arrived since check_output
         if foreign:
             raise StorageError(f"{dest} holds files its {MANIFEST} does not list ({', '.join(foreign[:3])}): "
                                f"nothing was replaced; move them away first")
@@ -469,6 +486,19 @@ def _publish_local(staging: str, dest: str, manifest: Manifest, previous: Manife
     finally:
         os.close(parent)
     return dest
+
+
+def _foreign_entries(dest: str, manifest: Manifest) -> list[str]:
+    """What an overwrite must not touch: files the manifest does not list, and any symbolic link
+    (through one, removing a listed name would remove a file elsewhere)."""
+    foreign = []
+    for root, dirs, names in os.walk(dest):
+        for name in dirs + names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, dest).replace(os.sep, "/")
+            if os.path.islink(path) or (name in names and relative not in manifest.files and relative != MANIFEST):
+                foreign.append(relative)
+    return sorted(foreign)
 
 
 def _remove_listed(directory: str, manifest: Manifest) -> None:
@@ -489,8 +519,8 @@ def verify_directory(path: str) -> Manifest:
     with its size and sha256. Returns the manifest; raises StorageError naming the first mismatch."""
     if is_remote(path):
         with tempfile.TemporaryDirectory(prefix="electra-ray-verify-") as temporary:
-            fetch_directory(path, os.path.join(temporary, "copy"))  # verifies every hash on the way
-            return read_manifest(path)
+            copy = fetch_directory(path, os.path.join(temporary, "copy"))  # verifies every hash on the way
+            return read_manifest(copy)
     manifest = read_manifest(path)
     if manifest is None:
         raise StorageError(f"{path} has no {MANIFEST}: not a directory published by electra-ray")
@@ -568,13 +598,18 @@ def _download_version(url: str, manifest: Manifest, staging: str) -> None:
 def read_published_text(prefix: str, name: str) -> str:
     """One file of a published directory, following (and checking against) its manifest; a
     directory with no manifest (a tokenizer put there by hand) is read directly."""
-    manifest = read_manifest(prefix) if is_remote(prefix) else None
-    if manifest is None or not manifest.version or name not in manifest.files:
-        if not exists(join(prefix, name)):
-            raise StorageError(f"no {name} in {prefix}")
-        return read_text(join(prefix, name))
-    text = read_text(join(prefix, VERSIONS, manifest.version, name))
-    entry = manifest.files[name]
-    if hashlib.sha256(text.encode("utf-8")).hexdigest() != entry.get("sha256"):
-        raise StorageError(f"{prefix}/{name} does not match the sha256 its manifest lists (replaced while read?)")
-    return text
+    for _ in range(5):  # a version replaced while it is read: again, from the new manifest
+        manifest = read_manifest(prefix) if is_remote(prefix) else None
+        if manifest is None or not manifest.version or name not in manifest.files:
+            if not exists(join(prefix, name)):
+                raise StorageError(f"no {name} in {prefix}")
+            return read_text(join(prefix, name))
+        try:
+            text = read_text(join(prefix, VERSIONS, manifest.version, name))
+        except FileNotFoundError:
+            continue
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() == manifest.files[name].get("sha256"):
+            return text
+        if read_manifest(prefix) == manifest:
+            raise StorageError(f"{prefix}/{name} does not match the sha256 its manifest lists")
+    raise StorageError(f"{prefix} was replaced 5 times while {name} was being read; try again")

@@ -71,10 +71,10 @@ def tokenizer_without_specials(directory: str, ctx: dict) -> None:
     write(directory, "tok/tokenizer.json", Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="b")).to_str())
 
 
-def an_export(directory: str, ctx: dict) -> None:
+def an_export(directory: str, ctx: dict, where: str = "export") -> None:
     from electra_ray.export import export
 
-    export(ctx["ckpt"], os.path.join(directory, "export"))
+    export(ctx["ckpt"], os.path.join(directory, where))
 
 
 def tampered_export(directory: str, ctx: dict) -> None:
@@ -147,6 +147,10 @@ CASES = [
     Case("a run whose export/ is not an export", ["pretrain", "--resume", "{dir}/runs/old"],
          "runs/old/export already exists and is not an export",
          lambda d, ctx: (saved_run(d, ctx), user_files(d, "runs/old/export/my-model.bin"))),
+    Case("a run whose export/ holds the user's file", ["pretrain", "--resume", "{dir}/runs/old"],
+         "runs/old/export holds files its _MANIFEST.json does not list (notes.txt)",
+         lambda d, ctx: (saved_run(d, ctx), an_export(d, ctx, "runs/old/export"),
+                         user_files(d, "runs/old/export/notes.txt"))),
     Case("resume a non-run", ["pretrain", "--resume", "{dir}/home"], "cannot resume",
          lambda d, ctx: user_files(d, "home/notes.txt")),
     Case("unfinished corpus", ["pretrain", *CFG, "data.path={dir}/corpus"], "_PREPARING", unfinished_corpus),

@@ -54,3 +54,26 @@ def test_safe_loading_forces_weights_only_even_where_a_caller_asks_otherwise(tmp
         torch.load(tmp_path / "evil.pt", weights_only=False)
     assert not marker.exists()
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # restored after the block
+
+
+def test_a_legacy_format_pickle_is_refused_too(tmp_path):
+    """torch.save's old non-zip format cannot be memory-mapped; it is still read weights-only."""
+    marker = tmp_path / "ran"
+    from conftest import CodeRunningPickle
+
+    torch.save({"module": CodeRunningPickle(str(marker))}, tmp_path / "evil.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(checkpoints.UnsafeCheckpointError, match="Unsupported global: GLOBAL exec"):
+        checkpoints.verify_pickles(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_is_a_one_line_error_for_export(stage0_checkpoint, tmp_path):
+    from electra_ray.errors import UserError
+
+    checkpoint = str(tmp_path / "checkpoint")
+    shutil.copytree(stage0_checkpoint, checkpoint)
+    with open(os.path.join(checkpoint, "model", "mp_rank_00_model_states.pt"), "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(UserError, match=f"cannot read checkpoint {checkpoint}: RuntimeError"):
+        export(checkpoint, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")

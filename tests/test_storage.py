@@ -260,3 +260,29 @@ def test_messages_never_echo_credentials_in_an_endpoint_url(rclone_s3, monkeypat
         storage.check("s3://electra/x")
     assert "hunter2" not in str(refused.value) and f"http://***@127.0.0.1:{closed}" in str(refused.value)
     assert storage.redact("s3://key:secret@bucket/p") == "s3://***@bucket/p" and storage.redact("s3://b/p") == "s3://b/p"
+
+
+def test_overwrite_never_follows_a_symbolic_link_out_of_the_export(tmp_path):
+    dest = str(tmp_path / "export")
+    elsewhere = write_tree(tmp_path / "elsewhere", {"config.json": "the user's"})
+    with storage.staging_directory(dest) as staging:
+        write_tree(staging, {"discriminator/config.json": "ours"})
+        storage.publish_directory(staging, dest)
+    import shutil
+
+    shutil.rmtree(os.path.join(dest, "discriminator"))
+    os.symlink(elsewhere, os.path.join(dest, "discriminator"))  # same listed name, now a link
+    with pytest.raises(storage.StorageError, match=r"holds files its _MANIFEST.json does not list \(discriminator\)"):
+        storage.check_output(dest, "export", overwrite=True)
+    with storage.staging_directory(dest) as staging:
+        write_tree(staging, {"discriminator/config.json": "new"})
+        with pytest.raises(storage.StorageError, match="does not list"):
+            storage.publish_directory(staging, dest, overwrite=True)
+    assert read_tree(elsewhere) == {"config.json": "the user's"}
+
+
+def test_a_format_1_tokenizer_manifest_is_a_tokenizer():
+    manifest = storage.Manifest.parse(json.dumps({"files": {"tokenizer.json": 10, "tokenizer_config.json": 2}}), "m")
+    assert manifest.kind == "tokenizer" and manifest.version == ""
+    export = storage.Manifest.parse(json.dumps({"files": {"discriminator/config.json": 3}}), "m")
+    assert export.kind == "export"
