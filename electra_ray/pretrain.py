@@ -256,10 +256,10 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
         storage.check_output(os.path.join(run_dir, "export"), "export", overwrite=True)
         if storage.is_remote(cfg.run_dir):
             storage.check_output(storage.join(cfg.run_dir, "export"), "export", overwrite=True, probe=False)
-    if cfg.data.tokenizer:
-        read_tokenizer_json(cfg.data.tokenizer)  # a file that is no usable tokenizer: refused here
-    else:
-        training_texts(cfg)  # a corpus with no text to train a tokenizer on: refused here
+    # Refused here: a file that is no usable tokenizer, or a corpus with no text to train one on.
+    given_tokenizer = read_tokenizer_json(cfg.data.tokenizer) if cfg.data.tokenizer else ""
+    if not given_tokenizer:
+        training_texts(cfg)
     default_threads = init_ray(cfg)
     check_resources(cfg)
     # Checks done: from here on the run directory is written.
@@ -267,7 +267,7 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     if not storage.is_remote(cfg.run_dir):
         os.makedirs(cfg.run_dir, exist_ok=True)
     storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
-    tokenizer_json = prepare_tokenizer(cfg, run_dir)
+    tokenizer_json = given_tokenizer or prepare_tokenizer(cfg, run_dir)
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
     threads = threads if threads and default_threads else default_threads  # a cluster keeps Ray's setting
     ray.data.DataContext.get_current().enable_progress_bars = False  # the training progress line suffices

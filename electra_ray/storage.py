@@ -354,10 +354,8 @@ def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = Tr
         if previous is None and os.path.isdir(dest) and os.listdir(dest):
             raise StorageError(f"{dest} already exists and is not {what} of electra-ray (it holds "
                                f"{', '.join(sorted(os.listdir(dest))[:3])}...): nothing was written; choose a new path")
-        foreign = _foreign_entries(dest, previous) if previous is not None else []
-        if foreign:
-            raise StorageError(f"{dest} holds files its {MANIFEST} does not list ({', '.join(foreign[:3])}): "
-                               f"nothing was written; move them away first")
+        if previous is not None:
+            _refuse_foreign_entries(dest, previous)
     if previous is not None and previous.kind != kind:
         raise StorageError(f"{dest} holds {previous.kind} output, not {what}: nothing was written; choose a new path")
     if previous is not None and not overwrite:
@@ -472,10 +470,7 @@ def _publish_local(staging: str, dest: str, manifest: Manifest, previous: Manife
             os.rmdir(dest)  # empty (check_output saw to that); fails, leaving it, if a file arrived since
         os.rename(staging, dest)
     else:
-        foreign = _foreign_entries(dest, previous)  # again: one may have arrived since check_output
-        if foreign:
-            raise StorageError(f"{dest} holds files its {MANIFEST} does not list ({', '.join(foreign[:3])}): "
-                               f"nothing was replaced; move them away first")
+        _refuse_foreign_entries(dest, previous)  # again: one may have arrived since check_output
         aside = f"{dest}.previous-{uuid.uuid4().hex[:12]}"
         os.rename(dest, aside)
         os.rename(staging, dest)
@@ -488,7 +483,7 @@ def _publish_local(staging: str, dest: str, manifest: Manifest, previous: Manife
     return dest
 
 
-def _foreign_entries(dest: str, manifest: Manifest) -> list[str]:
+def _refuse_foreign_entries(dest: str, manifest: Manifest) -> None:
     """What an overwrite must not touch: files the manifest does not list, and any symbolic link
     (through one, removing a listed name would remove a file elsewhere)."""
     foreign = []
@@ -498,7 +493,9 @@ def _foreign_entries(dest: str, manifest: Manifest) -> list[str]:
             relative = os.path.relpath(path, dest).replace(os.sep, "/")
             if os.path.islink(path) or (name in names and relative not in manifest.files and relative != MANIFEST):
                 foreign.append(relative)
-    return sorted(foreign)
+    if foreign:
+        raise StorageError(f"{dest} holds files its {MANIFEST} does not list ({', '.join(sorted(foreign)[:3])}): "
+                           f"nothing was written; move them away first")
 
 
 def _remove_listed(directory: str, manifest: Manifest) -> None:

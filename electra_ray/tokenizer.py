@@ -83,9 +83,7 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
 
 
 def iter_texts(path: str, column: str = "text", batch_rows: int = 256) -> Iterator[str]:
-    from electra_ray.data import open_corpus
-
-    from electra_ray.data import decode_texts
+    from electra_ray.data import decode_texts, open_corpus
 
     dataset = open_corpus(path, column)
     for batch in dataset.to_batches(columns=[column], batch_size=batch_rows):
