@@ -79,7 +79,7 @@ def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
     tokenizer, special = tokenizer_from_json(tokenizer_json)
     vocab_size = tokenizer.get_vocab_size()
     batch_size = cfg.train.batch_size
-    rows = load_sequences(cfg.data, tokenizer_json, "train", batch_size * (steps + warmup))
+    rows = load_sequences(cfg.data, tokenizer_json, "train", batch_size * (steps + warmup))["input_ids"]
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, stock=naive)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
@@ -90,7 +90,7 @@ def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
     for step in range(steps + warmup):
         start = time.perf_counter()
         masked = mask_batch(rows[step * batch_size:(step + 1) * batch_size], cfg.data, special, vocab_size, rng)
-        batch = {k: torch.from_numpy(v) for k, v in vars(masked).items()}
+        batch = {k: torch.from_numpy(v) for k, v in vars(masked).items() if v is not None}
         loss = naive_loss(model, batch, cfg.train.rtd_weight) if naive else model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -157,7 +157,8 @@ def measure_data(cfg: Config, tokenizer_json: str) -> dict:
 
     texts = list(iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction))[:60]
     start = time.perf_counter()
-    rows = tokenize_and_pack(texts, tokenizer_json, cfg.data.seq_len)
+    rows = tokenize_and_pack(texts, tokenizer_json, cfg.data.seq_len, cfg.data.packing,
+                             cfg.data.short_seq_prob)["input_ids"]
     tokenize_s = time.perf_counter() - start
     tokenizer, special = tokenizer_from_json(tokenizer_json)
     rng = np.random.default_rng(0)

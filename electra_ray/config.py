@@ -97,6 +97,10 @@ class ModelConfig:
                                      "discriminator's; the paper finds 1/4-1/2 best", bounds="(0, 1]")
     max_position_embeddings: int = _f(512, "longest sequence the position embeddings cover", bounds=">= 8")
     dropout: float = _f(0.1, "dropout on hidden states and attention probabilities", bounds="[0, 1)")
+    disentangled_embeddings: bool = _f(False, "gradient-disentangled embedding sharing (DeBERTaV3, arXiv "
+                                              "2111.09543): the discriminator reads stop-gradient(shared token "
+                                              "embeddings) + its own delta (initialised at 0), so RTD gradients "
+                                              "do not pull the generator's embeddings; the export merges the delta")
 
 
 @dataclass
@@ -121,6 +125,14 @@ class DataConfig:
                                    bounds="[0, 1]")
     eval_fraction: float = _f(0.02, "fraction of documents held out for evaluation (by text hash)", bounds="[0, 1)")
     docs_per_block: int = _f(64, "documents tokenized and packed together by one Ray Data task", bounds=">= 1")
+    packing: str = _f("concatenate", "how documents become sequences: concatenate (documents joined with [SEP] "
+                                     "and cut into [CLS] ... [SEP] rows that cross documents; token types all 0) "
+                                     "or segments (google-research/electra's ExampleBuilder: whole sentences of one "
+                                     "document, split into [CLS] A [SEP] B [SEP] with token types 0 / 1)",
+                      ("concatenate", "segments"))
+    short_seq_prob: float = _f(0.05, "packing=segments: probability that an example aims at a random length in "
+                                     "[5, seq_len] instead of seq_len (google-research/electra: 0.05)",
+                               bounds="[0, 1]")
 
 
 @dataclass
@@ -137,9 +149,21 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)", bounds=">= 0")
     adam_betas: list = _f([0.9, 0.999], "AdamW betas", bounds="[0, 1)", items=float, length=2)
     adam_eps: float = _f(1e-6, "AdamW epsilon", bounds="> 0")
+    optimizer: str = _f("adamw", "adamw: torch AdamW (bias-corrected), linear warm-up then linear decay; electra: "
+                                 "google-research/electra's optimization.py (no bias correction, warm-up and "
+                                 "linear decay applied together)", ("adamw", "electra"))
     grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)", bounds=">= 0")
     rtd_weight: float = _f(50.0, "lambda: weight of the replaced-token-detection loss", bounds=">= 0")
-    temperature: float = _f(1.0, "generator sampling temperature", bounds="> 0")
+    temperature: float = _f(1.0, "generator sampling temperature (after any schedule)", bounds="> 0")
+    temperature_start: float = _f(1.0, "sampling temperature at step 0, lowered linearly to train.temperature "
+                                       "over train.temperature_steps (a descending schedule as in Fast-ELECTRA, "
+                                       "arXiv 2310.07347: flatter samples, easier replacements early)", bounds="> 0")
+    temperature_steps: int = _f(0, "steps of the temperature schedule; 0: train.temperature throughout",
+                                bounds=">= 0")
+    corrective_weight: float = _f(0.0, "mu: weight of the discriminator's corrective LM loss, which also predicts "
+                                       "the original token at the selected positions from the corrupted input "
+                                       "(after COCO-LM, arXiv 2102.08473): a dense signal that makes the "
+                                       "discriminator read context early; 0: off (the paper's recipe)", bounds=">= 0")
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
     precision: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
     log_every: int = _f(50, "optimizer steps between progress lines / metric reports", bounds=">= 1")

@@ -1,10 +1,12 @@
 """The data pipeline: Parquet text -> tokenize -> pack -> (per worker) dynamic masking.
 
-Driver side, `build_dataset` makes a Ray Data dataset of packed `[CLS] ... [SEP]` sequences
-(documents concatenated, a [SEP] between them, as google-research/electra's
-build_pretraining_dataset does). Worker side, `masked_batches` iterates the worker's shard and
-masks each batch afresh, so every epoch sees new masks. The held-out split is chosen by a hash of
-each document's text: stable across runs, file layouts and worker counts.
+Driver side, `build_dataset` makes a Ray Data dataset of packed sequences: with
+data.packing=concatenate `[CLS] ... [SEP]` rows of documents concatenated, a [SEP] between them;
+with data.packing=segments google-research/electra's build_pretraining_dataset examples,
+`[CLS] A [SEP] B [SEP]` from whole sentences of one document, with token types. Worker side,
+`masked_batches` iterates the worker's shard and masks each batch afresh, so every epoch sees new
+masks. The held-out split is chosen by a hash of each document's text: stable across runs, file
+layouts and worker counts.
 
 Parquet does not check that a string column holds UTF-8: text with invalid bytes is decoded with
 replacement characters (U+FFFD), as `electra_ray.prepare` decodes its input, and a warning names
@@ -17,6 +19,7 @@ import functools
 import itertools
 import json
 import posixpath
+import re
 import sys
 import zlib
 from typing import Iterator
@@ -165,6 +168,123 @@ def pack(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, p
     return rows
 
 
+# packing="segments": google-research/electra's ExampleBuilder (build_pretraining_dataset.py, read at
+# commit 8a46635f, lines 34-114), rule for rule, with the Python `random` draws as draws of one numpy
+# Generator per document, in the same order:
+# - lines 44-55: whole sentences of the current document are added until their token count reaches the
+#   example's target length; the document's end (lines 47-48, 149-153) flushes what is left;
+# - lines 59-64: with probability 0.1 the example has one segment, else the first segment aims at
+#   (target - 3) // 2 tokens;
+# - lines 68-79: a sentence goes to segment A if A is empty, or if it keeps A under that aim (strictly),
+#   or with probability 0.5 when B is still empty and A is under the aim; otherwise to B (so a later,
+#   short sentence can still join A after B has started: google's rule, kept);
+# - lines 81-84: A is cut to seq_len - 2 tokens, B to seq_len - len(A) - 3 (the overflow is dropped);
+# - lines 89-93: after each example, the next one aims at a uniform length in [5, seq_len] with
+#   probability short_seq_prob (0.05 there), else at seq_len;
+# - lines 97-108: [CLS] A [SEP] (token type 0) then, when B is not empty, B [SEP] (token type 1); pads 0.
+# Deliberate differences: (1) each document has its own generator, seeded from its text (tokenize_and_pack)
+# so a corpus always packs the same, whatever Ray's block boundaries; the first example of a document
+# therefore draws its target as google draws every later one (google's very first one is seq_len).
+# (2) A sentence longer than seq_len - 2 tokens (it fits no example) is cut first into pieces of
+# ceil(seq_len / 2): google's lines are sentences, but a text without sentence ends (lists, code) would
+# otherwise be one unit of which all but seq_len - 2 tokens are dropped. Two such pieces reach the target
+# seq_len together and lose only the 2-3 tokens [CLS]/[SEP] take (pieces of seq_len - 2 would lose half).
+SINGLE_SEGMENT_PROB = 0.1  # build_pretraining_dataset.py line 60
+MIN_TARGET_LENGTH = 5  # line 91
+
+# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before white space.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]\u2019\u201d])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of a document, the units packing="segments" fills examples with. google's builder
+    takes the lines of its text files as units (line 141), and its corpora have about a sentence per line.
+    Our documents are whole texts: the shipped corpus has no newline at all, and where documents do have
+    them a line is usually a paragraph, often longer than seq_len, whose overflow the builder drops and
+    which makes the A/B split coarse. So a newline always ends a unit and each line is cut further at
+    sentence ends; a text already one sentence per line is unchanged (but for the odd abbreviation, which
+    only makes a unit shorter). Blank lines are dropped: here a row, not a blank line, is a document."""
+    return [piece for line in text.splitlines() for piece in _SENTENCE_END.split(line) if piece.strip()]
+
+
+def text_seed(text: str) -> int:
+    """The seed of a document's packing generator: a hash of its text, so packing is the same in every run."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _target_length(rng: np.random.Generator, seq_len: int, short_seq_prob: float) -> int:
+    if rng.random() < short_seq_prob:  # lines 89-93
+        return int(rng.integers(MIN_TARGET_LENGTH, seq_len + 1))
+    return seq_len
+
+
+def _two_segments(sentences: list[list[int]], target: int, seq_len: int,
+                  rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Split an example's sentences into segments A and B (lines 59-84)."""
+    first_target = sys.maxsize if rng.random() < SINGLE_SEGMENT_PROB else (target - 3) // 2
+    first: list[int] = []
+    second: list[int] = []
+    for sentence in sentences:
+        if (not first or len(first) + len(sentence) < first_target
+                or (not second and len(first) < first_target and rng.random() < 0.5)):
+            first += sentence
+        else:
+            second += sentence
+    first = first[:seq_len - 2]
+    return first, second[:max(0, seq_len - len(first) - 3)]
+
+
+def _document_examples(sentences: list[list[int]], seq_len: int, short_seq_prob: float,
+                       rng: np.random.Generator) -> Iterator[tuple[list[int], list[int]]]:
+    piece = -(-seq_len // 2)  # deliberate difference (2) above
+    units = [list(unit) for sentence in sentences if len(sentence)
+             for unit in ([sentence[start:start + piece] for start in range(0, len(sentence), piece)]
+                          if len(sentence) > seq_len - 2 else [sentence])]
+    target = _target_length(rng, seq_len, short_seq_prob)
+    current: list[list[int]] = []
+    length = 0
+    for unit in units:
+        current.append(unit)
+        length += len(unit)
+        if length >= target:
+            yield _two_segments(current, target, seq_len, rng)
+            current, length = [], 0
+            target = _target_length(rng, seq_len, short_seq_prob)
+    if current:
+        yield _two_segments(current, target, seq_len, rng)
+
+
+def pack_segments(documents: list[list[list[int]]], seq_len: int, cls_id: int, sep_id: int, pad_id: int, *,
+                  short_seq_prob: float = 0.05, seeds: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """google-research/electra's examples (see the notes above): each document, a list of its
+    sentences' token ids, becomes rows `[CLS] A [SEP] B [SEP]` (or `[CLS] A [SEP]`) that never cross
+    into another document, padded with `pad_id` to `seq_len`. `seeds`: one per document for its
+    generator (tokenize_and_pack: a hash of the text); None: a hash of its token ids. Returns
+    (input_ids, token_type_ids), both [N, seq_len] int32; token types are 0 on [CLS] A [SEP] and the
+    padding, 1 on B [SEP]."""
+    examples: list[tuple[list[int], list[int]]] = []
+    for index, sentences in enumerate(documents):
+        if seeds is not None:
+            seed = seeds[index]
+        else:
+            flat = [token for sentence in sentences for token in sentence]
+            seed = zlib.crc32(np.asarray(flat, dtype=np.int32).tobytes())
+        examples.extend(_document_examples(sentences, seq_len, short_seq_prob, np.random.default_rng(seed)))
+    input_ids = np.full((len(examples), seq_len), pad_id, dtype=np.int32)
+    token_type_ids = np.zeros((len(examples), seq_len), dtype=np.int32)
+    for row, (first, second) in enumerate(examples):
+        end = len(first) + 1
+        input_ids[row, 0] = cls_id
+        input_ids[row, 1:end] = first
+        input_ids[row, end] = sep_id
+        if second:
+            start, end = end + 1, end + 1 + len(second)
+            input_ids[row, start:end] = second
+            input_ids[row, end] = sep_id
+            token_type_ids[row, start:end + 1] = 1
+    return input_ids, token_type_ids
+
+
 @functools.lru_cache(maxsize=4)
 def tokenizer_from_json(tokenizer_json: str):
     from tokenizers import Tokenizer
@@ -175,25 +295,41 @@ def tokenizer_from_json(tokenizer_json: str):
     return tokenizer, special_ids(tokenizer)
 
 
-def tokenize_and_pack(texts: list[str], tokenizer_json: str, seq_len: int) -> np.ndarray:
+def tokenize_and_pack(texts: list[str], tokenizer_json: str, seq_len: int, packing: str = "concatenate",
+                      short_seq_prob: float = 0.05) -> dict[str, np.ndarray]:
     """Tokenize documents (the tokenizer as its JSON text, so tasks on any node can rebuild it)
-    and pack them into [N, seq_len] int32 rows."""
+    and pack them (data.packing) into the dataset's columns: `input_ids`, [N, seq_len] int32, and
+    with packing="segments" `token_type_ids` alike."""
     tokenizer, special = tokenizer_from_json(tokenizer_json)
-    encodings = tokenizer.encode_batch([t for t in texts if t], add_special_tokens=False)
-    return pack([e.ids for e in encodings], seq_len, special["[CLS]"], special["[SEP]"], special["[PAD]"])
+    texts = [t for t in texts if t]
+    cls_id, sep_id, pad_id = special["[CLS]"], special["[SEP]"], special["[PAD]"]
+    if packing == "concatenate":
+        encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+        return {"input_ids": pack([e.ids for e in encodings], seq_len, cls_id, sep_id, pad_id)}
+    if packing != "segments":
+        raise ValueError(f"unknown packing {packing!r}")
+    documents = [split_sentences(t) for t in texts]
+    encodings = iter(tokenizer.encode_batch([s for sentences in documents for s in sentences],
+                                            add_special_tokens=False))
+    token_lists = [[next(encodings).ids for _ in sentences] for sentences in documents]
+    input_ids, token_type_ids = pack_segments(token_lists, seq_len, cls_id, sep_id, pad_id,
+                                              short_seq_prob=short_seq_prob, seeds=[text_seed(t) for t in texts])
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids}
 
 
 def _tokenize_block(batch: pa.Table, *, column: str, tokenizer_json: str, seq_len: int,
-                    eval_fraction: float, split: str, corpus: str = "the corpus") -> dict:
+                    eval_fraction: float, split: str, corpus: str = "the corpus", packing: str = "concatenate",
+                    short_seq_prob: float = 0.05) -> dict:
     want_eval = split == "eval"
     # An Arrow batch, decoded here: Ray Data's conversion to NumPy fails on invalid UTF-8.
     texts = [t for t in decode_texts(batch[column], f"column '{column}' of {corpus}")
              if t and is_eval_document(t, eval_fraction) == want_eval]
-    return {"input_ids": tokenize_and_pack(texts, tokenizer_json, seq_len)}
+    return tokenize_and_pack(texts, tokenizer_json, seq_len, packing, short_seq_prob)
 
 
 def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource: str = ""):
-    """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row).
+    """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row, and with
+    data.packing=segments `token_type_ids` alike).
     `resource`: a custom Ray resource every read/tokenize task requires (scaling.data_resource)."""
     import ray.data
 
@@ -206,24 +342,28 @@ def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource:
     return dataset.map_batches(
         _tokenize_block, batch_size=data_cfg.docs_per_block, batch_format="pyarrow",
         fn_kwargs=dict(column=data_cfg.text_column, tokenizer_json=tokenizer_json, seq_len=data_cfg.seq_len,
-                       eval_fraction=data_cfg.eval_fraction, split=split, corpus=data_cfg.path), **remote_args)
+                       eval_fraction=data_cfg.eval_fraction, split=split, corpus=data_cfg.path,
+                       packing=data_cfg.packing, short_seq_prob=data_cfg.short_seq_prob), **remote_args)
 
 
-def load_sequences(data_cfg, tokenizer_json: str, split: str, max_sequences: int | None = None) -> np.ndarray:
-    """Packed sequences of one split in this process (no Ray): for evaluation and tests."""
+def load_sequences(data_cfg, tokenizer_json: str, split: str,
+                   max_sequences: int | None = None) -> dict[str, np.ndarray]:
+    """Packed sequences of one split in this process (no Ray), for evaluation and tests: the columns
+    build_dataset's rows have (`input_ids`; `token_type_ids` with data.packing=segments)."""
     texts = list(iter_documents(data_cfg.path, data_cfg.text_column, split, data_cfg.eval_fraction))
     if not texts:
         raise DataError(f"the {split} split of {data_cfg.path} is empty (data.eval_fraction="
                         f"{data_cfg.eval_fraction})")
-    rows = tokenize_and_pack(texts, tokenizer_json, data_cfg.seq_len)
-    return rows[:max_sequences] if max_sequences else rows
+    columns = tokenize_and_pack(texts, tokenizer_json, data_cfg.seq_len, data_cfg.packing, data_cfg.short_seq_prob)
+    return {name: rows[:max_sequences] for name, rows in columns.items()} if max_sequences else columns
 
 
 def mask_batch(input_ids: np.ndarray, data_cfg, special: dict[str, int], vocab_size: int,
-               rng: np.random.Generator) -> MaskedBatch:
+               rng: np.random.Generator, token_type_ids: np.ndarray | None = None) -> MaskedBatch:
     return mask_tokens(input_ids, rng, mask_prob=data_cfg.mask_prob, mask_token_prob=data_cfg.mask_token_prob,
                        random_token_prob=data_cfg.random_token_prob, mask_id=special["[MASK]"],
-                       pad_id=special["[PAD]"], special_ids=sorted(special.values()), vocab_size=vocab_size)
+                       pad_id=special["[PAD]"], special_ids=sorted(special.values()), vocab_size=vocab_size,
+                       token_type_ids=token_type_ids)
 
 
 def masked_batches(shard, data_cfg, micro_batch: int, special: dict[str, int], vocab_size: int,
@@ -236,4 +376,4 @@ def masked_batches(shard, data_cfg, micro_batch: int, special: dict[str, int], v
                                  prefetch_batches=4, local_shuffle_buffer_size=micro_batch * 16,
                                  local_shuffle_seed=shuffle_seed)
     for batch in itertools.islice(batches, skip, None):
-        yield mask_batch(batch["input_ids"], data_cfg, special, vocab_size, rng)
+        yield mask_batch(batch["input_ids"], data_cfg, special, vocab_size, rng, batch.get("token_type_ids"))

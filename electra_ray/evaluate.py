@@ -35,7 +35,7 @@ from electra_ray import storage
 from electra_ray.config import Config
 from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
 from electra_ray.errors import UserError
-from electra_ray.objective import generator_logits, replace_tokens, sample_tokens
+from electra_ray.objective import discriminator_hidden, generator_logits, replace_tokens, sample_tokens
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -72,10 +72,12 @@ class FixedCorruption:
     attention_mask: np.ndarray  # [N, L] int64
     replaced: np.ndarray        # [N, L] bool: the token differs from the original
     scored: np.ndarray          # [N, L] bool: real, non-special tokens (the ones the AUC counts)
+    token_type_ids: np.ndarray | None = None  # [N, L] int64, segments (data.packing=segments)
 
 
 def fixed_corruption(sequences: np.ndarray, special_ids, pad_id: int, replace_prob: float = 0.15,
-                     seed: int = 0, uniform_over_vocab: int = 0) -> FixedCorruption:
+                     seed: int = 0, uniform_over_vocab: int = 0,
+                     token_type_ids: np.ndarray | None = None) -> FixedCorruption:
     """Replace `replace_prob` of the real tokens by tokens drawn from the sequences' own unigram
     distribution. Unigram draws look like ordinary tokens, so detecting them takes context, not a
     rare-token detector. `uniform_over_vocab=V`: draws uniform over the V-token vocabulary's
@@ -88,21 +90,27 @@ def fixed_corruption(sequences: np.ndarray, special_ids, pad_id: int, replace_pr
     chosen = scored & (rng.random(ids.shape) < replace_prob)
     corrupted = ids.copy()
     corrupted[chosen] = pool[rng.integers(0, len(pool), int(chosen.sum()))]
-    return FixedCorruption(corrupted, (ids != pad_id).astype(np.int64), corrupted != ids, scored)
+    types = None if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
+    return FixedCorruption(corrupted, (ids != pad_id).astype(np.int64), corrupted != ids, scored, types)
 
 
 @torch.no_grad()
 def detection_auc(discriminator, corruption: FixedCorruption, batch_size: int = 64,
-                  device: torch.device | str = "cpu") -> float:
+                  device: torch.device | str = "cpu", embedding_delta: torch.Tensor | None = None) -> float:
     """ROC-AUC of the discriminator's "replaced" logits on a fixed corruption (eval mode; the
-    module's training mode is restored)."""
+    module's training mode is restored). `embedding_delta`: a discriminator in training with
+    disentangled embeddings (model.disentangled_embeddings)."""
     was_training = discriminator.training
     discriminator.eval()
     scores = []
     for start in range(0, len(corruption.input_ids), batch_size):
         rows = slice(start, start + batch_size)
-        logits = discriminator(input_ids=torch.tensor(corruption.input_ids[rows], device=device),
-                               attention_mask=torch.tensor(corruption.attention_mask[rows], device=device)).logits
+        types = None if corruption.token_type_ids is None else \
+            torch.tensor(corruption.token_type_ids[rows], device=device)
+        hidden = discriminator_hidden(discriminator, torch.tensor(corruption.input_ids[rows], device=device),
+                                      torch.tensor(corruption.attention_mask[rows], device=device), types,
+                                      embedding_delta)
+        logits = discriminator.discriminator_predictions(hidden)
         scores.append(logits.float().cpu().numpy())
     discriminator.train(was_training)
     scores = np.concatenate(scores)
@@ -201,8 +209,18 @@ def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batc
     generator = _load_network(ElectraForMaskedLM, masked_lm_dir, shown)
     discriminator = _load_network(ElectraForPreTraining, os.path.join(export_dir, "discriminator"), shown) \
         if electra else None
+    columns = load_sequences(cfg.data, tokenizer_json, "eval", max_sequences)
+    return held_out_metrics(generator, discriminator, columns["input_ids"], cfg, special, batch_size, seed,
+                            columns.get("token_type_ids"))
+
+
+@torch.no_grad()
+def held_out_metrics(generator, discriminator, sequences: np.ndarray, cfg: Config, special: dict[str, int],
+                     batch_size: int = 64, seed: int = 0, token_type_ids: np.ndarray | None = None) -> dict:
+    """The measurements of `evaluate_export` on networks in memory (eval mode is the caller's);
+    `discriminator` None: the MLM baseline's. `token_type_ids`: the sequences' segments
+    (data.packing=segments)."""
     vocab_size = generator.config.vocab_size
-    sequences = load_sequences(cfg.data, tokenizer_json, "eval", max_sequences)
     special_ids = np.array(sorted(special.values()))
     rng = np.random.default_rng(seed)
     torch_rng = torch.Generator().manual_seed(seed)
@@ -213,9 +231,12 @@ def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batc
         ids = sequences[start:start + batch_size].astype(np.int64)
         scored = ~np.isin(ids, special_ids)  # real, non-special tokens
 
-        batch = mask_batch(ids, cfg.data, special, vocab_size, rng)
-        tensors = {k: torch.from_numpy(v) for k, v in vars(batch).items()}
-        logits = generator_logits(generator, tensors["input_ids"], tensors["attention_mask"], tensors["positions"])
+        types = None if token_type_ids is None else token_type_ids[start:start + batch_size].astype(np.int64)
+        batch = mask_batch(ids, cfg.data, special, vocab_size, rng, types)
+        tensors = {k: torch.from_numpy(v) for k, v in vars(batch).items() if v is not None}
+        types = tensors.get("token_type_ids")
+        logits = generator_logits(generator, tensors["input_ids"], tensors["attention_mask"], tensors["positions"],
+                                  types)
         targets = torch.gather(tensors["original_ids"], 1, tensors["positions"])
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         mlm_loss_sum += float((loss * tensors["weights"].flatten()).sum())
@@ -225,7 +246,8 @@ def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batc
         sampled = sample_tokens(logits, cfg.train.temperature, torch_rng)
         corrupted, labels = replace_tokens(tensors["input_ids"], tensors["original_ids"], tensors["positions"],
                                            tensors["weights"], sampled)
-        scores = discriminator(input_ids=corrupted, attention_mask=tensors["attention_mask"]).logits
+        scores = discriminator(input_ids=corrupted, attention_mask=tensors["attention_mask"],
+                               token_type_ids=types).logits
         gen_labels.append(labels.numpy()[scored])
         gen_scores.append(scores.numpy()[scored])
 
@@ -244,11 +266,12 @@ def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batc
         "replaced_fraction_generator": float(gen_labels.mean()),
         "auc_generator_replacements": roc_auc(gen_labels, gen_scores),
         "auc_fixed_corruption": detection_auc(
-            discriminator, fixed_corruption(sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed),
-            batch_size),
+            discriminator, fixed_corruption(sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed,
+                                            token_type_ids=token_type_ids), batch_size),
         "auc_random_replacements": detection_auc(
             discriminator, fixed_corruption(sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed,
-                                            uniform_over_vocab=vocab_size), batch_size),
+                                            uniform_over_vocab=vocab_size, token_type_ids=token_type_ids),
+            batch_size),
     }
 
 

@@ -62,7 +62,7 @@ def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, t
 
 def load_pretraining_model(checkpoint_dir: str):
     """(joint model with the checkpoint's weights, Config, tokenizer JSON text)."""
-    from electra_ray.model import build_model
+    from electra_ray.model import build_pretraining_model
 
     state = read_run_state(checkpoint_dir)
     cfg = Config.from_dict(state["config"])
@@ -71,8 +71,7 @@ def load_pretraining_model(checkpoint_dir: str):
     from electra_ray.data import tokenizer_from_json
 
     _, special = tokenizer_from_json(tokenizer_json)
-    model = build_model(cfg.model, state["vocab_size"], special["[PAD]"], cfg.train.rtd_weight,
-                        objective=cfg.train.objective)
+    model = build_pretraining_model(cfg, state["vocab_size"], special["[PAD]"])
     weights = consolidated_state_dict(checkpoint_dir, state["zero_stage"])
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied / shared tensors may be stored under one name only; anything else missing is an error.
@@ -84,7 +83,8 @@ def load_pretraining_model(checkpoint_dir: str):
 
 
 def _is_alias(name: str) -> bool:
-    return name.startswith("discriminator.electra.embeddings.") or name.endswith(".generator_lm_head.weight")
+    return name.startswith("discriminator.electra.embeddings.") or name.endswith(".generator_lm_head.weight") \
+        or name == "corrective.weight"
 
 
 def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = None, overwrite: bool = False) -> str:
@@ -114,8 +114,8 @@ def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, direc
     from electra_ray.tokenizer import save_tokenizer
 
     tokenizer = Tokenizer.from_str(tokenizer_json)
-    for name in model.NETWORKS:
-        getattr(model, name).save_pretrained(os.path.join(directory, name))
+    for name, network in model.exported_networks().items():
+        network.save_pretrained(os.path.join(directory, name))
         save_tokenizer(tokenizer, os.path.join(directory, name), model_max_length=cfg.model.max_position_embeddings)
     with open(os.path.join(directory, "electra_ray.json"), "w") as f:
         json.dump({"checkpoint": checkpoint, "config": cfg.to_dict()}, f, indent=1)

@@ -21,6 +21,9 @@ class MaskedBatch:
     attention_mask: np.ndarray  # [B, T] int64, 1 for real tokens, 0 for [PAD]
     positions: np.ndarray       # [B, P] int64, selected positions (0 in unused slots)
     weights: np.ndarray         # [B, P] float32, 1 for a used slot, 0 for an unused one
+    # [B, T] int64, 0 on [CLS] A [SEP] and padding, 1 on B [SEP] (data.packing=segments); None: not given,
+    # and then not passed to the model (callers build tensors only from the fields that are not None).
+    token_type_ids: np.ndarray | None = None
 
 
 def max_predictions(seq_len: int, mask_prob: float) -> int:
@@ -29,13 +32,18 @@ def max_predictions(seq_len: int, mask_prob: float) -> int:
 
 def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, mask_prob: float, mask_token_prob: float,
                 random_token_prob: float, mask_id: int, pad_id: int, special_ids: list[int],
-                vocab_size: int) -> MaskedBatch:
+                vocab_size: int, token_type_ids: np.ndarray | None = None) -> MaskedBatch:
     """Select `mask_prob` of each row's non-special tokens (specials and position 0 are never
     selected); of those,
     `mask_token_prob` become [MASK], `random_token_prob` a uniformly drawn non-special token, the
-    rest stay as they are. ELECTRA: 0.85 / 0 / 0.15; BERT: 0.8 / 0.1 / 0.1."""
+    rest stay as they are. ELECTRA: 0.85 / 0 / 0.15; BERT: 0.8 / 0.1 / 0.1. `token_type_ids`, when
+    given ([B, T]), passes through unchanged (as int64)."""
     ids = np.asarray(ids, dtype=np.int64)
     batch, seq_len = ids.shape
+    if token_type_ids is not None:
+        token_type_ids = np.asarray(token_type_ids, dtype=np.int64)
+        if token_type_ids.shape != ids.shape:
+            raise ValueError(f"token_type_ids has shape {token_type_ids.shape}, input ids {ids.shape}")
     slots = max_predictions(seq_len, mask_prob)
     candidate = ~np.isin(ids, special_ids)
     # Position 0 ([CLS] in packed data) is never selected: unused slots point at it, so a
@@ -65,7 +73,8 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, mask_prob: float, 
         input_ids[to_random] = _random_tokens(rng, int(to_random.sum()), vocab_size, special_ids)
     return MaskedBatch(input_ids=input_ids, original_ids=ids,
                        attention_mask=(ids != pad_id).astype(np.int64),
-                       positions=positions.astype(np.int64), weights=weights.astype(np.float32))
+                       positions=positions.astype(np.int64), weights=weights.astype(np.float32),
+                       token_type_ids=token_type_ids)
 
 
 def _random_tokens(rng: np.random.Generator, n: int, vocab_size: int, special_ids: list[int]) -> np.ndarray:

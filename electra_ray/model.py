@@ -8,6 +8,8 @@ keys and the export's directory names (`NETWORKS`): keep them stable.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,25 +101,64 @@ def generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConf
     return config
 
 
+class CorrectiveHead(nn.Module):
+    """The discriminator's corrective LM head (after COCO-LM): hidden states at the selected
+    positions -> logits over the vocabulary through the shared token embeddings (tied, as the
+    generator's output layer is; with disentangled embeddings through stop-gradient(shared) +
+    delta, the discriminator's own). Pre-training only: the export drops it."""
+
+    def __init__(self, config: ElectraConfig, token_embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.layer_norm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        # The shared Parameter itself, registered here too (as transformers ties an LM head): ZeRO-3
+        # gathers a module's own parameters around its forward, and this forward reads it.
+        self.weight = token_embeddings.weight
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor, embedding_delta: torch.Tensor | None = None) -> torch.Tensor:
+        matrix = self.weight if embedding_delta is None else self.weight.detach() + embedding_delta
+        return F.linear(self.layer_norm(F.gelu(self.dense(hidden))), matrix, self.bias)
+
+
 class ElectraPretrainingModel(nn.Module):
     NETWORKS = ("discriminator", "generator")
 
     def __init__(self, generator: ElectraForMaskedLM, discriminator: ElectraForPreTraining,
-                 rtd_weight: float = 50.0, temperature: float = 1.0):
+                 rtd_weight: float = 50.0, temperature: float = 1.0, disentangled_embeddings: bool = False,
+                 corrective_weight: float = 0.0):
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
         # Token, position (and token-type) embeddings and their LayerNorm are one module.
         self.discriminator.electra.embeddings = self.generator.electra.embeddings
+        token_embeddings = self.generator.electra.embeddings.word_embeddings
+        self.embedding_delta = nn.Parameter(torch.zeros_like(token_embeddings.weight)) \
+            if disentangled_embeddings else None
+        self.corrective = CorrectiveHead(discriminator.config, token_embeddings) if corrective_weight > 0 else None
         self.rtd_weight = rtd_weight
-        self.temperature = temperature
+        self.corrective_weight = corrective_weight
+        self.temperature = temperature  # the training loop sets it each step when it follows a schedule
 
-    def forward(self, input_ids, original_ids, attention_mask, positions, weights,
+    def forward(self, input_ids, original_ids, attention_mask, positions, weights, token_type_ids=None,
                 generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
         return electra_loss(self.generator, self.discriminator, input_ids=input_ids, original_ids=original_ids,
                             attention_mask=attention_mask, positions=positions, weights=weights,
-                            rtd_weight=self.rtd_weight, temperature=self.temperature,
-                            generator_rng=generator_rng)
+                            token_type_ids=token_type_ids, rtd_weight=self.rtd_weight,
+                            temperature=self.temperature, generator_rng=generator_rng,
+                            embedding_delta=self.embedding_delta, corrective_head=self.corrective,
+                            corrective_weight=self.corrective_weight)
+
+    def exported_networks(self) -> dict[str, nn.Module]:
+        """The networks as the export writes them: with disentangled embeddings, the discriminator
+        gets its own embeddings module, its token embeddings shared + delta, so that it is a plain
+        ElectraForPreTraining."""
+        if self.embedding_delta is None:
+            return {name: getattr(self, name) for name in self.NETWORKS}
+        discriminator = copy.deepcopy(self.discriminator)  # deep-copies the shared embeddings module too
+        with torch.no_grad():
+            discriminator.electra.embeddings.word_embeddings.weight.add_(self.embedding_delta)
+        return {"discriminator": discriminator, "generator": self.generator}
 
 
 class MaskedLMPretrainingModel(nn.Module):
@@ -129,14 +170,19 @@ class MaskedLMPretrainingModel(nn.Module):
         super().__init__()
         self.mlm = mlm
 
-    def forward(self, input_ids, original_ids, attention_mask, positions, weights,
+    def forward(self, input_ids, original_ids, attention_mask, positions, weights, token_type_ids=None,
                 generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
         return masked_lm_loss(self.mlm, input_ids=input_ids, original_ids=original_ids,
-                              attention_mask=attention_mask, positions=positions, weights=weights)
+                              attention_mask=attention_mask, positions=positions, weights=weights,
+                              token_type_ids=token_type_ids)
+
+    def exported_networks(self) -> dict[str, nn.Module]:
+        return {"mlm": self.mlm}
 
 
 def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float = 50.0,
-                temperature: float = 1.0, objective: str = "electra", stock: bool = False) -> nn.Module:
+                temperature: float = 1.0, objective: str = "electra", stock: bool = False,
+                corrective_weight: float = 0.0) -> nn.Module:
     """`stock`: transformers' own SDPA attention and dropout (the bench's naive loop); else ours,
     which differ on CPU only (see `fast_dropout`)."""
     if objective == "mlm":
@@ -151,14 +197,25 @@ def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float =
             use_fast_cpu_dropout(net)
     if objective == "mlm":
         return MaskedLMPretrainingModel(*networks)
-    return ElectraPretrainingModel(*networks, rtd_weight, temperature)
+    return ElectraPretrainingModel(*networks, rtd_weight, temperature,
+                                   disentangled_embeddings=getattr(model_cfg, "disentangled_embeddings", False),
+                                   corrective_weight=corrective_weight)
+
+
+def build_pretraining_model(cfg, vocab_size: int, pad_id: int = 0, stock: bool = False) -> nn.Module:
+    """The joint model a run's Config describes (its objective, lambda, mu, temperature)."""
+    t = cfg.train
+    return build_model(cfg.model, vocab_size, pad_id, t.rtd_weight, t.temperature, t.objective, stock,
+                       corrective_weight=t.corrective_weight)
 
 
 def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float,
-                    objective: str = "electra") -> float:
+                    objective: str = "electra", corrective: bool = False) -> float:
     """Training FLOPs per input token (forward + backward = 3x forward), generator included, in
     the spirit of google-research/electra's flops_computation: 2 FLOPs per multiply-add. For the
-    MLM baseline: the discriminator-sized encoder and its masked-LM head."""
+    MLM baseline: the discriminator-sized encoder and its masked-LM head. `corrective`: ELECTRA
+    with the discriminator's corrective LM head (train.corrective_weight > 0), a masked-LM head of
+    the discriminator's width on the selected positions."""
 
     def encoder(hidden: int, ffn: int) -> float:
         per_layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * seq_len * hidden  # dense + attention
@@ -173,4 +230,13 @@ def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float,
     gen = generator_config(model_cfg, vocab_size)
     discriminator = encoder(model_cfg.hidden_size, model_cfg.intermediate_size) + \
         2 * (model_cfg.hidden_size * model_cfg.hidden_size + model_cfg.hidden_size)
+    if corrective:
+        discriminator += mask_prob * 2 * (model_cfg.hidden_size * model_cfg.embedding_size
+                                          + model_cfg.embedding_size * vocab_size)
     return 3 * (masked_lm(gen.hidden_size, gen.intermediate_size) + discriminator)
+
+
+def run_flops_per_token(cfg, vocab_size: int) -> float:
+    """flops_per_token of the model a run's Config trains."""
+    return flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob, cfg.train.objective,
+                           corrective=cfg.train.objective == "electra" and cfg.train.corrective_weight > 0)

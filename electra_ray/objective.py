@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 # Order of the counters in ObjectiveOutput.stats (summed over batches and workers).
 STAT_NAMES = ("mlm_loss_sum", "rtd_loss_sum", "masked", "gen_correct", "tokens", "disc_correct",
-              "replaced", "predicted_replaced", "true_positive", "batches")
+              "replaced", "predicted_replaced", "true_positive", "batches", "corrective_loss_sum")
 
 
 class ObjectiveOutput(NamedTuple):  # a tuple, so DeepSpeed's ZeRO-3 hooks see its tensors
@@ -67,13 +67,26 @@ def cross_entropy_with_probs(logits: torch.Tensor, targets: torch.Tensor) -> tup
 
 
 def generator_logits(generator, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     positions: torch.Tensor) -> torch.Tensor:
+                     positions: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of a masked LM (ELECTRA's generator, or the MLM baseline) at the selected positions
     only ([B, P, V]): the vocabulary projection is its most expensive layer, and only P of T
     positions need it."""
-    hidden = generator.electra(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
-    hidden = torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))  # [B, P, H]
-    return generator.generator_lm_head(generator.generator_predictions(hidden))
+    hidden = generator.electra(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state                # [B, T, H]
+    return generator.generator_lm_head(generator.generator_predictions(gather_positions(hidden, positions)))
+
+
+def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """hidden [B, T, H] at positions [B, P] -> [B, P, H]."""
+    return torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
+
+
+def sampling_temperature(step: int, start: float, end: float, steps: int) -> float:
+    """The generator's sampling temperature at optimizer step `step`: `start` at step 0, lowered
+    linearly to `end` at `steps`, then `end` (steps 0: `end` throughout)."""
+    if steps <= 0 or step >= steps:
+        return end
+    return start + (end - start) * step / steps
 
 
 def replace_tokens(input_ids: torch.Tensor, original_ids: torch.Tensor, positions: torch.Tensor,
@@ -85,30 +98,59 @@ def replace_tokens(input_ids: torch.Tensor, original_ids: torch.Tensor, position
     return corrupted, (corrupted != original_ids).long()
 
 
-def _masked_lm(model, input_ids, original_ids, attention_mask, positions, weights):
+def _masked_lm(model, input_ids, original_ids, attention_mask, positions, weights, token_type_ids=None):
     """(logits [B, P, V], softmax [B, P, V], targets [B, P], mean cross-entropy over the used
     slots, used slots)."""
     targets = torch.gather(original_ids, 1, positions)                                   # [B, P]
-    logits = generator_logits(model, input_ids, attention_mask, positions)               # [B, P, V]
+    logits = generator_logits(model, input_ids, attention_mask, positions, token_type_ids)  # [B, P, V]
     token_loss, probs = cross_entropy_with_probs(logits.flatten(0, 1), targets.flatten())
     n_masked = weights.sum().clamp(min=1.0)
     return logits, probs.view(logits.shape), targets, (token_loss * weights.flatten()).sum() / n_masked, n_masked
 
 
+def discriminator_hidden(discriminator, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         token_type_ids: torch.Tensor | None = None,
+                         embedding_delta: torch.Tensor | None = None) -> torch.Tensor:
+    """The discriminator's last hidden states [B, T, H]. `embedding_delta` [V, E]: gradient-
+    disentangled embedding sharing (DeBERTaV3): its token embeddings are stop-gradient(shared) +
+    delta, so no RTD gradient reaches the shared matrix the generator trains."""
+    if embedding_delta is None:
+        return discriminator.electra(input_ids=input_ids, attention_mask=attention_mask,
+                                     token_type_ids=token_type_ids).last_hidden_state
+    # Detaching the looked-up rows stops the gradient to the shared matrix exactly as detaching the
+    # matrix would, and calls the embedding module (ZeRO-3 gathers its weight around that call).
+    shared = discriminator.electra.embeddings.word_embeddings(input_ids).detach()
+    inputs_embeds = shared + F.embedding(input_ids, embedding_delta)
+    return discriminator.electra(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids).last_hidden_state
+
+
 def electra_loss(generator, discriminator, *, input_ids, original_ids, attention_mask, positions, weights,
-                 rtd_weight: float = 50.0, temperature: float = 1.0,
-                 generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
+                 token_type_ids=None, rtd_weight: float = 50.0, temperature: float = 1.0,
+                 generator_rng: torch.Generator | None = None, embedding_delta: torch.Tensor | None = None,
+                 corrective_head=None, corrective_weight: float = 0.0) -> ObjectiveOutput:
+    """MLM (generator) + rtd_weight * RTD (discriminator) [+ corrective_weight * the discriminator's
+    corrective LM loss, when `corrective_head` is given: cross-entropy of the original token at
+    the selected positions, predicted from the corrupted input]."""
     logits, probs, targets, mlm_loss, n_masked = _masked_lm(generator, input_ids, original_ids, attention_mask,
-                                                            positions, weights)
+                                                            positions, weights, token_type_ids)
 
     sampled = sample_tokens(logits, temperature, generator_rng, probs)                   # [B, P]
     corrupted, labels = replace_tokens(input_ids, original_ids, positions, weights, sampled)
     labels = labels * attention_mask
-    disc_logits = discriminator(input_ids=corrupted, attention_mask=attention_mask).logits.float()  # [B, T]
+    hidden = discriminator_hidden(discriminator, corrupted, attention_mask, token_type_ids, embedding_delta)
+    disc_logits = discriminator.discriminator_predictions(hidden).float()                # [B, T]
     token_mask = attention_mask.float()
     n_tokens = token_mask.sum().clamp(min=1.0)
     rtd_loss = (F.binary_cross_entropy_with_logits(disc_logits, labels.float(), reduction="none")
                 * token_mask).sum() / n_tokens
+    loss = mlm_loss + rtd_weight * rtd_loss
+    corrective_loss = torch.zeros_like(mlm_loss)
+    if corrective_head is not None:
+        corrective_logits = corrective_head(gather_positions(hidden, positions), embedding_delta)  # [B, P, V]
+        token_loss = F.cross_entropy(corrective_logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        corrective_loss = (token_loss * weights.flatten()).sum() / n_masked
+        loss = loss + corrective_weight * corrective_loss
 
     with torch.no_grad():
         predicted = (disc_logits > 0).long() * attention_mask
@@ -117,16 +159,16 @@ def electra_loss(generator, discriminator, *, input_ids, original_ids, attention
             ((logits.argmax(-1) == targets).float() * weights).sum(),
             n_tokens, ((predicted == labels).float() * token_mask).sum(),
             labels.sum().float(), predicted.sum().float(), (predicted * labels).sum().float(),
-            torch.ones((), device=n_tokens.device)]).detach().float()
-    return ObjectiveOutput(loss=mlm_loss + rtd_weight * rtd_loss, mlm_loss=mlm_loss, rtd_loss=rtd_loss,
-                           stats=stats)
+            torch.ones((), device=n_tokens.device), corrective_loss * n_masked]).detach().float()
+    return ObjectiveOutput(loss=loss, mlm_loss=mlm_loss, rtd_loss=rtd_loss, stats=stats)
 
 
-def masked_lm_loss(model, *, input_ids, original_ids, attention_mask, positions, weights) -> ObjectiveOutput:
+def masked_lm_loss(model, *, input_ids, original_ids, attention_mask, positions, weights,
+                   token_type_ids=None) -> ObjectiveOutput:
     """BERT's objective: cross-entropy of `model` (an ElectraForMaskedLM) at the selected positions.
     The RTD loss and the discriminator counters are 0."""
     logits, _, targets, mlm_loss, n_masked = _masked_lm(model, input_ids, original_ids, attention_mask,
-                                                        positions, weights)
+                                                        positions, weights, token_type_ids)
     with torch.no_grad():
         stats = torch.zeros(len(STAT_NAMES), device=mlm_loss.device)
         stats[STAT_NAMES.index("mlm_loss_sum")] = mlm_loss * n_masked
@@ -148,4 +190,5 @@ def summarize(stats: torch.Tensor | list[float]) -> dict[str, float]:
         "disc_precision": s["true_positive"] / max(s["predicted_replaced"], 1),
         "disc_recall": s["true_positive"] / max(s["replaced"], 1),
         "replaced_fraction": s["replaced"] / max(s["tokens"], 1),
+        "corrective_loss": s.get("corrective_loss_sum", 0.0) / max(s["masked"], 1),
     }

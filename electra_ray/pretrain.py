@@ -221,8 +221,9 @@ def heldout_corruption(cfg: Config, tokenizer_json: str):
     from electra_ray.evaluate import fixed_corruption
 
     special = tokenizer_from_json(tokenizer_json)[1]
-    sequences = load_sequences(cfg.data, tokenizer_json, "eval", cfg.train.eval_sequences)
-    return fixed_corruption(sequences, special.values(), special["[PAD]"], cfg.data.mask_prob)
+    columns = load_sequences(cfg.data, tokenizer_json, "eval", cfg.train.eval_sequences)
+    return fixed_corruption(columns["input_ids"], special.values(), special["[PAD]"], cfg.data.mask_prob,
+                            token_type_ids=columns.get("token_type_ids"))
 
 
 def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (), threads: int = 0) -> PretrainResult:

@@ -20,7 +20,7 @@ import torch
 from electra_ray import checkpoint as checkpoints
 from electra_ray.config import Config
 from electra_ray.errors import TrainingError  # noqa: F401  (re-exported: pretrain and tests import it here)
-from electra_ray.objective import STAT_NAMES, summarize
+from electra_ray.objective import STAT_NAMES, sampling_temperature, summarize
 
 
 # Dense bf16 peak FLOP/s from the datasheets, for MFU on GPUs.
@@ -46,7 +46,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def deepspeed_config(cfg: Config, use_bf16: bool) -> dict:
     t, world = cfg.train, cfg.scaling.num_workers
-    return {
+    config = {
         "train_batch_size": t.batch_size,
         "train_micro_batch_size_per_gpu": t.batch_size // (world * t.grad_accum),
         "gradient_accumulation_steps": t.grad_accum,
@@ -61,6 +61,26 @@ def deepspeed_config(cfg: Config, use_bf16: bool) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if t.optimizer == "electra":
+        # The optimizer is handed to deepspeed.initialize (client_optimizer): DeepSpeed refuses one
+        # there and one in its config, and wraps an optimizer it does not know in ZeRO only if told.
+        del config["optimizer"]
+        config["zero_allow_untested_optimizer"] = True
+    return config
+
+
+def client_optimizer(cfg: Config, model: torch.nn.Module):
+    """(optimizer for deepspeed.initialize, LR factor per step for LambdaLR). train.optimizer=adamw:
+    None (DeepSpeed builds torch's AdamW from its config) and lr_lambda; electra:
+    google-research/electra's optimizer (optim.AdamWNoBiasCorrection) and schedule."""
+    from electra_ray.optim import AdamWNoBiasCorrection, electra_lr_lambda
+
+    t = cfg.train
+    if t.optimizer == "electra":
+        optimizer = AdamWNoBiasCorrection(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.adam_betas),
+                                          eps=t.adam_eps, weight_decay=t.weight_decay)
+        return optimizer, electra_lr_lambda(t.warmup_steps, t.max_steps)
+    return None, lr_lambda(t.warmup_steps, t.max_steps)
 
 
 def peak_flops(device: torch.device, threads: int = 0) -> float:
@@ -211,7 +231,7 @@ def _train(loop_config: dict) -> None:
 
         from electra_ray.data import tokenizer_from_json, masked_batches
         from electra_ray.evaluate import detection_auc
-        from electra_ray.model import build_model, flops_per_token
+        from electra_ray.model import build_pretraining_model, run_flops_per_token
 
         if not use_gpu and loop_config.get("num_threads"):
             torch.set_num_threads(loop_config["num_threads"])
@@ -221,11 +241,10 @@ def _train(loop_config: dict) -> None:
         vocab_size = loop_config["vocab_size"]
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, cfg.train.temperature,
-                            cfg.train.objective)
-        schedule = lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps)
+        model = build_pretraining_model(cfg, vocab_size, special["[PAD]"])
+        optimizer, schedule = client_optimizer(cfg, model)
         engine, _, _, scheduler = deepspeed.initialize(
-            model=model, model_parameters=param_groups(model, cfg.train.weight_decay),
+            model=model, model_parameters=param_groups(model, cfg.train.weight_decay), optimizer=optimizer,
             config=deepspeed_config(cfg, use_bf16),
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
 
@@ -261,7 +280,7 @@ def _train(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     micro_batch = cfg.train.batch_size // (world * cfg.train.grad_accum)
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-    flops_token = flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob, cfg.train.objective)
+    flops_token = run_flops_per_token(cfg, vocab_size)
     peak = loop_config.get("peak_flops") or peak_flops(device)
     stats = torch.zeros(len(STAT_NAMES), device=device)
     interval_start, interval_steps, run_start, start_step = time.perf_counter(), 0, time.perf_counter(), step
@@ -278,12 +297,16 @@ def _train(loop_config: dict) -> None:
     stop_request = loop_config.get("stop_actor")  # the driver's StopRequest actor
     heldout = loop_config.get("heldout")  # evaluate.FixedCorruption of held-out text, for heldout_auc
 
+    t = cfg.train
     while step < cfg.train.max_steps:
         for batch in masked_batches(shard, cfg.data, micro_batch, special, vocab_size, mask_rng,
                                     shuffle_seed=cfg.train.seed + 1000 * epoch + rank, skip=consumed):
             consumed += 1
             inputs = {name: torch.from_numpy(value).to(device, non_blocking=True)
-                      for name, value in vars(batch).items()}
+                      for name, value in vars(batch).items() if value is not None}
+            if t.temperature_steps:
+                engine.module.temperature = sampling_temperature(step, t.temperature_start, t.temperature,
+                                                                 t.temperature_steps)
             output = engine(**inputs, generator_rng=sample_rng)
             loss = output.loss
             if step + 1 in nan_steps:  # injected once per listed step (see train.inject_nan_steps)
@@ -338,7 +361,8 @@ def _train(loop_config: dict) -> None:
                            "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
                 if heldout is not None and (step % cfg.train.eval_every == 0 or last):
                     # Every rank runs it: under ZeRO-3 the forward pass gathers parameters from all.
-                    metrics["heldout_auc"] = detection_auc(engine.module.discriminator, heldout, device=device)
+                    metrics["heldout_auc"] = detection_auc(engine.module.discriminator, heldout, device=device,
+                                                           embedding_delta=engine.module.embedding_delta)
                 if rank == 0:
                     rate = (step - start_step) / (time.perf_counter() - run_start)
                     losses = f"| mlm acc {summary['gen_accuracy']:.3f}" if cfg.train.objective == "mlm" else (

@@ -19,7 +19,7 @@ def make_batch(seed=0, batch=4, seq_len=32):
     ids[:, 0], ids[:, -1] = 2, 3
     masked = mask_tokens(ids, rng, mask_prob=0.15, mask_token_prob=0.85, random_token_prob=0.0, mask_id=4,
                          pad_id=0, special_ids=[0, 1, 2, 3, 4], vocab_size=VOCAB)
-    return {k: torch.from_numpy(v) for k, v in vars(masked).items()}
+    return {k: torch.from_numpy(v) for k, v in vars(masked).items() if v is not None}
 
 
 def tiny_model(rtd_weight=50.0, seed=0):
