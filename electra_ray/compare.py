@@ -4,11 +4,15 @@
 
 Pre-trains ELECTRA and the MLM baseline (the same discriminator-sized encoder, BERT's objective)
 on the same corpus with the same tokenizer for the same training FLOPs (model.flops_per_token;
-the generator's FLOPs count against ELECTRA, so the MLM baseline gets more steps), exports
-`points` checkpoints of each along the way, fine-tunes every one on the same labeled task (the
-movie-reviews package's Rotten Tomatoes or IMDB data) with every seed (one Ray task per
-checkpoint, side by side), and writes OUT/report.md (the table and a verdict), OUT/curve.png (dev
-score against pre-training FLOPs) and OUT/results.json.
+the generator's FLOPs count against ELECTRA, so the MLM baseline gets more steps), once per
+budget (`budgets`, multiples of pretrain.train.max_steps, each a run from scratch), exports
+`points` checkpoints of each run along the way, fine-tunes every one, and the encoder at random
+init, on the same labeled task (the movie-reviews package's Rotten Tomatoes or IMDB data) with
+every seed (one Ray task per checkpoint, side by side). Before fine-tuning, each checkpoint is
+measured on held-out text (evaluate.evaluate_export: the discriminator's ROC-AUCs, the masked LM's
+loss) and by the spread of its [CLS] vectors on dev sentences. Writes OUT/report.md (the table, a
+discriminator sanity check and a verdict), OUT/curve.png (dev score against pre-training FLOPs),
+OUT/auc.png (ELECTRA's held-out ROC-AUCs against FLOPs) and OUT/results.json.
 """
 
 from __future__ import annotations
@@ -17,16 +21,25 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
 
-from electra_ray.config import Config, _f, apply_file_and_overrides, apply_objective_masking, validate
+import numpy as np
+
+from electra_ray.config import Config, ConfigError, _f, apply_file_and_overrides, apply_objective_masking, validate
 from electra_ray.errors import UserError
 from electra_ray.finetune import FinetuneConfig, finetune_metrics
 from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
 
 OBJECTIVES = {"electra": "ELECTRA", "mlm": "MLM (BERT)"}
+EVAL_SEQUENCES = 256   # held-out sequences evaluate_export measures each checkpoint on
+SPREAD_SENTENCES = 256  # dev sentences whose [CLS] vectors give cls_spread
+# The discriminator sanity check passes on either: its training RTD loss this far below the constant
+# predictor's at some logged step, or this held-out ROC-AUC on random replacements (the easy test).
+RTD_DROP_PASS = 0.02
+RANDOM_AUC_PASS = 0.7
 
 
 @dataclass
@@ -38,7 +51,12 @@ class CompareConfig:
     dev_fraction: float = _f(0.1, "fraction of the labeled data held out as dev (by text hash)")
     points: int = _f(3, "checkpoints of each pre-training run that are fine-tuned, evenly spaced; the last is "
                         "the full budget")
-    from_scratch: bool = _f(True, "also fine-tune the encoder with no pre-training (0 FLOPs)")
+    budgets: list = _f([1], "multiples of pretrain.train.max_steps: per budget both objectives pre-train from "
+                            "scratch, ELECTRA round(budget x max_steps) steps and the MLM baseline the same FLOPs, "
+                            "warm-up scaled alike (a learning curve); the verdict reads the largest",
+                       bounds="> 0", items=float)
+    from_scratch: bool = _f(True, "also fine-tune the encoder with no pre-training (0 FLOPs): the random-init "
+                                  "control the verdict measures both objectives against")
     out: str = _f("", "output directory; empty: runs/compare-<date>-<time>")
 
 
@@ -51,35 +69,58 @@ def load_compare_config(path: str | None, overrides: list[str]) -> tuple[Compare
     # The comparison's own numbers (pretrain.* and finetune.* carry their ranges in their fields;
     # arm_config checks the pre-training settings as a whole): dev_fraction 0 or 1 empties dev or train.
     check_bounds(cfg, bounds={"points": ">= 1", "dev_fraction": "(0, 1)"})
+    if not cfg.budgets:
+        raise ConfigError("config key 'budgets' must list at least one number > 0, got []")
+    steps = [electra_steps(cfg.pretrain.train.max_steps, cfg.points, b) for b in cfg.budgets]
+    if len(set(steps)) < len(steps):  # two runs of the same length: the same point twice
+        raise ConfigError(f"config key 'budgets' {cfg.budgets} gives ELECTRA {steps} steps (rounded to a multiple "
+                          f"of points={cfg.points}): each budget must give its own number of steps")
+    if cfg.pretrain.data.eval_fraction == 0:  # checked here: evaluate_export would fail after pre-training
+        raise ConfigError("config key 'pretrain.data.eval_fraction' must be > 0: compare measures each checkpoint "
+                          "on held-out text")
     return cfg, given
 
 
-def arm_config(cfg: CompareConfig, given: set[str], objective: str, max_steps: int, out: str) -> Config:
-    """The pre-training config of one objective: the shared settings, its own steps, and the
-    masking its objective implies unless the config sets it."""
+def arm_config(cfg: CompareConfig, given: set[str], objective: str, max_steps: int, out: str,
+               warmup_steps: int | None = None, name: str = "") -> Config:
+    """The pre-training config of one objective: the shared settings, its own steps (and warm-up,
+    when given), and the masking its objective implies unless the config sets it. The run is
+    OUT/NAME (default: the objective)."""
     arm = copy.deepcopy(cfg.pretrain)
     arm.train.objective = objective
     apply_objective_masking(arm, {key.removeprefix("pretrain.") for key in given if key.startswith("pretrain.")})
     arm.train.max_steps = max_steps
+    if warmup_steps is not None:
+        arm.train.warmup_steps = warmup_steps
     arm.train.checkpoint_every = max(1, max_steps // cfg.points)
     arm.train.keep_checkpoints = cfg.points
-    arm.output.dir, arm.output.name = out, objective
+    arm.output.dir, arm.output.name = out, name or objective
     validate(arm)
     return arm
 
 
-def equal_compute_steps(cfg: Config, vocab_size: int, points: int) -> dict[str, dict]:
-    """Steps and training FLOPs of each objective: ELECTRA runs train.max_steps, the MLM baseline
-    the steps that cost the same (both rounded to a multiple of `points`)."""
+def electra_steps(max_steps: int, points: int, budget: float = 1.0) -> int:
+    """ELECTRA's steps at `budget` x max_steps, rounded to a multiple of `points` (at least `points`)."""
+    return max(points, round(budget * max_steps / points) * points)
+
+
+def equal_compute_steps(cfg: Config, vocab_size: int, points: int, budget: float = 1.0) -> dict[str, dict]:
+    """Steps and training FLOPs of each objective: ELECTRA runs `budget` x train.max_steps, the MLM
+    baseline the steps that cost the same (both rounded to a multiple of `points`)."""
     from electra_ray.model import flops_per_token
 
     tokens = cfg.train.batch_size * cfg.data.seq_len
-    step_flops = {o: flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob, o) * tokens
-                  for o in OBJECTIVES}
-    budget = max(points, round(cfg.train.max_steps / points) * points) * step_flops["electra"]
-    steps = {o: max(points, round(budget / step_flops[o] / points) * points) for o in OBJECTIVES}
+    corrective = cfg.train.corrective_weight > 0  # ELECTRA's discriminator with its corrective LM head
+    step_flops = {o: flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob, o,
+                                     corrective=corrective and o == "electra") * tokens for o in OBJECTIVES}
+    flops = electra_steps(cfg.train.max_steps, points, budget) * step_flops["electra"]
+    steps = {o: max(points, round(flops / step_flops[o] / points) * points) for o in OBJECTIVES}
     return {o: {"steps": steps[o], "step_flops": step_flops[o], "flops": steps[o] * step_flops[o]}
             for o in OBJECTIVES}
+
+
+def run_name(objective: str, budget: float) -> str:
+    return f"{objective}-x{budget:g}"
 
 
 def export_checkpoints(run_dir: str, step_flops: float) -> list[dict]:
@@ -112,10 +153,94 @@ def untrained_export(cfg: Config, tokenizer_json: str, out: str) -> str:
     return out
 
 
+# -- measurements of a pre-trained encoder, before fine-tuning -----------------------------------
+
+def cls_spread(vectors: np.ndarray) -> float:
+    """1 - the mean cosine similarity of the rows of `vectors` over all pairs of distinct rows: 0 when
+    every row points the same way (a collapsed [CLS]), 1 when they are orthogonal."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    n = len(vectors)
+    if n < 2:
+        raise ValueError(f"cls_spread needs at least 2 vectors, got {n}")
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    return float(1.0 - (similarity.sum() - np.trace(similarity)) / (n * (n - 1)))
+
+
+def cls_vectors(export_dir: str, texts: list[str], max_len: int, batch_size: int = 64) -> np.ndarray:
+    """The final-layer [CLS] vectors of `texts` under the encoder that fine-tuning starts from
+    (finetune.model_directory: the discriminator's, or the MLM baseline's `mlm.electra`), in eval mode."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, ElectraModel
+
+    from electra_ray.finetune import model_directory
+
+    model_dir = model_directory(export_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the pre-training heads are left out on purpose
+    try:
+        model, info = ElectraModel.from_pretrained(model_dir, output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if info["missing_keys"]:
+        raise UserError(f"model {model_dir} lacks encoder weights: missing {list(info['missing_keys'])[:3]}")
+    model.eval()
+    max_len = min(max_len, model.config.max_position_embeddings)
+    vectors = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            inputs = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_len, padding=True,
+                               return_tensors="pt")
+            vectors.append(model(**inputs).last_hidden_state[:, 0].float().numpy())
+    return np.concatenate(vectors)
+
+
+def rtd_drop(history: list[dict]) -> tuple[float, int | None]:
+    """(nats, step): the largest amount by which a logged training RTD loss fell below the constant
+    predictor's (the binary entropy of that interval's replaced fraction), and its step. Negative
+    when it never fell below; (nan, None) without a logged RTD loss."""
+    from electra_ray.evaluate import binary_entropy
+
+    best, at = math.nan, None
+    for record in history:
+        if "rtd_loss" not in record or "replaced_fraction" not in record:
+            continue
+        drop = binary_entropy(record["replaced_fraction"]) - record["rtd_loss"]
+        if at is None or drop > best:
+            best, at = drop, record.get("step")
+    return best, at
+
+
+def discriminator_check(run_dir: str, evaluations: list[dict]) -> dict:
+    """Can the discriminator of an ELECTRA run learn at all? From the run's metrics.jsonl (rtd_drop)
+    and the held-out evaluations of its checkpoints: passes when the training RTD loss fell at least
+    RTD_DROP_PASS nats below the constant predictor's, or a checkpoint's ROC-AUC on random
+    replacements reached RANDOM_AUC_PASS."""
+    from electra_ray.metrics import read_history
+
+    drop, step = rtd_drop(read_history(run_dir))
+    aucs = [e.get("auc_random_replacements", math.nan) for e in evaluations]
+    best_auc = max((a for a in aucs if math.isfinite(a)), default=math.nan)
+    return {"rtd_drop_nats": drop, "rtd_drop_step": step, "best_auc_random_replacements": best_auc,
+            "passed": bool((math.isfinite(drop) and drop >= RTD_DROP_PASS) or
+                           (math.isfinite(best_auc) and best_auc >= RANDOM_AUC_PASS))}
+
+
+def dev_texts(dev_file: str, count: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(dev_file, columns=["text"]).slice(0, count)["text"].to_pylist()  # a shuffled file
+
+
+# -- the experiment ------------------------------------------------------------------------------
+
 def compare(cfg: CompareConfig, given: set[str]) -> dict:
     import ray
 
     from electra_ray.data import tokenizer_from_json
+    from electra_ray.evaluate import evaluate_export
     from electra_ray.pretrain import prepare_tokenizer, pretrain
     from electra_ray.tasks import write_movie_reviews
 
@@ -132,23 +257,33 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     if not base.data.tokenizer:
         base.data.tokenizer = os.path.join(out, "tokenizer")
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
-    budget = equal_compute_steps(base, vocab_size, cfg.points)
-    print("equal compute: " + "; ".join(f"{OBJECTIVES[o]} {b['steps']} steps x {b['step_flops']:.3g} FLOPs = "
-                                        f"{b['flops']:.3g}" for o, b in budget.items()), flush=True)
+    plans = [{"budget": b, **equal_compute_steps(base, vocab_size, cfg.points, b)}
+             for b in sorted(map(float, cfg.budgets))]
+    for plan in plans:
+        print(f"equal compute, budget x{plan['budget']:g}: " + "; ".join(
+            f"{OBJECTIVES[o]} {plan[o]['steps']} steps x {plan[o]['step_flops']:.3g} FLOPs = {plan[o]['flops']:.3g}"
+            for o in OBJECTIVES), flush=True)
 
     points = []
     if cfg.from_scratch:
-        points.append({"objective": "none", "step": 0, "flops": 0.0,
+        points.append({"objective": "none", "budget": 0.0, "step": 0, "flops": 0.0,
                        "export": untrained_export(base, tokenizer_json, os.path.join(out, "untrained"))})
-    timings = {}
-    for objective in OBJECTIVES:
-        start = time.perf_counter()
-        arm = arm_config(cfg, given, objective, budget[objective]["steps"], out)
-        arm.data.tokenizer = base.data.tokenizer
-        result = pretrain(arm, export_and_evaluate=False)
-        points += [{"objective": objective, **p}
-                   for p in export_checkpoints(result.run_dir, budget[objective]["step_flops"])]
-        timings[f"pretrain_{objective}_s"] = time.perf_counter() - start
+    runs = []
+    timings = {f"pretrain_{o}_s": 0.0 for o in OBJECTIVES}
+    for plan in plans:
+        for objective in OBJECTIVES:
+            start = time.perf_counter()
+            steps = plan[objective]["steps"]
+            # The schedule scales with the budget: warm-up the same share of the run at every budget.
+            arm = arm_config(cfg, given, objective, steps, out, round(plan["budget"] * cfg.pretrain.train.warmup_steps),
+                             run_name(objective, plan["budget"]))
+            arm.data.tokenizer = base.data.tokenizer
+            result = pretrain(arm, export_and_evaluate=False)
+            points += [{"objective": objective, "budget": plan["budget"], **p}
+                       for p in export_checkpoints(result.run_dir, plan[objective]["step_flops"])]
+            runs.append({"objective": objective, "budget": plan["budget"], "steps": steps,
+                         "warmup_steps": arm.train.warmup_steps, "run_dir": result.run_dir})
+            timings[f"pretrain_{objective}_s"] += time.perf_counter() - start
 
     start = time.perf_counter()
     # One Ray task per checkpoint, one CPU each: single-threaded fine-tunes side by side use the
@@ -156,19 +291,42 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     task = ray.remote(num_cpus=1)(finetune_metrics)
     refs = [task.remote(dataclasses.replace(
         cfg.finetune, model=point["export"], train=train_file, eval=dev_file, num_workers=0,
-        out=os.path.join(out, "finetune", f"{point['objective']}-step{point['step']}"))) for point in points]
+        out=os.path.join(out, "finetune", point_name(point)))) for point in points]
+    # Meanwhile, here: the pre-trained encoders as fine-tuning finds them (the exports do not change).
+    measured = time.perf_counter()
+    texts = dev_texts(dev_file, SPREAD_SENTENCES)
+    for point in points:
+        point["cls_spread"] = cls_spread(cls_vectors(point["export"], texts, cfg.finetune.max_seq_len))
+        if point["objective"] != "none":
+            point["evaluation"] = evaluate_export(point["export"], max_sequences=EVAL_SEQUENCES)
+    for run in runs:
+        if run["objective"] == "electra":
+            run["check"] = discriminator_check(run["run_dir"], [p["evaluation"] for p in points if _of_run(p, run)])
+    timings["evaluate_s"] = time.perf_counter() - measured
     for point, metrics in zip(points, ray.get(refs)):
         point["finetune"] = metrics
-    timings["finetune_s"] = time.perf_counter() - start
+    timings["finetune_s"] = time.perf_counter() - start  # the evaluation above included: it ran alongside
     timings["total_s"] = time.perf_counter() - started
 
-    results = {"config": dataclasses.asdict(cfg), "budget": budget, "points": points, "timings": timings}
+    results = {"config": dataclasses.asdict(cfg), "budget": {o: plans[-1][o] for o in OBJECTIVES},
+               "budgets": plans, "runs": runs, "points": points, "timings": timings}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     plot_curve(results, os.path.join(out, "curve.png"))
+    plot_auc(results, os.path.join(out, "auc.png"))
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(format_report(results))
     return {**results, "out": out}
+
+
+def point_name(point: dict) -> str:
+    if point["objective"] == "none":
+        return "none-step0"
+    return f"{run_name(point['objective'], point['budget'])}-step{point['step']}"
+
+
+def _of_run(point: dict, run: dict) -> bool:
+    return point["objective"] == run["objective"] and point["budget"] == run["budget"]
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -178,11 +336,25 @@ def _score(point: dict) -> dict:
     return metrics["summary"][metrics["metric"]]
 
 
+def _final_points(points: list[dict]) -> dict[str, dict]:
+    """Each objective's last checkpoint of its largest budget: the full-budget point."""
+    top = max(p["budget"] for p in points if p["objective"] in OBJECTIVES)
+    return {o: max((p for p in points if p["objective"] == o and p["budget"] == top), key=lambda p: p["step"])
+            for o in OBJECTIVES}
+
+
+def _beats(score: dict, control: dict) -> tuple[float, float, bool]:
+    """(median gap, the larger of the two standard deviations, whether the gap exceeds it)."""
+    gap, spread = score["median"] - control["median"], max(score["std"], control["std"])
+    return gap, spread, gap > spread
+
+
 def verdict(results: dict) -> str:
-    """Which objective won at the full budget, by the median over seeds, and whether the gap is
-    larger than the seeds' spread."""
-    final = {o: max((p for p in results["points"] if p["objective"] == o), key=lambda p: p["step"])
-             for o in OBJECTIVES}
+    """Which objective won at the full budget (the largest budget's last checkpoint), by the median
+    over seeds, and whether the gap is larger than the seeds' spread; then whether each objective
+    beats the random-init control by more than the seeds' standard deviation."""
+    points = results["points"]
+    final = _final_points(points)
     electra, mlm = _score(final["electra"]), _score(final["mlm"])
     metric = final["electra"]["finetune"]["metric"]
     gap = electra["median"] - mlm["median"]
@@ -190,8 +362,76 @@ def verdict(results: dict) -> str:
     outcome = "a tie" if gap == 0 else \
         f"{'ELECTRA' if gap > 0 else 'the MLM baseline'} won by {abs(gap) * 100:.1f} points, " \
         f"{'more than' if abs(gap) > spread else 'within'} the seeds' standard deviation ({spread * 100:.1f} points)"
-    return (f"At the full budget ({results['budget']['electra']['flops']:.3g} FLOPs), median dev {metric}: "
-            f"ELECTRA {electra['median']:.4f}, MLM {mlm['median']:.4f}: {outcome}.")
+    lines = [f"At the full budget ({final['electra']['flops']:.3g} FLOPs), median dev {metric}: "
+             f"ELECTRA {electra['median']:.4f}, MLM {mlm['median']:.4f}: {outcome}."]
+    failures = [] if gap >= 0 else ["ELECTRA's median is below the MLM baseline's"]
+    control = next((p for p in points if p["objective"] == "none"), None)
+    if control is None:
+        return "\n".join(lines + ["No random-init control (from_scratch=false): whether pre-training helped at all "
+                                  "is not measured."])
+    none = _score(control)
+    against = []
+    for objective, score in (("electra", electra), ("mlm", mlm)):
+        name = "ELECTRA" if objective == "electra" else "MLM"
+        delta, deviation, beats = _beats(score, none)
+        against.append(f"{name} {delta * 100:+.1f} points, {'more than' if beats else 'not more than'} the seeds' "
+                       f"standard deviation ({deviation * 100:.1f} points)")
+        if not beats:
+            failures.append(f"{name} does not beat random init by more than the seeds' standard deviation")
+    lines.append(f"Against random init (median {none['median']:.4f} ± {none['std']:.4f}): " + "; ".join(against) + ".")
+    if failures:
+        lines.append("Verdict: the expected order (ELECTRA >= MLM, both above random init by more than the seeds' "
+                     "standard deviation) does not hold: " + "; ".join(failures) + ".")
+    else:
+        lines.append("Verdict: ELECTRA >= MLM, and both beat random init by more than the seeds' standard deviation.")
+    return "\n".join(lines)
+
+
+def _run_label(objective: str, budget: float) -> str:
+    return f"{OBJECTIVES[objective]} x{budget:g}"
+
+
+def _sanity_lines(results: dict) -> list[str]:
+    points = results["points"]
+    checked = [r for r in results.get("runs", []) if "check" in r]
+    electra = sorted((p for p in points if p["objective"] == "electra" and "evaluation" in p),
+                     key=lambda p: (p["budget"], p["step"]))
+    lines = ["## Discriminator sanity check (ELECTRA)", ""] if checked or electra else []
+    if checked:
+        lines += [
+            f"Can the discriminator learn at all? Passes when its training RTD loss fell at least {RTD_DROP_PASS} "
+            f"nats below the constant predictor's (the binary entropy of the replaced fraction) at some logged "
+            f"step, or a checkpoint's held-out ROC-AUC on random replacements reached {RANDOM_AUC_PASS}.", "",
+            "| run | steps | largest drop below the constant predictor (nats) | best AUC, random replacements "
+            "| check |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for run in checked:
+            c = run["check"]
+            at = f" (step {c['rtd_drop_step']})" if c["rtd_drop_step"] is not None else ""
+            lines.append(f"| {_run_label(run['objective'], run['budget'])} | {run['steps']} | "
+                         f"{c['rtd_drop_nats']:.4f}{at} | {c['best_auc_random_replacements']:.3f} | "
+                         f"{'pass' if c['passed'] else 'FAIL'} |")
+    if electra:
+        e0 = electra[0]["evaluation"]
+        lines += ["", f"Held-out ({e0['sequences']} sequences), each exported ELECTRA checkpoint; the RTD gap is the "
+                      f"constant predictor's loss minus the discriminator's on generator replacements:", "",
+                  "| run | step | FLOPs | AUC fixed corruption | AUC generator replacements | AUC random replacements "
+                  "| RTD gap (nats) |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for p in electra:
+            e = p["evaluation"]
+            lines.append(f"| {_run_label('electra', p['budget'])} | {p['step']} | {p['flops']:.3g} | "
+                         f"{e['auc_fixed_corruption']:.3f} | {e['auc_generator_replacements']:.3f} | "
+                         f"{e['auc_random_replacements']:.3f} | "
+                         f"{e['rtd_loss_constant'] - e['rtd_loss_generator']:+.4f} |")
+    mlm = sorted((p for p in points if p["objective"] == "mlm" and "evaluation" in p),
+                 key=lambda p: (p["budget"], p["step"]))
+    if mlm:
+        lines += ["", "## MLM baseline on held-out text", "",
+                  "| run | step | FLOPs | MLM loss (nats) | unigram entropy (nats) |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {_run_label('mlm', p['budget'])} | {p['step']} | {p['flops']:.3g} | "
+                  f"{p['evaluation']['mlm_loss']:.3f} | {p['evaluation']['unigram_entropy']:.3f} |" for p in mlm]
+    return lines + [""] if lines else []
 
 
 def format_report(results: dict) -> str:
@@ -201,6 +441,7 @@ def format_report(results: dict) -> str:
     majority = first["majority_baseline"]
     metric = first["metric"]
     m = pre["model"]
+    budgets = sorted({p["budget"] for p in points if p["objective"] in OBJECTIVES})
     lines = [
         "# ELECTRA against masked-LM pre-training at equal compute", "",
         f"- Labeled task: movie-reviews `{cfg['task']}`, {first['train_examples']} training / "
@@ -210,50 +451,110 @@ def format_report(results: dict) -> str:
         f"batch {pre['train']['batch_size']} x {pre['data']['seq_len']} tokens, lr {pre['train']['lr']}; corpus "
         f"`{os.path.basename(pre['data']['path'].rstrip('/'))}`. Training FLOPs per step: " +
         ", ".join(f"{OBJECTIVES[o]} {b['step_flops']:.3g}" for o, b in results["budget"].items()) + ".",
+        "- Budgets (multiples of pretrain.train.max_steps, each pair of runs from scratch, warm-up scaled alike): " +
+        ", ".join(f"x{b:g}" for b in budgets) + ".",
         f"- Fine-tuning: lr {ft['lr']}, layer-wise decay {ft['layer_decay']}, warm-up {ft['warmup']:.0%}, "
         f"epochs {ft['epochs']}, batch {ft['batch_size']}, dropout {ft['dropout']}, seeds {ft['seeds']}.",
         f"- Majority class on dev: {metric} {majority[metric]:.4f}." if majority and metric in majority else "",
+        "- Random-init control (from_scratch): " +
+        ("the encoder as initialised, fine-tuned like the checkpoints (0 FLOPs)."
+         if any(p["objective"] == "none" for p in points) else "off: nothing shows whether pre-training helped."),
         "- Wall time: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v / 60:.1f} min"
                                      for k, v in results["timings"].items()) + ".",
         "",
-        f"| objective | pre-training steps | pre-training FLOPs | dev {metric} mean ± std | median | seeds |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| objective | pre-training steps | pre-training FLOPs | dev {metric} mean ± std | median | seeds | budget "
+        f"| [CLS] spread |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for p in sorted(points, key=lambda p: (p["objective"] != "none", p["objective"], p["step"])):
+    for p in sorted(points, key=lambda p: (p["objective"] != "none", p["objective"], p["budget"], p["step"])):
         s = _score(p)
+        spread = f"{p['cls_spread']:.3g}" if "cls_spread" in p else "—"  # a random init's is ~1e-4
+        budget = "—" if p["objective"] == "none" else f"x{p['budget']:g}"
         lines.append(f"| {OBJECTIVES.get(p['objective'], 'none (random init)')} | {p['step']} | {p['flops']:.3g} | "
-                     f"{s['mean']:.4f} ± {s['std']:.4f} | {s['median']:.4f} | {len(s['values'])} |")
+                     f"{s['mean']:.4f} ± {s['std']:.4f} | {s['median']:.4f} | {len(s['values'])} | "
+                     f"{budget} | {spread} |")
     lines += ["", "Earlier points are checkpoints of the same runs (their learning rate not yet decayed), not "
-                  "runs with smaller budgets.", "", verdict(results), "",
-              "![dev score against pre-training FLOPs](curve.png)", ""]
+                  "runs with smaller budgets; each budget is a run of its own, from scratch (in the figures, "
+                  "dotted lines join a run's checkpoints when there are several budgets).", "",
+              f"[CLS] spread: 1 - the mean pairwise cosine similarity of the final-layer [CLS] vectors of "
+              f"{SPREAD_SENTENCES} dev sentences under the pre-trained encoder, before fine-tuning (0: every sentence "
+              f"gets the same vector).", "", verdict(results), ""]
+    lines += _sanity_lines(results)
+    lines += ["![dev score against pre-training FLOPs](curve.png)", "",
+              "![ELECTRA's held-out ROC-AUC against pre-training FLOPs](auc.png)", ""]
     return "\n".join(lines)
 
 
-def plot_curve(results: dict, path: str) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_runs(axes, points: list[dict], value, color: str, marker: str, label: str) -> None:
+    """One line of `value` against FLOPs: through each budget's full point when there are several
+    budgets (each run's checkpoints dotted: their learning rate not yet decayed), else through the
+    one run's checkpoints."""
+    runs = [sorted((p for p in points if p["budget"] == b), key=lambda p: p["step"])
+            for b in sorted({p["budget"] for p in points})]
+    curve = runs[0] if len(runs) == 1 else [run[-1] for run in runs]
+    if len(runs) > 1:
+        for run in runs:
+            axes.plot([p["flops"] for p in run], [value(p) for p in run], linestyle=":", color=color, linewidth=1)
+    axes.plot([p["flops"] for p in curve], [value(p) for p in curve], marker=marker, color=color, label=label)
+
+
+def plot_curve(results: dict, path: str) -> None:
+    """Dev score against pre-training FLOPs (log x): each seed a dot, the median a line per objective
+    (through the budgets' full points; with one budget, through its checkpoints), random init a
+    horizontal line with its ± std band."""
+    plt = _pyplot()
     points = results["points"]
     metric = points[0]["finetune"]["metric"]
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    start = [p for p in points if p["objective"] == "none"]
-    for objective, label in OBJECTIVES.items():
-        curve = start + sorted((p for p in points if p["objective"] == objective), key=lambda p: p["flops"])
-        x = [p["flops"] for p in curve]
-        line = axes.errorbar(x, [_score(p)["mean"] for p in curve], yerr=[_score(p)["std"] for p in curve],
-                             marker="o", capsize=3, label=f"{label} (mean ± std)")
-        for p in curve:
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    control = next((p for p in points if p["objective"] == "none"), None)
+    if control is not None:
+        s = _score(control)
+        axes.axhline(s["median"], color="black", linewidth=1, label="random init (median ± std)")
+        axes.axhspan(s["median"] - s["std"], s["median"] + s["std"], color="black", alpha=0.1)
+    for index, (objective, label) in enumerate(OBJECTIVES.items()):
+        color = f"C{index}"
+        mine = [p for p in points if p["objective"] == objective]
+        for p in mine:
             values = _score(p)["values"]
-            axes.scatter([p["flops"]] * len(values), values, s=8, alpha=0.4, color=line[0].get_color())
+            axes.scatter([p["flops"]] * len(values), values, s=10, alpha=0.45, color=color)
+        _plot_runs(axes, mine, lambda p: _score(p)["median"], color, "o", f"{label} (median; dots: seeds)")
     majority = points[0]["finetune"]["majority_baseline"]
     if majority and metric in majority:
         axes.axhline(majority[metric], linestyle="--", color="gray", label="majority class")
+    axes.set_xscale("log")
     axes.set_xlabel("pre-training FLOPs")
     axes.set_ylabel(f"dev {metric}")
     axes.set_title(f"Fine-tuned on {results['config']['task']}: {metric} vs pre-training compute")
-    axes.legend()
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_auc(results: dict, path: str) -> None:
+    """ELECTRA's held-out ROC-AUCs (fixed corruption, generator replacements) against pre-training
+    FLOPs (log x), lines as in plot_curve, chance at 0.5."""
+    plt = _pyplot()
+    electra = [p for p in results["points"] if p["objective"] == "electra" and "evaluation" in p]
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    for index, (key, label) in enumerate((("auc_fixed_corruption", "fixed unigram corruption"),
+                                          ("auc_generator_replacements", "generator replacements"))):
+        _plot_runs(axes, electra, lambda p: p["evaluation"][key], f"C{index}", "os"[index], label)
+    axes.axhline(0.5, linestyle="--", color="gray", label="chance")
+    axes.set_xscale("log")
+    axes.set_xlabel("pre-training FLOPs")
+    axes.set_ylabel("held-out ROC-AUC")
+    axes.set_title("ELECTRA's discriminator on held-out text")
+    axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -263,10 +564,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m electra_ray.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file: sections pretrain (a pre-training config), finetune (its "
-                                         "settings), and task, dev_fraction, points, from_scratch, out")
+                                         "settings), and task, dev_fraction, points, budgets, from_scratch, out")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                         help="override keys, e.g. --set points=2 finetune.seeds=[0,1,2,3,4] "
-                             "pretrain.train.max_steps=400")
+                             "pretrain.train.max_steps=400 budgets=[0.25,0.5,1]")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 
