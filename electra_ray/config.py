@@ -97,6 +97,11 @@ class ModelConfig:
                                      "discriminator's; the paper finds 1/4-1/2 best", bounds="(0, 1]")
     max_position_embeddings: int = _f(512, "longest sequence the position embeddings cover", bounds=">= 8")
     dropout: float = _f(0.1, "dropout on hidden states and attention probabilities", bounds="[0, 1)")
+    generator_layers: int = _f(0, "the generator is the discriminator's bottom N layers, shared, with its own "
+                                  "MLM head (TEAMS, Shen et al. 2021; N = num_layers: the paper's all-weights "
+                                  "tying, section 3.2), so the discriminator's lower layers learn from the MLM "
+                                  "loss; generator_size is then unused. 0: a separate generator of "
+                                  "generator_size width (the paper's recipe)", bounds=">= 0")
     disentangled_embeddings: bool = _f(False, "gradient-disentangled embedding sharing (DeBERTaV3, arXiv "
                                               "2111.09543): the discriminator reads stop-gradient(shared token "
                                               "embeddings) + its own delta (initialised at 0), so RTD gradients "

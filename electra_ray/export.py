@@ -75,16 +75,18 @@ def load_pretraining_model(checkpoint_dir: str):
     weights = consolidated_state_dict(checkpoint_dir, state["zero_stage"])
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied / shared tensors may be stored under one name only; anything else missing is an error.
-    missing = [k for k in missing if not _is_alias(k)]
+    tensors = model.state_dict(keep_vars=True)
+    missing = [k for k in missing if not _is_alias(k, tensors, weights)]
     if missing or unexpected:
         raise UserError(f"checkpoint {checkpoint_dir} does not match the model: missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]}")
     return model, cfg, tokenizer_json
 
 
-def _is_alias(name: str) -> bool:
-    return name.startswith("discriminator.electra.embeddings.") or name.endswith(".generator_lm_head.weight") \
-        or name == "corrective.weight"
+def _is_alias(name: str, tensors: dict, weights: dict) -> bool:
+    """`name` (a key of the model's `tensors`) names a tensor that `weights` holds under another
+    name (shared embeddings, tied output layers, TEAMS' shared layers)."""
+    return any(tensors[other] is tensors[name] for other in weights if other in tensors)
 
 
 def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = None, overwrite: bool = False) -> str:

@@ -86,6 +86,14 @@ def discriminator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> Electra
 
 
 def generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
+    if getattr(model_cfg, "generator_layers", 0):  # TEAMS: the discriminator's bottom layers, its width
+        config = discriminator_config(model_cfg, vocab_size, pad_id)
+        config.num_hidden_layers = model_cfg.generator_layers
+        return config
+    return scaled_generator_config(model_cfg, vocab_size, pad_id)
+
+
+def scaled_generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
     """Same depth and embeddings as the discriminator; hidden, heads and FFN scaled by
     `generator_size` (google-research/electra's get_generator_config). The head count is rounded
     and lowered until it divides the hidden size, so that every multiplier of a sweep gives its
@@ -126,12 +134,17 @@ class ElectraPretrainingModel(nn.Module):
 
     def __init__(self, generator: ElectraForMaskedLM, discriminator: ElectraForPreTraining,
                  rtd_weight: float = 50.0, temperature: float = 1.0, disentangled_embeddings: bool = False,
-                 corrective_weight: float = 0.0):
+                 corrective_weight: float = 0.0, shared_layers: int = 0):
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
         # Token, position (and token-type) embeddings and their LayerNorm are one module.
         self.discriminator.electra.embeddings = self.generator.electra.embeddings
+        if shared_layers:  # TEAMS: the generator runs the discriminator's bottom layers (the same modules)
+            if hasattr(discriminator.electra, "embeddings_project"):
+                self.generator.electra.embeddings_project = self.discriminator.electra.embeddings_project
+            for i in range(shared_layers):
+                self.generator.electra.encoder.layer[i] = self.discriminator.electra.encoder.layer[i]
         token_embeddings = self.generator.electra.embeddings.word_embeddings
         self.embedding_delta = nn.Parameter(torch.zeros_like(token_embeddings.weight)) \
             if disentangled_embeddings else None
@@ -199,7 +212,8 @@ def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float =
         return MaskedLMPretrainingModel(*networks)
     return ElectraPretrainingModel(*networks, rtd_weight, temperature,
                                    disentangled_embeddings=getattr(model_cfg, "disentangled_embeddings", False),
-                                   corrective_weight=corrective_weight)
+                                   corrective_weight=corrective_weight,
+                                   shared_layers=getattr(model_cfg, "generator_layers", 0))
 
 
 def build_pretraining_model(cfg, vocab_size: int, pad_id: int = 0, stock: bool = False) -> nn.Module:
@@ -217,13 +231,13 @@ def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float,
     with the discriminator's corrective LM head (train.corrective_weight > 0), a masked-LM head of
     the discriminator's width on the selected positions."""
 
-    def encoder(hidden: int, ffn: int) -> float:
+    def encoder(hidden: int, ffn: int, layers: int = model_cfg.num_layers) -> float:
         per_layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * seq_len * hidden  # dense + attention
-        return model_cfg.num_layers * per_layer + 2 * model_cfg.embedding_size * hidden  # + embedding projection
+        return layers * per_layer + 2 * model_cfg.embedding_size * hidden  # + embedding projection
 
-    def masked_lm(hidden: int, ffn: int) -> float:
+    def masked_lm(hidden: int, ffn: int, layers: int = model_cfg.num_layers) -> float:
         emb = model_cfg.embedding_size
-        return encoder(hidden, ffn) + mask_prob * 2 * (hidden * emb + emb * vocab_size)  # head on masked positions only
+        return encoder(hidden, ffn, layers) + mask_prob * 2 * (hidden * emb + emb * vocab_size)  # masked positions only
 
     if objective == "mlm":
         return 3 * masked_lm(model_cfg.hidden_size, model_cfg.intermediate_size)
@@ -233,7 +247,7 @@ def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float,
     if corrective:
         discriminator += mask_prob * 2 * (model_cfg.hidden_size * model_cfg.embedding_size
                                           + model_cfg.embedding_size * vocab_size)
-    return 3 * (masked_lm(gen.hidden_size, gen.intermediate_size) + discriminator)
+    return 3 * (masked_lm(gen.hidden_size, gen.intermediate_size, gen.num_hidden_layers) + discriminator)
 
 
 def run_flops_per_token(cfg, vocab_size: int) -> float:

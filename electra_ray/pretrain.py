@@ -28,6 +28,7 @@ CONFIG_FILE = "config.json"  # in the run directory: what --resume starts from
 # saved config's (check_run_directory).
 RUN_IDENTITY = ("model.num_layers", "model.hidden_size", "model.embedding_size", "model.num_heads",
                 "model.intermediate_size", "model.generator_size", "model.max_position_embeddings",
+                "model.generator_layers", "model.disentangled_embeddings",
                 "train.objective", "train.zero_stage", "data.tokenizer", "data.vocab_size")
 # How long a request for resources the cluster lacks waits for its autoscaler before it is an error.
 RESOURCE_WAIT_S = float(os.environ.get("ELECTRA_RAY_RESOURCE_WAIT_S", 900))

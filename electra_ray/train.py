@@ -361,8 +361,10 @@ def _train(loop_config: dict) -> None:
                            "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
                 if heldout is not None and (step % cfg.train.eval_every == 0 or last):
                     # Every rank runs it: under ZeRO-3 the forward pass gathers parameters from all.
-                    metrics["heldout_auc"] = detection_auc(engine.module.discriminator, heldout, device=device,
-                                                           embedding_delta=engine.module.embedding_delta)
+                    delta = engine.module.embedding_delta  # read outside the model's forward: ZeRO-3 must gather it
+                    with deepspeed.zero.GatheredParameters([delta]) if delta is not None else contextlib.nullcontext():
+                        metrics["heldout_auc"] = detection_auc(engine.module.discriminator, heldout, device=device,
+                                                               embedding_delta=delta)
                 if rank == 0:
                     rate = (step - start_step) / (time.perf_counter() - run_start)
                     losses = f"| mlm acc {summary['gen_accuracy']:.3f}" if cfg.train.objective == "mlm" else (

@@ -132,3 +132,28 @@ def test_corrective_head_is_tied_to_the_shared_embeddings_and_not_exported():
     assert set(exported) == {"discriminator", "generator"}
     assert not any("corrective" in name for net in exported.values() for name, _ in net.named_parameters())
     assert model_with(corrective_weight=0.0).corrective is None
+
+
+def test_teams_generator_runs_the_discriminators_bottom_layers():
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(TINY, generator_layers=1), VOCAB)
+    gen, disc = model.generator.electra, model.discriminator.electra
+    assert gen.config.hidden_size == disc.config.hidden_size and len(gen.encoder.layer) == 1
+    assert gen.encoder.layer[0] is disc.encoder.layer[0]
+    model(**make_batch(), generator_rng=torch.Generator().manual_seed(0)).mlm_loss.backward()
+    bottom = disc.encoder.layer[0].attention.self.query.weight.grad
+    top = disc.encoder.layer[1].attention.self.query.weight.grad
+    assert bottom is not None and bottom.abs().max() > 0  # the MLM loss trains the shared bottom layer
+    assert top is None or top.abs().max() == 0  # and nothing above it
+
+
+def test_teams_export_is_a_plain_generator_with_the_shared_weights(tmp_path):
+    from transformers import ElectraForMaskedLM
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(TINY, generator_layers=1), VOCAB)
+    model.exported_networks()["generator"].save_pretrained(tmp_path / "generator")
+    loaded = ElectraForMaskedLM.from_pretrained(tmp_path / "generator")
+    assert loaded.config.num_hidden_layers == 1
+    shared = model.discriminator.electra.encoder.layer[0].output.dense.weight
+    assert torch.equal(loaded.electra.encoder.layer[0].output.dense.weight, shared)
