@@ -431,6 +431,9 @@ def validate(config: Config) -> None:
          f"train.grad_accum ({s.num_workers} x {t.grad_accum})"),
         (t.eval_every % t.log_every == 0,
          f"train.eval_every ({t.eval_every}) must be 0 or a multiple of train.log_every ({t.log_every})"),
+        (m.generator_layers <= m.num_layers,
+         f"config key 'model.generator_layers' must be <= model.num_layers ({m.num_layers}), "
+         f"got {m.generator_layers}"),
         # Ray refuses a fractional resource request finer than 0.0001 when the workers start.
         (s.cpus_per_worker == 0 or s.cpus_per_worker >= 1e-4,
          f"config key 'scaling.cpus_per_worker' must be 0 or >= 0.0001, got {s.cpus_per_worker!r}"),

@@ -157,3 +157,21 @@ def test_teams_export_is_a_plain_generator_with_the_shared_weights(tmp_path):
     assert loaded.config.num_hidden_layers == 1
     shared = model.discriminator.electra.encoder.layer[0].output.dense.weight
     assert torch.equal(loaded.electra.encoder.layer[0].output.dense.weight, shared)
+
+
+def test_a_generator_deeper_than_the_discriminator_is_refused():
+    from electra_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="generator_layers"):
+        load_config(None, ["model.num_layers=2", "model.generator_layers=3"])
+
+
+def test_the_corrective_head_and_teams_generator_count_in_the_flops():
+    from electra_ray.model import flops_per_token
+
+    seq, p, vocab = 128, 0.15, 8192
+    plain = flops_per_token(TINY, vocab, seq, p)
+    head = 3 * p * 2 * (TINY.hidden_size * TINY.embedding_size + TINY.embedding_size * vocab)
+    assert flops_per_token(TINY, vocab, seq, p, corrective=True) == pytest.approx(plain + head)
+    # A TEAMS generator of the discriminator's width costs more than the paper's 1/4-width one.
+    assert flops_per_token(dataclasses.replace(TINY, generator_layers=1), vocab, seq, p) > plain
