@@ -86,7 +86,7 @@ def discriminator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> Electra
 
 
 def generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
-    if getattr(model_cfg, "generator_layers", 0):  # TEAMS: the discriminator's bottom layers, its width
+    if model_cfg.generator_layers:  # TEAMS: the discriminator's bottom layers, its width
         config = discriminator_config(model_cfg, vocab_size, pad_id)
         config.num_hidden_layers = model_cfg.generator_layers
         return config
@@ -211,9 +211,9 @@ def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float =
     if objective == "mlm":
         return MaskedLMPretrainingModel(*networks)
     return ElectraPretrainingModel(*networks, rtd_weight, temperature,
-                                   disentangled_embeddings=getattr(model_cfg, "disentangled_embeddings", False),
+                                   disentangled_embeddings=model_cfg.disentangled_embeddings,
                                    corrective_weight=corrective_weight,
-                                   shared_layers=getattr(model_cfg, "generator_layers", 0))
+                                   shared_layers=model_cfg.generator_layers)
 
 
 def build_pretraining_model(cfg, vocab_size: int, pad_id: int = 0, stock: bool = False) -> nn.Module:

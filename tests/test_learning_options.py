@@ -2,27 +2,12 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
-from electra_ray.config import ModelConfig
-from electra_ray.masking import mask_tokens
 from electra_ray.model import build_model
 from electra_ray.objective import sampling_temperature
-
-VOCAB = 300
-TINY = ModelConfig(num_layers=2, hidden_size=64, embedding_size=32, num_heads=4, intermediate_size=128,
-                   generator_size=0.25, max_position_embeddings=64, dropout=0.0)
-
-
-def make_batch(seed=0, batch=4, seq_len=32):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, VOCAB, size=(batch, seq_len))
-    ids[:, 0], ids[:, -1] = 2, 3
-    masked = mask_tokens(ids, rng, mask_prob=0.15, mask_token_prob=0.85, random_token_prob=0.0, mask_id=4,
-                         pad_id=0, special_ids=[0, 1, 2, 3, 4], vocab_size=VOCAB)
-    return {k: torch.from_numpy(v) for k, v in vars(masked).items() if v is not None}
+from test_objective import TINY, VOCAB, make_batch  # the same tiny shapes and masked batch
 
 
 def model_with(disentangled=False, corrective_weight=0.0, seed=0):
