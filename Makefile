@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # build for another checkout's venv is rebuilt on the next run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
-.PHONY: install pretrain test bench compare sweep clean
+.PHONY: install pretrain test format bench compare sweep clean
 
 install: $(STAMP)
 
@@ -29,8 +29,15 @@ $(STAMP): pyproject.toml Makefile
 pretrain: install
 	$(PY) -m electra_ray.pretrain --config configs/tiny.yaml $(ARGS)
 
+# ruff: lint and format check (pyproject's [tool.ruff]); `make format` applies the format.
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest tests $(ARGS)
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: install
 	$(PY) -m electra_ray.bench $(ARGS)

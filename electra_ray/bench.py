@@ -41,12 +41,22 @@ CONFIGS = {name: os.path.join(ROOT, "configs", f"{name}.yaml") for name in ("tin
 
 
 def bench_config(name: str, tokenizer_dir: str, batch_size: int, extra: list[str] = ()) -> Config:
-    return load_config(CONFIGS[name], [f"data.tokenizer={tokenizer_dir}", f"train.batch_size={batch_size}",
-                                       "scaling.use_gpu=false", "train.zero_stage=0", "train.warmup_steps=10",
-                                       "train.checkpoint_every=1000000", *extra])
+    return load_config(
+        CONFIGS[name],
+        [
+            f"data.tokenizer={tokenizer_dir}",
+            f"train.batch_size={batch_size}",
+            "scaling.use_gpu=false",
+            "train.zero_stage=0",
+            "train.warmup_steps=10",
+            "train.checkpoint_every=1000000",
+            *extra,
+        ],
+    )
 
 
 # -- the single-process loops -------------------------------------------------------------------
+
 
 def naive_loss(model, batch: dict, rtd_weight: float) -> torch.Tensor:
     """What a user writes with transformers alone: the generator's head (and its loss) over every
@@ -82,14 +92,19 @@ def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
     rows = load_sequences(cfg.data, tokenizer_json, "train", batch_size * (steps + warmup))["input_ids"]
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, stock=naive)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                  betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps, fused=not naive)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.train.weight_decay),
+        lr=cfg.train.lr,
+        betas=tuple(cfg.train.adam_betas),
+        eps=cfg.train.adam_eps,
+        fused=not naive,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
     rng = np.random.default_rng(cfg.train.seed)
     times = []
     for step in range(steps + warmup):
         start = time.perf_counter()
-        masked = mask_batch(rows[step * batch_size:(step + 1) * batch_size], cfg.data, special, vocab_size, rng)
+        masked = mask_batch(rows[step * batch_size : (step + 1) * batch_size], cfg.data, special, vocab_size, rng)
         batch = {k: torch.from_numpy(v) for k, v in vars(masked).items() if v is not None}
         loss = naive_loss(model, batch, cfg.train.rtd_weight) if naive else model(**batch).loss
         loss.backward()
@@ -113,10 +128,15 @@ def measure_ours(cfg: Config, warmup: int) -> dict:
     # corpus on the same cores and the allocator is still growing.
     steady = [h for h in result.history if h["step"] > warmup]
     tokens_per_s = statistics.median(h["tokens_per_s"] for h in steady)
-    return {"tokens_per_s": tokens_per_s, "step_s": cfg.train.batch_size * cfg.data.seq_len / tokens_per_s,
-            "mfu": statistics.median(h["mfu"] for h in steady), "warmup_tokens_per_s": result.history[0]["tokens_per_s"],
-            "wall_s": wall_s, "model_state_mb": result.history[-1]["model_state_mb"],
-            "peak_rss_mb": result.history[-1]["peak_rss_mb"]}
+    return {
+        "tokens_per_s": tokens_per_s,
+        "step_s": cfg.train.batch_size * cfg.data.seq_len / tokens_per_s,
+        "mfu": statistics.median(h["mfu"] for h in steady),
+        "warmup_tokens_per_s": result.history[0]["tokens_per_s"],
+        "wall_s": wall_s,
+        "model_state_mb": result.history[-1]["model_state_mb"],
+        "peak_rss_mb": result.history[-1]["peak_rss_mb"],
+    }
 
 
 def measure_loop_in_ray_train(cfg: Config, steps: int, work: str, name: str) -> dict:
@@ -133,18 +153,39 @@ def measure_loop_in_ray_train(cfg: Config, steps: int, work: str, name: str) -> 
         with open(out, "w") as f:  # same machine: a file is the shortest way back
             json.dump(result, f)
 
-    TorchTrainer(train_fn, scaling_config=ray.train.ScalingConfig(num_workers=1),
-                 torch_config=TorchConfig(backend="gloo"),
-                 run_config=ray.train.RunConfig(name=name, storage_path=work)).fit()
+    TorchTrainer(
+        train_fn,
+        scaling_config=ray.train.ScalingConfig(num_workers=1),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=ray.train.RunConfig(name=name, storage_path=work),
+    ).fit()
     with open(out) as f:
         return json.load(f)
 
 
 def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
     """One plain/naive measurement in a fresh process, so runs do not share warm state."""
-    out = subprocess.run([sys.executable, "-m", "electra_ray.bench", "--measure", kind, "--config", config_name,
-                          "--tokenizer", tokenizer_dir, "--batch-size", str(batch_size), "--steps", str(steps)],
-                         capture_output=True, text=True, cwd=ROOT, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "electra_ray.bench",
+            "--measure",
+            kind,
+            "--config",
+            config_name,
+            "--tokenizer",
+            tokenizer_dir,
+            "--batch-size",
+            str(batch_size),
+            "--steps",
+            str(steps),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     if out.returncode:
         raise RuntimeError(f"bench --measure {kind} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -152,23 +193,27 @@ def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int
 
 # -- the sections -------------------------------------------------------------------------------
 
+
 def measure_data(cfg: Config, tokenizer_json: str) -> dict:
     from electra_ray.data import iter_documents, mask_batch, tokenize_and_pack, tokenizer_from_json
 
     texts = list(iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction))[:60]
     start = time.perf_counter()
-    rows = tokenize_and_pack(texts, tokenizer_json, cfg.data.seq_len, cfg.data.packing,
-                             cfg.data.short_seq_prob)["input_ids"]
+    rows = tokenize_and_pack(texts, tokenizer_json, cfg.data.seq_len, cfg.data.packing, cfg.data.short_seq_prob)[
+        "input_ids"
+    ]
     tokenize_s = time.perf_counter() - start
     tokenizer, special = tokenizer_from_json(tokenizer_json)
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for _ in range(5):
         for i in range(0, len(rows), 128):
-            mask_batch(rows[i:i + 128], cfg.data, special, tokenizer.get_vocab_size(), rng)
+            mask_batch(rows[i : i + 128], cfg.data, special, tokenizer.get_vocab_size(), rng)
     mask_s = (time.perf_counter() - start) / 5
-    return {"tokenize_pack_tokens_per_s_per_core": rows.size / tokenize_s,
-            "mask_tokens_per_s_per_core": rows.size / mask_s}
+    return {
+        "tokenize_pack_tokens_per_s_per_core": rows.size / tokenize_s,
+        "mask_tokens_per_s_per_core": rows.size / mask_s,
+    }
 
 
 def theoretical_state(zero_stage: int, workers: int) -> float:
@@ -213,9 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=15, help="steps of our path left out before timing")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
-    parser.add_argument("--floor", action="store_true",
-                        help="also time the plain loop inside a 1-worker Ray Train run after each of our "
-                             "runs (what Ray alone costs; adds ~45 s a round)")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the plain loop inside a 1-worker Ray Train run after each of our "
+        "runs (what Ray alone costs; adds ~45 s a round)",
+    )
     parser.add_argument("--measure", choices=["plain", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--config", default="small", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -241,14 +289,20 @@ def run_bench(args) -> dict:
     work = tempfile.mkdtemp(prefix="electra-bench-")
     small = load_config(CONFIGS["small"])
     tokenizer_dir = os.path.join(work, "tokenizer")
-    save_tokenizer(train_tokenizer(iter_documents(small.data.path, "text", "train", small.data.eval_fraction),
-                                   small.data.vocab_size), tokenizer_dir)
+    save_tokenizer(
+        train_tokenizer(
+            iter_documents(small.data.path, "text", "train", small.data.eval_fraction), small.data.vocab_size
+        ),
+        tokenizer_dir,
+    )
     tokenizer_json = read_tokenizer_json(tokenizer_dir)
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
     cores = os.cpu_count() or 1
     peak = peak_flops(torch.device("cpu"), cores)
-    results: dict = {"machine": {"cores": cores, "torch_threads": cores, "peak_flops_fp32": peak,
-                                 "torch": torch.__version__}, "batch_size": args.batch_size}
+    results: dict = {
+        "machine": {"cores": cores, "torch_threads": cores, "peak_flops_fp32": peak, "torch": torch.__version__},
+        "batch_size": args.batch_size,
+    }
     print(f"peak fp32 matmul: {peak / 1e9:.0f} GFLOP/s on {cores} cores", flush=True)
 
     # 1. data pipeline, per core
@@ -262,9 +316,17 @@ def run_bench(args) -> dict:
     runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": [], **({"floor": []} if args.floor else {})}
     log_every = math.gcd(args.warmup, args.steps)
     for round_index in range(args.rounds):
-        cfg = bench_config("small", tokenizer_dir, args.batch_size,
-                           [f"train.max_steps={args.warmup + args.steps}", f"train.log_every={log_every}",
-                            f"output.dir={work}", f"output.name=ours-{round_index}"])
+        cfg = bench_config(
+            "small",
+            tokenizer_dir,
+            args.batch_size,
+            [
+                f"train.max_steps={args.warmup + args.steps}",
+                f"train.log_every={log_every}",
+                f"output.dir={work}",
+                f"output.name=ours-{round_index}",
+            ],
+        )
         start_local_ray(cores + 2)
         runs["ours"].append(measure_ours(cfg, args.warmup))
         if args.floor:
@@ -275,30 +337,41 @@ def run_bench(args) -> dict:
         # The peak as the highest of several readings: one taken while the shared machine is busy
         # would inflate every MFU.
         peak = max(peak, cpu_matmul_flops.__wrapped__(cores))
-        print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]['tokens_per_s']:,.0f} tok/s"
-                                                       for k, v in runs.items()), flush=True)
+        print(
+            f"round {round_index + 1}: "
+            + ", ".join(f"{k} {v[-1]['tokens_per_s']:,.0f} tok/s" for k, v in runs.items()),
+            flush=True,
+        )
     results["machine"]["peak_flops_fp32"] = peak
     ratio_plain = [o["tokens_per_s"] / p["tokens_per_s"] for o, p in zip(runs["ours"], runs["plain"])]
     ratio_naive = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
     median = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
-    results["step"] = {"runs": runs, "median_tokens_per_s": median,
-                       "ours_over_plain": statistics.median(ratio_plain),
-                       "ours_over_naive": statistics.median(ratio_naive)}
+    results["step"] = {
+        "runs": runs,
+        "median_tokens_per_s": median,
+        "ours_over_plain": statistics.median(ratio_plain),
+        "ours_over_naive": statistics.median(ratio_naive),
+    }
     if args.floor:
         results["step"]["floor_over_plain"] = statistics.median(
-            f["tokens_per_s"] / p["tokens_per_s"] for f, p in zip(runs["floor"], runs["plain"]))
+            f["tokens_per_s"] / p["tokens_per_s"] for f, p in zip(runs["floor"], runs["plain"])
+        )
         results["step"]["ours_over_floor"] = statistics.median(
-            o["tokens_per_s"] / f["tokens_per_s"] for o, f in zip(runs["ours"], runs["floor"]))
+            o["tokens_per_s"] / f["tokens_per_s"] for o, f in zip(runs["ours"], runs["floor"])
+        )
     results["data"]["small_trainer_tokens_per_s"] = median["ours"]
     for name in ("tiny", "small"):
         consumed = results["data"][f"{name}_trainer_tokens_per_s"]
-        results["data"][f"{name}_data_over_trainer"] = \
-            results["data"]["tokenize_pack_tokens_per_s_per_core"] / consumed
+        results["data"][f"{name}_data_over_trainer"] = results["data"]["tokenize_pack_tokens_per_s_per_core"] / consumed
 
     # 3. MFU (analytic FLOPs, generator included)
     flops = flops_per_token(small.model, vocab_size, small.data.seq_len, small.data.mask_prob)
-    results["mfu"] = {"flops_per_token": flops, "ours": flops * median["ours"] / peak,
-                      "plain": flops * median["plain"] / peak, "naive_useful": flops * median["naive"] / peak}
+    results["mfu"] = {
+        "flops_per_token": flops,
+        "ours": flops * median["ours"] / peak,
+        "plain": flops * median["plain"] / peak,
+        "naive_useful": flops * median["naive"] / peak,
+    }
 
     # 4. memory: model state per worker, ZeRO 0-3, 2 workers, small config. Measured at step 2:
     # AdamW creates its moments at the first step.
@@ -307,13 +380,26 @@ def run_bench(args) -> dict:
     model = build_model(small.model, vocab_size)
     n_params = sum(p.numel() for p in model.parameters())
     for stage in (0, 1, 2, 3):
-        cfg = bench_config("small", tokenizer_dir, args.batch_size,
-                           ["train.max_steps=2", "train.log_every=2", f"train.zero_stage={stage}",
-                            "scaling.num_workers=2", f"output.dir={work}", f"output.name=zero{stage}"])
+        cfg = bench_config(
+            "small",
+            tokenizer_dir,
+            args.batch_size,
+            [
+                "train.max_steps=2",
+                "train.log_every=2",
+                f"train.zero_stage={stage}",
+                "scaling.num_workers=2",
+                f"output.dir={work}",
+                f"output.name=zero{stage}",
+            ],
+        )
         history = pretrain(cfg, export_and_evaluate=False).history
-        memory[stage] = {"model_state_mb": history[-1]["model_state_mb"], "peak_rss_mb": history[-1]["peak_rss_mb"],
-                         "zero_paper_mb": theoretical_state(stage, 2) * n_params / 2**20,
-                         "deepspeed_mb": deepspeed_state_bytes(model, stage, 2) / 2**20}
+        memory[stage] = {
+            "model_state_mb": history[-1]["model_state_mb"],
+            "peak_rss_mb": history[-1]["peak_rss_mb"],
+            "zero_paper_mb": theoretical_state(stage, 2) * n_params / 2**20,
+            "deepspeed_mb": deepspeed_state_bytes(model, stage, 2) / 2**20,
+        }
     for stage in memory:
         memory[stage]["measured_vs_zero0"] = memory[stage]["model_state_mb"] / memory[0]["model_state_mb"]
         memory[stage]["zero_paper_vs_zero0"] = theoretical_state(stage, 2) / theoretical_state(0, 2)
@@ -336,7 +422,8 @@ def format_table(r: dict) -> str:
     d, s, m = r["data"], r["step"], r["mfu"]
     med = s["median_tokens_per_s"]
     lines = [
-        "| measure | value |", "|---|---|",
+        "| measure | value |",
+        "|---|---|",
         f"| tokenize+pack, 1 core | {d['tokenize_pack_tokens_per_s_per_core']:,.0f} tokens/s |",
         f"| masking, 1 core | {d['mask_tokens_per_s_per_core']:,.0f} tokens/s |",
         f"| data / trainer, tiny | {d['tiny_data_over_trainer']:.1f}x |",
@@ -345,15 +432,24 @@ def format_table(r: dict) -> str:
         f"{med['plain']:,.0f} / {med['naive']:,.0f} tokens/s |",
         f"| ours / plain (median of alternated pairs) | {s['ours_over_plain']:.3f}x |",
         f"| ours / naive transformers loop | {s['ours_over_naive']:.2f}x |",
-        *([f"| plain loop inside a 1-worker Ray Train run / plain (Ray's own cost) | {s['floor_over_plain']:.3f}x |",
-           f"| ours / that loop (our code's cost on top of Ray) | {s['ours_over_floor']:.3f}x |"]
-          if "floor_over_plain" in s else []),
-        f"| MFU ours / plain (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s) | {m['ours']:.1%} / {m['plain']:.1%} |",
+        *(
+            [
+                "| plain loop inside a 1-worker Ray Train run / plain (Ray's own cost) | "
+                f"{s['floor_over_plain']:.3f}x |",
+                f"| ours / that loop (our code's cost on top of Ray) | {s['ours_over_floor']:.3f}x |",
+            ]
+            if "floor_over_plain" in s
+            else []
+        ),
+        f"| MFU ours / plain (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s) | "
+        f"{m['ours']:.1%} / {m['plain']:.1%} |",
     ]
     for stage, v in r["memory"]["stages"].items():
-        lines.append(f"| ZeRO-{stage}, 2 workers, small: model state per worker | {v['model_state_mb']:.1f} MB "
-                     f"= {v['measured_vs_zero0']:.3f} of ZeRO-0 (DeepSpeed's layout {v['deepspeed_vs_zero0']:.3f}, "
-                     f"ZeRO paper {v['zero_paper_vs_zero0']:.3f}); peak RSS {v['peak_rss_mb']:.0f} MB |")
+        lines.append(
+            f"| ZeRO-{stage}, 2 workers, small: model state per worker | {v['model_state_mb']:.1f} MB "
+            f"= {v['measured_vs_zero0']:.3f} of ZeRO-0 (DeepSpeed's layout {v['deepspeed_vs_zero0']:.3f}, "
+            f"ZeRO paper {v['zero_paper_vs_zero0']:.3f}); peak RSS {v['peak_rss_mb']:.0f} MB |"
+        )
     lines.append(f"| bench wall time | {r['wall_s']:.0f} s |")
     return "\n".join(lines)
 

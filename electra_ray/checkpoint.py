@@ -38,14 +38,16 @@ import torch
 
 from electra_ray.errors import TrainingError, UserError
 
-CHECKPOINT_TAG = "model"          # DeepSpeed's tag directory inside a checkpoint
-RUN_STATE = "electra_ray.json"    # config, step, data position, vocabulary: what export and resume read
+CHECKPOINT_TAG = "model"  # DeepSpeed's tag directory inside a checkpoint
+RUN_STATE = "electra_ray.json"  # config, step, data position, vocabulary: what export and resume read
 TOKENIZER_DIR = "tokenizer"
 # What DeepSpeed pickles into its ZeRO 1-3 optimizer states beyond tensors and plain containers
 # (found by torch.serialization.get_unsafe_globals_in_checkpoint on checkpoints of every stage).
-DEEPSPEED_CLASSES = ("deepspeed.utils.tensor_fragment.fragment_address",
-                     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-                     "deepspeed.runtime.zero.config.ZeroStageEnum")
+DEEPSPEED_CLASSES = (
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+)
 
 
 class UnsafeCheckpointError(UserError):
@@ -98,7 +100,8 @@ def verify_pickles(directory: str) -> None:
             reason = found.group(1) if found else "unsafe pickle"
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it needs objects a checkpoint never holds ({reason}); "
-                f"was it tampered with? Checkpoint storage must be writable only by people you trust") from None
+                f"was it tampered with? Checkpoint storage must be writable only by people you trust"
+            ) from None
         # Anything else (a truncated file, not a torch file) is unreadable, and nothing in it ran:
         # the caller treats it as such (resume falls back to the previous checkpoint).
 
@@ -126,9 +129,16 @@ def newest_first(latest) -> list:
 
     parent = posixpath.dirname(latest.path.rstrip("/"))
     siblings = latest.filesystem.get_file_info(pafs.FileSelector(parent))
-    older = sorted((info.path for info in siblings if info.type == pafs.FileType.Directory
-                    and posixpath.basename(info.path).startswith("checkpoint_") and info.path < latest.path),
-                   reverse=True)
+    older = sorted(
+        (
+            info.path
+            for info in siblings
+            if info.type == pafs.FileType.Directory
+            and posixpath.basename(info.path).startswith("checkpoint_")
+            and info.path < latest.path
+        ),
+        reverse=True,
+    )
     return [latest] + [ray.train.Checkpoint(path, filesystem=latest.filesystem) for path in older]
 
 
@@ -164,6 +174,9 @@ def restore(engine, latest, rank: int, world: int, device: torch.device) -> dict
             return state
         tried.append(candidate.path)
         if error is not None:
-            print(f"warning: checkpoint {candidate.path} cannot be read on rank {rank} "
-                  f"({type(error).__name__}: {str(error)[:200]}); skipping it", flush=True)
+            print(
+                f"warning: checkpoint {candidate.path} cannot be read on rank {rank} "
+                f"({type(error).__name__}: {str(error)[:200]}); skipping it",
+                flush=True,
+            )
     raise TrainingError(f"no readable checkpoint to resume from; tried {', '.join(tried)}")

@@ -1,7 +1,7 @@
 """Shared plumbing of the `python -m electra_ray.<verb>` commands."""
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from electra_ray.errors import UserError
 

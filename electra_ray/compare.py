@@ -34,7 +34,7 @@ from electra_ray.finetune import FinetuneConfig, finetune_metrics
 from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
 
 OBJECTIVES = {"electra": "ELECTRA", "mlm": "MLM (BERT)"}
-EVAL_SEQUENCES = 256   # held-out sequences evaluate_export measures each checkpoint on
+EVAL_SEQUENCES = 256  # held-out sequences evaluate_export measures each checkpoint on
 SPREAD_SENTENCES = 256  # dev sentences whose [CLS] vectors give cls_spread
 # The discriminator sanity check passes on either: its training RTD loss this far below the constant
 # predictor's at some logged step, or this held-out ROC-AUC on random replacements (the easy test).
@@ -49,14 +49,22 @@ class CompareConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     task: str = _f("rotten_tomatoes", "labeled data: a source of the movie-reviews package", MOVIE_REVIEWS_SOURCES)
     dev_fraction: float = _f(0.1, "fraction of the labeled data held out as dev (by text hash)")
-    points: int = _f(3, "checkpoints of each pre-training run that are fine-tuned, evenly spaced; the last is "
-                        "the full budget")
-    budgets: list = _f([1], "multiples of pretrain.train.max_steps: per budget both objectives pre-train from "
-                            "scratch, ELECTRA round(budget x max_steps) steps and the MLM baseline the same FLOPs, "
-                            "warm-up scaled alike (a learning curve); the verdict reads the largest",
-                       bounds="> 0", items=float)
-    from_scratch: bool = _f(True, "also fine-tune the encoder with no pre-training (0 FLOPs): the random-init "
-                                  "control the verdict measures both objectives against")
+    points: int = _f(
+        3, "checkpoints of each pre-training run that are fine-tuned, evenly spaced; the last is the full budget"
+    )
+    budgets: list = _f(
+        [1],
+        "multiples of pretrain.train.max_steps: per budget both objectives pre-train from "
+        "scratch, ELECTRA round(budget x max_steps) steps and the MLM baseline the same FLOPs, "
+        "warm-up scaled alike (a learning curve); the verdict reads the largest",
+        bounds="> 0",
+        items=float,
+    )
+    from_scratch: bool = _f(
+        True,
+        "also fine-tune the encoder with no pre-training (0 FLOPs): the random-init "
+        "control the verdict measures both objectives against",
+    )
     out: str = _f("", "output directory; empty: runs/compare-<date>-<time>")
 
 
@@ -73,16 +81,26 @@ def load_compare_config(path: str | None, overrides: list[str]) -> tuple[Compare
         raise ConfigError("config key 'budgets' must list at least one number > 0, got []")
     steps = [electra_steps(cfg.pretrain.train.max_steps, cfg.points, b) for b in cfg.budgets]
     if len(set(steps)) < len(steps):  # two runs of the same length: the same point twice
-        raise ConfigError(f"config key 'budgets' {cfg.budgets} gives ELECTRA {steps} steps (rounded to a multiple "
-                          f"of points={cfg.points}): each budget must give its own number of steps")
+        raise ConfigError(
+            f"config key 'budgets' {cfg.budgets} gives ELECTRA {steps} steps (rounded to a multiple "
+            f"of points={cfg.points}): each budget must give its own number of steps"
+        )
     if cfg.pretrain.data.eval_fraction == 0:  # checked here: evaluate_export would fail after pre-training
-        raise ConfigError("config key 'pretrain.data.eval_fraction' must be > 0: compare measures each checkpoint "
-                          "on held-out text")
+        raise ConfigError(
+            "config key 'pretrain.data.eval_fraction' must be > 0: compare measures each checkpoint on held-out text"
+        )
     return cfg, given
 
 
-def arm_config(cfg: CompareConfig, given: set[str], objective: str, max_steps: int, out: str,
-               warmup_steps: int | None = None, name: str = "") -> Config:
+def arm_config(
+    cfg: CompareConfig,
+    given: set[str],
+    objective: str,
+    max_steps: int,
+    out: str,
+    warmup_steps: int | None = None,
+    name: str = "",
+) -> Config:
     """The pre-training config of one objective: the shared settings, its own steps (and warm-up,
     when given), and the masking its objective implies unless the config sets it. The run is
     OUT/NAME (default: the objective)."""
@@ -111,12 +129,16 @@ def equal_compute_steps(cfg: Config, vocab_size: int, points: int, budget: float
 
     tokens = cfg.train.batch_size * cfg.data.seq_len
     corrective = cfg.train.corrective_weight > 0  # ELECTRA's discriminator with its corrective LM head
-    step_flops = {o: flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob, o,
-                                     corrective=corrective and o == "electra") * tokens for o in OBJECTIVES}
+    step_flops = {
+        o: flops_per_token(
+            cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob, o, corrective=corrective and o == "electra"
+        )
+        * tokens
+        for o in OBJECTIVES
+    }
     flops = electra_steps(cfg.train.max_steps, points, budget) * step_flops["electra"]
     steps = {o: max(points, round(flops / step_flops[o] / points) * points) for o in OBJECTIVES}
-    return {o: {"steps": steps[o], "step_flops": step_flops[o], "flops": steps[o] * step_flops[o]}
-            for o in OBJECTIVES}
+    return {o: {"steps": steps[o], "step_flops": step_flops[o], "flops": steps[o] * step_flops[o]} for o in OBJECTIVES}
 
 
 def run_name(objective: str, budget: float) -> str:
@@ -132,8 +154,13 @@ def export_checkpoints(run_dir: str, step_flops: float) -> list[dict]:
     points = []
     for checkpoint in filter(os.path.isdir, glob.glob(os.path.join(run_dir, "checkpoint_*"))):
         step = read_run_state(checkpoint)["step"]
-        points.append({"step": step, "flops": step * step_flops,
-                       "export": export(checkpoint, os.path.join(run_dir, f"export-step{step}"))})
+        points.append(
+            {
+                "step": step,
+                "flops": step * step_flops,
+                "export": export(checkpoint, os.path.join(run_dir, f"export-step{step}")),
+            }
+        )
     return sorted(points, key=lambda p: p["step"])
 
 
@@ -154,6 +181,7 @@ def untrained_export(cfg: Config, tokenizer_json: str, out: str) -> str:
 
 
 # -- measurements of a pre-trained encoder, before fine-tuning -----------------------------------
+
 
 def cls_spread(vectors: np.ndarray) -> float:
     """1 - the mean cosine similarity of the rows of `vectors` over all pairs of distinct rows: 0 when
@@ -191,8 +219,13 @@ def cls_vectors(export_dir: str, texts: list[str], max_len: int, batch_size: int
     vectors = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            inputs = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_len, padding=True,
-                               return_tensors="pt")
+            inputs = tokenizer(
+                texts[start : start + batch_size],
+                truncation=True,
+                max_length=max_len,
+                padding=True,
+                return_tensors="pt",
+            )
             vectors.append(model(**inputs).last_hidden_state[:, 0].float().numpy())
     return np.concatenate(vectors)
 
@@ -223,9 +256,14 @@ def discriminator_check(run_dir: str, evaluations: list[dict]) -> dict:
     drop, step = rtd_drop(read_history(run_dir))
     aucs = [e.get("auc_random_replacements", math.nan) for e in evaluations]
     best_auc = max((a for a in aucs if math.isfinite(a)), default=math.nan)
-    return {"rtd_drop_nats": drop, "rtd_drop_step": step, "best_auc_random_replacements": best_auc,
-            "passed": bool((math.isfinite(drop) and drop >= RTD_DROP_PASS) or
-                           (math.isfinite(best_auc) and best_auc >= RANDOM_AUC_PASS))}
+    return {
+        "rtd_drop_nats": drop,
+        "rtd_drop_step": step,
+        "best_auc_random_replacements": best_auc,
+        "passed": bool(
+            (math.isfinite(drop) and drop >= RTD_DROP_PASS) or (math.isfinite(best_auc) and best_auc >= RANDOM_AUC_PASS)
+        ),
+    }
 
 
 def dev_texts(dev_file: str, count: int) -> list[str]:
@@ -235,6 +273,7 @@ def dev_texts(dev_file: str, count: int) -> list[str]:
 
 
 # -- the experiment ------------------------------------------------------------------------------
+
 
 def compare(cfg: CompareConfig, given: set[str]) -> dict:
     import ray
@@ -257,17 +296,30 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     if not base.data.tokenizer:
         base.data.tokenizer = os.path.join(out, "tokenizer")
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
-    plans = [{"budget": b, **equal_compute_steps(base, vocab_size, cfg.points, b)}
-             for b in sorted(map(float, cfg.budgets))]
+    plans = [
+        {"budget": b, **equal_compute_steps(base, vocab_size, cfg.points, b)} for b in sorted(map(float, cfg.budgets))
+    ]
     for plan in plans:
-        print(f"equal compute, budget x{plan['budget']:g}: " + "; ".join(
-            f"{OBJECTIVES[o]} {plan[o]['steps']} steps x {plan[o]['step_flops']:.3g} FLOPs = {plan[o]['flops']:.3g}"
-            for o in OBJECTIVES), flush=True)
+        print(
+            f"equal compute, budget x{plan['budget']:g}: "
+            + "; ".join(
+                f"{OBJECTIVES[o]} {plan[o]['steps']} steps x {plan[o]['step_flops']:.3g} FLOPs = {plan[o]['flops']:.3g}"
+                for o in OBJECTIVES
+            ),
+            flush=True,
+        )
 
     points = []
     if cfg.from_scratch:
-        points.append({"objective": "none", "budget": 0.0, "step": 0, "flops": 0.0,
-                       "export": untrained_export(base, tokenizer_json, os.path.join(out, "untrained"))})
+        points.append(
+            {
+                "objective": "none",
+                "budget": 0.0,
+                "step": 0,
+                "flops": 0.0,
+                "export": untrained_export(base, tokenizer_json, os.path.join(out, "untrained")),
+            }
+        )
     runs = []
     timings = {f"pretrain_{o}_s": 0.0 for o in OBJECTIVES}
     for plan in plans:
@@ -275,23 +327,49 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
             start = time.perf_counter()
             steps = plan[objective]["steps"]
             # The schedule scales with the budget: warm-up the same share of the run at every budget.
-            arm = arm_config(cfg, given, objective, steps, out, round(plan["budget"] * cfg.pretrain.train.warmup_steps),
-                             run_name(objective, plan["budget"]))
+            arm = arm_config(
+                cfg,
+                given,
+                objective,
+                steps,
+                out,
+                round(plan["budget"] * cfg.pretrain.train.warmup_steps),
+                run_name(objective, plan["budget"]),
+            )
             arm.data.tokenizer = base.data.tokenizer
             result = pretrain(arm, export_and_evaluate=False)
-            points += [{"objective": objective, "budget": plan["budget"], **p}
-                       for p in export_checkpoints(result.run_dir, plan[objective]["step_flops"])]
-            runs.append({"objective": objective, "budget": plan["budget"], "steps": steps,
-                         "warmup_steps": arm.train.warmup_steps, "run_dir": result.run_dir})
+            points += [
+                {"objective": objective, "budget": plan["budget"], **p}
+                for p in export_checkpoints(result.run_dir, plan[objective]["step_flops"])
+            ]
+            runs.append(
+                {
+                    "objective": objective,
+                    "budget": plan["budget"],
+                    "steps": steps,
+                    "warmup_steps": arm.train.warmup_steps,
+                    "run_dir": result.run_dir,
+                }
+            )
             timings[f"pretrain_{objective}_s"] += time.perf_counter() - start
 
     start = time.perf_counter()
     # One Ray task per checkpoint, one CPU each: single-threaded fine-tunes side by side use the
     # cores better than one multi-threaded fine-tune of such a small model.
     task = ray.remote(num_cpus=1)(finetune_metrics)
-    refs = [task.remote(dataclasses.replace(
-        cfg.finetune, model=point["export"], train=train_file, eval=dev_file, num_workers=0,
-        out=os.path.join(out, "finetune", point_name(point)))) for point in points]
+    refs = [
+        task.remote(
+            dataclasses.replace(
+                cfg.finetune,
+                model=point["export"],
+                train=train_file,
+                eval=dev_file,
+                num_workers=0,
+                out=os.path.join(out, "finetune", point_name(point)),
+            )
+        )
+        for point in points
+    ]
     # Meanwhile, here: the pre-trained encoders as fine-tuning finds them (the exports do not change).
     measured = time.perf_counter()
     texts = dev_texts(dev_file, SPREAD_SENTENCES)
@@ -308,8 +386,14 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     timings["finetune_s"] = time.perf_counter() - start  # the evaluation above included: it ran alongside
     timings["total_s"] = time.perf_counter() - started
 
-    results = {"config": dataclasses.asdict(cfg), "budget": {o: plans[-1][o] for o in OBJECTIVES},
-               "budgets": plans, "runs": runs, "points": points, "timings": timings}
+    results = {
+        "config": dataclasses.asdict(cfg),
+        "budget": {o: plans[-1][o] for o in OBJECTIVES},
+        "budgets": plans,
+        "runs": runs,
+        "points": points,
+        "timings": timings,
+    }
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     plot_curve(results, os.path.join(out, "curve.png"))
@@ -331,6 +415,7 @@ def _of_run(point: dict, run: dict) -> bool:
 
 # -- the report ----------------------------------------------------------------------------------
 
+
 def _score(point: dict) -> dict:
     metrics = point["finetune"]
     return metrics["summary"][metrics["metric"]]
@@ -339,8 +424,10 @@ def _score(point: dict) -> dict:
 def _final_points(points: list[dict]) -> dict[str, dict]:
     """Each objective's last checkpoint of its largest budget: the full-budget point."""
     top = max(p["budget"] for p in points if p["objective"] in OBJECTIVES)
-    return {o: max((p for p in points if p["objective"] == o and p["budget"] == top), key=lambda p: p["step"])
-            for o in OBJECTIVES}
+    return {
+        o: max((p for p in points if p["objective"] == o and p["budget"] == top), key=lambda p: p["step"])
+        for o in OBJECTIVES
+    }
 
 
 def _beats(score: dict, control: dict) -> tuple[float, float, bool]:
@@ -359,29 +446,39 @@ def verdict(results: dict) -> str:
     metric = final["electra"]["finetune"]["metric"]
     gap = electra["median"] - mlm["median"]
     spread = max(electra["std"], mlm["std"])
-    outcome = "a tie" if gap == 0 else \
-        f"{'ELECTRA' if gap > 0 else 'the MLM baseline'} won by {abs(gap) * 100:.1f} points, " \
+    outcome = (
+        "a tie"
+        if gap == 0
+        else f"{'ELECTRA' if gap > 0 else 'the MLM baseline'} won by {abs(gap) * 100:.1f} points, "
         f"{'more than' if abs(gap) > spread else 'within'} the seeds' standard deviation ({spread * 100:.1f} points)"
-    lines = [f"At the full budget ({final['electra']['flops']:.3g} FLOPs), median dev {metric}: "
-             f"ELECTRA {electra['median']:.4f}, MLM {mlm['median']:.4f}: {outcome}."]
+    )
+    lines = [
+        f"At the full budget ({final['electra']['flops']:.3g} FLOPs), median dev {metric}: "
+        f"ELECTRA {electra['median']:.4f}, MLM {mlm['median']:.4f}: {outcome}."
+    ]
     failures = [] if gap >= 0 else ["ELECTRA's median is below the MLM baseline's"]
     control = next((p for p in points if p["objective"] == "none"), None)
     if control is None:
-        return "\n".join(lines + ["No random-init control (from_scratch=false): whether pre-training helped at all "
-                                  "is not measured."])
+        return "\n".join(
+            lines + ["No random-init control (from_scratch=false): whether pre-training helped at all is not measured."]
+        )
     none = _score(control)
     against = []
     for objective, score in (("electra", electra), ("mlm", mlm)):
         name = "ELECTRA" if objective == "electra" else "MLM"
         delta, deviation, beats = _beats(score, none)
-        against.append(f"{name} {delta * 100:+.1f} points, {'more than' if beats else 'not more than'} the seeds' "
-                       f"standard deviation ({deviation * 100:.1f} points)")
+        against.append(
+            f"{name} {delta * 100:+.1f} points, {'more than' if beats else 'not more than'} the seeds' "
+            f"standard deviation ({deviation * 100:.1f} points)"
+        )
         if not beats:
             failures.append(f"{name} does not beat random init by more than the seeds' standard deviation")
     lines.append(f"Against random init (median {none['median']:.4f} ± {none['std']:.4f}): " + "; ".join(against) + ".")
     if failures:
-        lines.append("Verdict: the expected order (ELECTRA >= MLM, both above random init by more than the seeds' "
-                     "standard deviation) does not hold: " + "; ".join(failures) + ".")
+        lines.append(
+            "Verdict: the expected order (ELECTRA >= MLM, both above random init by more than the seeds' "
+            "standard deviation) does not hold: " + "; ".join(failures) + "."
+        )
     else:
         lines.append("Verdict: ELECTRA >= MLM, and both beat random init by more than the seeds' standard deviation.")
     return "\n".join(lines)
@@ -394,14 +491,16 @@ def _run_label(objective: str, budget: float) -> str:
 def _sanity_lines(results: dict) -> list[str]:
     points = results["points"]
     checked = [r for r in results.get("runs", []) if "check" in r]
-    electra = sorted((p for p in points if p["objective"] == "electra" and "evaluation" in p),
-                     key=lambda p: (p["budget"], p["step"]))
+    electra = sorted(
+        (p for p in points if p["objective"] == "electra" and "evaluation" in p), key=lambda p: (p["budget"], p["step"])
+    )
     lines = ["## Discriminator sanity check (ELECTRA)", ""] if checked or electra else []
     if checked:
         lines += [
             f"Can the discriminator learn at all? Passes when its training RTD loss fell at least {RTD_DROP_PASS} "
             f"nats below the constant predictor's (the binary entropy of the replaced fraction) at some logged "
-            f"step, or a checkpoint's held-out ROC-AUC on random replacements reached {RANDOM_AUC_PASS}.", "",
+            f"step, or a checkpoint's held-out ROC-AUC on random replacements reached {RANDOM_AUC_PASS}.",
+            "",
             "| run | steps | largest drop below the constant predictor (nats) | best AUC, random replacements "
             "| check |",
             "|---|---:|---:|---:|---|",
@@ -409,28 +508,46 @@ def _sanity_lines(results: dict) -> list[str]:
         for run in checked:
             c = run["check"]
             at = f" (step {c['rtd_drop_step']})" if c["rtd_drop_step"] is not None else ""
-            lines.append(f"| {_run_label(run['objective'], run['budget'])} | {run['steps']} | "
-                         f"{c['rtd_drop_nats']:.4f}{at} | {c['best_auc_random_replacements']:.3f} | "
-                         f"{'pass' if c['passed'] else 'FAIL'} |")
+            lines.append(
+                f"| {_run_label(run['objective'], run['budget'])} | {run['steps']} | "
+                f"{c['rtd_drop_nats']:.4f}{at} | {c['best_auc_random_replacements']:.3f} | "
+                f"{'pass' if c['passed'] else 'FAIL'} |"
+            )
     if electra:
         e0 = electra[0]["evaluation"]
-        lines += ["", f"Held-out ({e0['sequences']} sequences), each exported ELECTRA checkpoint; the RTD gap is the "
-                      f"constant predictor's loss minus the discriminator's on generator replacements:", "",
-                  "| run | step | FLOPs | AUC fixed corruption | AUC generator replacements | AUC random replacements "
-                  "| RTD gap (nats) |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Held-out ({e0['sequences']} sequences), each exported ELECTRA checkpoint; the RTD gap is the "
+            f"constant predictor's loss minus the discriminator's on generator replacements:",
+            "",
+            "| run | step | FLOPs | AUC fixed corruption | AUC generator replacements | AUC random replacements "
+            "| RTD gap (nats) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for p in electra:
             e = p["evaluation"]
-            lines.append(f"| {_run_label('electra', p['budget'])} | {p['step']} | {p['flops']:.3g} | "
-                         f"{e['auc_fixed_corruption']:.3f} | {e['auc_generator_replacements']:.3f} | "
-                         f"{e['auc_random_replacements']:.3f} | "
-                         f"{e['rtd_loss_constant'] - e['rtd_loss_generator']:+.4f} |")
-    mlm = sorted((p for p in points if p["objective"] == "mlm" and "evaluation" in p),
-                 key=lambda p: (p["budget"], p["step"]))
+            lines.append(
+                f"| {_run_label('electra', p['budget'])} | {p['step']} | {p['flops']:.3g} | "
+                f"{e['auc_fixed_corruption']:.3f} | {e['auc_generator_replacements']:.3f} | "
+                f"{e['auc_random_replacements']:.3f} | "
+                f"{e['rtd_loss_constant'] - e['rtd_loss_generator']:+.4f} |"
+            )
+    mlm = sorted(
+        (p for p in points if p["objective"] == "mlm" and "evaluation" in p), key=lambda p: (p["budget"], p["step"])
+    )
     if mlm:
-        lines += ["", "## MLM baseline on held-out text", "",
-                  "| run | step | FLOPs | MLM loss (nats) | unigram entropy (nats) |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {_run_label('mlm', p['budget'])} | {p['step']} | {p['flops']:.3g} | "
-                  f"{p['evaluation']['mlm_loss']:.3f} | {p['evaluation']['unigram_entropy']:.3f} |" for p in mlm]
+        lines += [
+            "",
+            "## MLM baseline on held-out text",
+            "",
+            "| run | step | FLOPs | MLM loss (nats) | unigram entropy (nats) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {_run_label('mlm', p['budget'])} | {p['step']} | {p['flops']:.3g} | "
+            f"{p['evaluation']['mlm_loss']:.3f} | {p['evaluation']['unigram_entropy']:.3f} |"
+            for p in mlm
+        ]
     return lines + [""] if lines else []
 
 
@@ -443,24 +560,31 @@ def format_report(results: dict) -> str:
     m = pre["model"]
     budgets = sorted({p["budget"] for p in points if p["objective"] in OBJECTIVES})
     lines = [
-        "# ELECTRA against masked-LM pre-training at equal compute", "",
+        "# ELECTRA against masked-LM pre-training at equal compute",
+        "",
         f"- Labeled task: movie-reviews `{cfg['task']}`, {first['train_examples']} training / "
         f"{first['eval_examples']} dev examples (dev: {cfg['dev_fraction']:.0%} by text hash).",
         f"- Pre-training: {m['num_layers']} layers, hidden {m['hidden_size']}, FFN {m['intermediate_size']}, "
         f"embeddings {m['embedding_size']} (ELECTRA's generator at {m['generator_size']} of the width); "
         f"batch {pre['train']['batch_size']} x {pre['data']['seq_len']} tokens, lr {pre['train']['lr']}; corpus "
-        f"`{os.path.basename(pre['data']['path'].rstrip('/'))}`. Training FLOPs per step: " +
-        ", ".join(f"{OBJECTIVES[o]} {b['step_flops']:.3g}" for o, b in results["budget"].items()) + ".",
-        "- Budgets (multiples of pretrain.train.max_steps, each pair of runs from scratch, warm-up scaled alike): " +
-        ", ".join(f"x{b:g}" for b in budgets) + ".",
+        f"`{os.path.basename(pre['data']['path'].rstrip('/'))}`. Training FLOPs per step: "
+        + ", ".join(f"{OBJECTIVES[o]} {b['step_flops']:.3g}" for o, b in results["budget"].items())
+        + ".",
+        "- Budgets (multiples of pretrain.train.max_steps, each pair of runs from scratch, warm-up scaled alike): "
+        + ", ".join(f"x{b:g}" for b in budgets)
+        + ".",
         f"- Fine-tuning: lr {ft['lr']}, layer-wise decay {ft['layer_decay']}, warm-up {ft['warmup']:.0%}, "
         f"epochs {ft['epochs']}, batch {ft['batch_size']}, dropout {ft['dropout']}, seeds {ft['seeds']}.",
         f"- Majority class on dev: {metric} {majority[metric]:.4f}." if majority and metric in majority else "",
-        "- Random-init control (from_scratch): " +
-        ("the encoder as initialised, fine-tuned like the checkpoints (0 FLOPs)."
-         if any(p["objective"] == "none" for p in points) else "off: nothing shows whether pre-training helped."),
-        "- Wall time: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v / 60:.1f} min"
-                                     for k, v in results["timings"].items()) + ".",
+        "- Random-init control (from_scratch): "
+        + (
+            "the encoder as initialised, fine-tuned like the checkpoints (0 FLOPs)."
+            if any(p["objective"] == "none" for p in points)
+            else "off: nothing shows whether pre-training helped."
+        ),
+        "- Wall time: "
+        + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v / 60:.1f} min" for k, v in results["timings"].items())
+        + ".",
         "",
         f"| objective | pre-training steps | pre-training FLOPs | dev {metric} mean ± std | median | seeds | budget "
         f"| [CLS] spread |",
@@ -470,18 +594,31 @@ def format_report(results: dict) -> str:
         s = _score(p)
         spread = f"{p['cls_spread']:.3g}" if "cls_spread" in p else "—"  # a random init's is ~1e-4
         budget = "—" if p["objective"] == "none" else f"x{p['budget']:g}"
-        lines.append(f"| {OBJECTIVES.get(p['objective'], 'none (random init)')} | {p['step']} | {p['flops']:.3g} | "
-                     f"{s['mean']:.4f} ± {s['std']:.4f} | {s['median']:.4f} | {len(s['values'])} | "
-                     f"{budget} | {spread} |")
-    lines += ["", "Earlier points are checkpoints of the same runs (their learning rate not yet decayed), not "
-                  "runs with smaller budgets; each budget is a run of its own, from scratch (in the figures, "
-                  "dotted lines join a run's checkpoints when there are several budgets).", "",
-              f"[CLS] spread: 1 - the mean pairwise cosine similarity of the final-layer [CLS] vectors of "
-              f"{SPREAD_SENTENCES} dev sentences under the pre-trained encoder, before fine-tuning (0: every sentence "
-              f"gets the same vector).", "", verdict(results), ""]
+        lines.append(
+            f"| {OBJECTIVES.get(p['objective'], 'none (random init)')} | {p['step']} | {p['flops']:.3g} | "
+            f"{s['mean']:.4f} ± {s['std']:.4f} | {s['median']:.4f} | {len(s['values'])} | "
+            f"{budget} | {spread} |"
+        )
+    lines += [
+        "",
+        "Earlier points are checkpoints of the same runs (their learning rate not yet decayed), not "
+        "runs with smaller budgets; each budget is a run of its own, from scratch (in the figures, "
+        "dotted lines join a run's checkpoints when there are several budgets).",
+        "",
+        f"[CLS] spread: 1 - the mean pairwise cosine similarity of the final-layer [CLS] vectors of "
+        f"{SPREAD_SENTENCES} dev sentences under the pre-trained encoder, before fine-tuning (0: every sentence "
+        f"gets the same vector).",
+        "",
+        verdict(results),
+        "",
+    ]
     lines += _sanity_lines(results)
-    lines += ["![dev score against pre-training FLOPs](curve.png)", "",
-              "![ELECTRA's held-out ROC-AUC against pre-training FLOPs](auc.png)", ""]
+    lines += [
+        "![dev score against pre-training FLOPs](curve.png)",
+        "",
+        "![ELECTRA's held-out ROC-AUC against pre-training FLOPs](auc.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -498,8 +635,10 @@ def _plot_runs(axes, points: list[dict], value, color: str, marker: str, label: 
     """One line of `value` against FLOPs: through each budget's full point when there are several
     budgets (each run's checkpoints dotted: their learning rate not yet decayed), else through the
     one run's checkpoints."""
-    runs = [sorted((p for p in points if p["budget"] == b), key=lambda p: p["step"])
-            for b in sorted({p["budget"] for p in points})]
+    runs = [
+        sorted((p for p in points if p["budget"] == b), key=lambda p: p["step"])
+        for b in sorted({p["budget"] for p in points})
+    ]
     curve = runs[0] if len(runs) == 1 else [run[-1] for run in runs]
     if len(runs) > 1:
         for run in runs:
@@ -546,9 +685,10 @@ def plot_auc(results: dict, path: str) -> None:
     plt = _pyplot()
     electra = [p for p in results["points"] if p["objective"] == "electra" and "evaluation" in p]
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
-    for index, (key, label) in enumerate((("auc_fixed_corruption", "fixed unigram corruption"),
-                                          ("auc_generator_replacements", "generator replacements"))):
-        _plot_runs(axes, electra, lambda p: p["evaluation"][key], f"C{index}", "os"[index], label)
+    for index, (key, label) in enumerate(
+        (("auc_fixed_corruption", "fixed unigram corruption"), ("auc_generator_replacements", "generator replacements"))
+    ):
+        _plot_runs(axes, electra, lambda p, key=key: p["evaluation"][key], f"C{index}", "os"[index], label)
     axes.axhline(0.5, linestyle="--", color="gray", label="chance")
     axes.set_xscale("log")
     axes.set_xlabel("pre-training FLOPs")
@@ -561,13 +701,23 @@ def plot_auc(results: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m electra_ray.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file: sections pretrain (a pre-training config), finetune (its "
-                                         "settings), and task, dev_fraction, points, budgets, from_scratch, out")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override keys, e.g. --set points=2 finetune.seeds=[0,1,2,3,4] "
-                             "pretrain.train.max_steps=400 budgets=[0.25,0.5,1]")
+    parser = argparse.ArgumentParser(
+        prog="python -m electra_ray.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        help="YAML file: sections pretrain (a pre-training config), finetune (its "
+        "settings), and task, dev_fraction, points, budgets, from_scratch, out",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        action="extend",
+        help="override keys, e.g. --set points=2 finetune.seeds=[0,1,2,3,4] "
+        "pretrain.train.max_steps=400 budgets=[0.25,0.5,1]",
+    )
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 

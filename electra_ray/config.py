@@ -44,6 +44,7 @@ class BoundsError(ConfigError):
 @dataclass(frozen=True)
 class Bounds:
     """An allowed range written as in maths: ">= 1", "> 0", "<= 10", "[0, 1)", "(0, 1]"."""
+
     text: str
     low: float = -math.inf
     high: float = math.inf
@@ -51,7 +52,7 @@ class Bounds:
     high_open: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "Bounds":
+    def parse(cls, text: str) -> Bounds:
         # Parsed when the dataclass is defined, so a typo in a bound fails at import, not at a user.
         one_sided = re.fullmatch(r"(>=|>|<=|<)\s*(\S+)", text.strip())
         if one_sided:
@@ -62,8 +63,13 @@ class Bounds:
         interval = re.fullmatch(r"([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])", text.strip())
         if not interval:
             raise ValueError(f"bounds {text!r}: expected '>= x', '> x', '<= x', '< x' or an interval like '[0, 1)'")
-        return cls(text, low=float(interval.group(2)), high=float(interval.group(3)),
-                   low_open=interval.group(1) == "(", high_open=interval.group(4) == ")")
+        return cls(
+            text,
+            low=float(interval.group(2)),
+            high=float(interval.group(3)),
+            low_open=interval.group(1) == "(",
+            high_open=interval.group(4) == ")",
+        )
 
     def __contains__(self, value) -> bool:
         above = self.low < value or (not self.low_open and value == self.low)
@@ -74,15 +80,26 @@ class Bounds:
         return self.text if self.text[0] in "<>" else f"in {self.text}"
 
 
-def _f(default, help: str, choices: tuple | None = None, bounds: str | None = None, items: type | None = None,
-       length: int | None = None):
+def _f(
+    default,
+    help: str,
+    choices: tuple | None = None,
+    bounds: str | None = None,
+    items: type | None = None,
+    length: int | None = None,
+):
     """A config field: its default, help text and what values it allows. `bounds`: the range of a
     number (of each item of a list); `items`: a list's item type (int or float); `length`: a
     list's exact length. Float fields (and float items) must also be finite."""
     kind = "default_factory" if isinstance(default, (list, dict)) else "default"
     value = (lambda: type(default)(default)) if kind == "default_factory" else default
-    metadata = {"help": help, "choices": choices, "bounds": Bounds.parse(bounds) if bounds else None,
-                "items": items, "length": length}
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "bounds": Bounds.parse(bounds) if bounds else None,
+        "items": items,
+        "length": length,
+    }
     return field(**{kind: value}, metadata=metadata)
 
 
@@ -93,99 +110,152 @@ class ModelConfig:
     embedding_size: int = _f(128, "token/position embedding size, shared by both networks", bounds=">= 1")
     num_heads: int = _f(4, "discriminator attention heads", bounds=">= 1")
     intermediate_size: int = _f(1024, "discriminator feed-forward size", bounds=">= 1")
-    generator_size: float = _f(0.25, "generator width (hidden, heads, FFN) as a fraction of the "
-                                     "discriminator's; the paper finds 1/4-1/2 best", bounds="(0, 1]")
+    generator_size: float = _f(
+        0.25,
+        "generator width (hidden, heads, FFN) as a fraction of the discriminator's; the paper finds 1/4-1/2 best",
+        bounds="(0, 1]",
+    )
     max_position_embeddings: int = _f(512, "longest sequence the position embeddings cover", bounds=">= 8")
     dropout: float = _f(0.1, "dropout on hidden states and attention probabilities", bounds="[0, 1)")
-    generator_layers: int = _f(0, "the generator is the discriminator's bottom N layers, shared, with its own "
-                                  "MLM head (TEAMS, Shen et al. 2021; N = num_layers: the paper's all-weights "
-                                  "tying, section 3.2), so the discriminator's lower layers learn from the MLM "
-                                  "loss; generator_size is then unused. 0: a separate generator of "
-                                  "generator_size width (the paper's recipe)", bounds=">= 0")
-    disentangled_embeddings: bool = _f(False, "gradient-disentangled embedding sharing (DeBERTaV3, arXiv "
-                                              "2111.09543): the discriminator reads stop-gradient(shared token "
-                                              "embeddings) + its own delta (initialised at 0), so RTD gradients "
-                                              "do not pull the generator's embeddings; the export merges the delta")
+    generator_layers: int = _f(
+        0,
+        "the generator is the discriminator's bottom N layers, shared, with its own "
+        "MLM head (TEAMS, Shen et al. 2021; N = num_layers: the paper's all-weights "
+        "tying, section 3.2), so the discriminator's lower layers learn from the MLM "
+        "loss; generator_size is then unused. 0: a separate generator of "
+        "generator_size width (the paper's recipe)",
+        bounds=">= 0",
+    )
+    disentangled_embeddings: bool = _f(
+        False,
+        "gradient-disentangled embedding sharing (DeBERTaV3, arXiv "
+        "2111.09543): the discriminator reads stop-gradient(shared token "
+        "embeddings) + its own delta (initialised at 0), so RTD gradients "
+        "do not pull the generator's embeddings; the export merges the delta",
+    )
 
 
 @dataclass
 class DataConfig:
-    path: str = _f(SHIPPED_CORPUS, "Parquet file or directory / s3:// prefix of Parquet files, one "
-                                   "document per row")
+    path: str = _f(SHIPPED_CORPUS, "Parquet file or directory / s3:// prefix of Parquet files, one document per row")
     text_column: str = _f("text", "column holding the document text")
     tokenizer: str = _f("", "directory (or s3:// prefix) of a saved tokenizer; empty: train one on the corpus")
     # The WordPiece trainer accepts any size (it always keeps the 5 specials and every character of the
     # corpus: 108 tokens on the shipped one, even at vocab_size 0), so 16 is a floor against typos, not a need.
     vocab_size: int = _f(30522, "vocabulary size when the tokenizer is trained here", bounds=">= 16")
-    seq_len: int = _f(128, "tokens per packed sequence, [CLS] and [SEP] included; at most "
-                               "model.max_position_embeddings", bounds=">= 8")
-    mask_prob: float = _f(0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)",
-                           bounds="(0, 1)")
-    mask_token_prob: float = _f(0.85, "of the selected tokens, fraction replaced by [MASK] "
-                                      "(ELECTRA 0.85; BERT 0.8, the default with train.objective=mlm)",
-                                 bounds="[0, 1]")
-    random_token_prob: float = _f(0.0, "of the selected tokens, fraction replaced by a random token "
-                                       "(ELECTRA 0; BERT 0.1, the default with train.objective=mlm); "
-                                       "the rest stay unchanged; mask_token_prob + random_token_prob <= 1",
-                                   bounds="[0, 1]")
+    seq_len: int = _f(
+        128,
+        "tokens per packed sequence, [CLS] and [SEP] included; at most model.max_position_embeddings",
+        bounds=">= 8",
+    )
+    mask_prob: float = _f(0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)", bounds="(0, 1)")
+    mask_token_prob: float = _f(
+        0.85,
+        "of the selected tokens, fraction replaced by [MASK] "
+        "(ELECTRA 0.85; BERT 0.8, the default with train.objective=mlm)",
+        bounds="[0, 1]",
+    )
+    random_token_prob: float = _f(
+        0.0,
+        "of the selected tokens, fraction replaced by a random token "
+        "(ELECTRA 0; BERT 0.1, the default with train.objective=mlm); "
+        "the rest stay unchanged; mask_token_prob + random_token_prob <= 1",
+        bounds="[0, 1]",
+    )
     eval_fraction: float = _f(0.02, "fraction of documents held out for evaluation (by text hash)", bounds="[0, 1)")
     docs_per_block: int = _f(64, "documents tokenized and packed together by one Ray Data task", bounds=">= 1")
-    packing: str = _f("concatenate", "how documents become sequences: concatenate (documents joined with [SEP] "
-                                     "and cut into [CLS] ... [SEP] rows that cross documents; token types all 0) "
-                                     "or segments (google-research/electra's ExampleBuilder: whole sentences of one "
-                                     "document, split into [CLS] A [SEP] B [SEP] with token types 0 / 1)",
-                      ("concatenate", "segments"))
-    short_seq_prob: float = _f(0.05, "packing=segments: probability that an example aims at a random length in "
-                                     "[5, seq_len] instead of seq_len (google-research/electra: 0.05)",
-                               bounds="[0, 1]")
+    packing: str = _f(
+        "concatenate",
+        "how documents become sequences: concatenate (documents joined with [SEP] "
+        "and cut into [CLS] ... [SEP] rows that cross documents; token types all 0) "
+        "or segments (google-research/electra's ExampleBuilder: whole sentences of one "
+        "document, split into [CLS] A [SEP] B [SEP] with token types 0 / 1)",
+        ("concatenate", "segments"),
+    )
+    short_seq_prob: float = _f(
+        0.05,
+        "packing=segments: probability that an example aims at a random length in "
+        "[5, seq_len] instead of seq_len (google-research/electra: 0.05)",
+        bounds="[0, 1]",
+    )
 
 
 @dataclass
 class TrainConfig:
-    objective: str = _f("electra", "pre-training objective: electra (generator + discriminator, "
-                                   "replaced-token detection) or mlm (BERT's masked LM on the "
-                                   "discriminator-sized encoder: the equal-compute baseline)", ("electra", "mlm"))
+    objective: str = _f(
+        "electra",
+        "pre-training objective: electra (generator + discriminator, "
+        "replaced-token detection) or mlm (BERT's masked LM on the "
+        "discriminator-sized encoder: the equal-compute baseline)",
+        ("electra", "mlm"),
+    )
     max_steps: int = _f(1_000_000, "optimizer steps", bounds=">= 1")
-    batch_size: int = _f(128, "sequences per optimizer step, summed over workers and accumulation; a multiple "
-                                "of scaling.num_workers x train.grad_accum", bounds=">= 1")
+    batch_size: int = _f(
+        128,
+        "sequences per optimizer step, summed over workers and accumulation; a multiple "
+        "of scaling.num_workers x train.grad_accum",
+        bounds=">= 1",
+    )
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step on each worker", bounds=">= 1")
     lr: float = _f(5e-4, "peak learning rate", bounds="> 0")
     warmup_steps: int = _f(10_000, "linear warm-up steps; then linear decay to 0 at max_steps", bounds=">= 0")
     weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)", bounds=">= 0")
     adam_betas: list = _f([0.9, 0.999], "AdamW betas", bounds="[0, 1)", items=float, length=2)
     adam_eps: float = _f(1e-6, "AdamW epsilon", bounds="> 0")
-    optimizer: str = _f("adamw", "adamw: torch AdamW (bias-corrected), linear warm-up then linear decay; electra: "
-                                 "google-research/electra's optimization.py (no bias correction, warm-up and "
-                                 "linear decay applied together)", ("adamw", "electra"))
+    optimizer: str = _f(
+        "adamw",
+        "adamw: torch AdamW (bias-corrected), linear warm-up then linear decay; electra: "
+        "google-research/electra's optimization.py (no bias correction, warm-up and "
+        "linear decay applied together)",
+        ("adamw", "electra"),
+    )
     grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)", bounds=">= 0")
     rtd_weight: float = _f(50.0, "lambda: weight of the replaced-token-detection loss", bounds=">= 0")
     temperature: float = _f(1.0, "generator sampling temperature (after any schedule)", bounds="> 0")
-    temperature_start: float = _f(1.0, "sampling temperature at step 0, lowered linearly to train.temperature "
-                                       "over train.temperature_steps (a descending schedule as in Fast-ELECTRA, "
-                                       "arXiv 2310.07347: flatter samples, easier replacements early)", bounds="> 0")
-    temperature_steps: int = _f(0, "steps of the temperature schedule; 0: train.temperature throughout",
-                                bounds=">= 0")
-    corrective_weight: float = _f(0.0, "mu: weight of the discriminator's corrective LM loss, which also predicts "
-                                       "the original token at the selected positions from the corrupted input "
-                                       "(after COCO-LM, arXiv 2102.08473): a dense signal that makes the "
-                                       "discriminator read context early; 0: off (the paper's recipe)", bounds=">= 0")
+    temperature_start: float = _f(
+        1.0,
+        "sampling temperature at step 0, lowered linearly to train.temperature "
+        "over train.temperature_steps (a descending schedule as in Fast-ELECTRA, "
+        "arXiv 2310.07347: flatter samples, easier replacements early)",
+        bounds="> 0",
+    )
+    temperature_steps: int = _f(0, "steps of the temperature schedule; 0: train.temperature throughout", bounds=">= 0")
+    corrective_weight: float = _f(
+        0.0,
+        "mu: weight of the discriminator's corrective LM loss, which also predicts "
+        "the original token at the selected positions from the corrupted input "
+        "(after COCO-LM, arXiv 2102.08473): a dense signal that makes the "
+        "discriminator read context early; 0: off (the paper's recipe)",
+        bounds=">= 0",
+    )
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
     precision: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
     log_every: int = _f(50, "optimizer steps between progress lines / metric reports", bounds=">= 1")
-    eval_every: int = _f(0, "optimizer steps between measurements of heldout_auc, the discriminator's ROC-AUC "
-                            "on held-out text under one fixed corruption (evaluate.fixed_corruption): unlike the "
-                            "losses it compares runs with different generators and lambdas, so sweeps rank by it. "
-                            "A multiple of train.log_every; 0: off", bounds=">= 0")
+    eval_every: int = _f(
+        0,
+        "optimizer steps between measurements of heldout_auc, the discriminator's ROC-AUC "
+        "on held-out text under one fixed corruption (evaluate.fixed_corruption): unlike the "
+        "losses it compares runs with different generators and lambdas, so sweeps rank by it. "
+        "A multiple of train.log_every; 0: off",
+        bounds=">= 0",
+    )
     eval_sequences: int = _f(64, "held-out sequences heldout_auc is measured on", bounds=">= 1")
     checkpoint_every: int = _f(10_000, "optimizer steps between checkpoints (and one at the end)", bounds=">= 1")
-    keep_checkpoints: int = _f(2, "checkpoints kept (newest first); the newest complete one is never deleted",
-                                bounds=">= 1")
-    max_failures: int = _f(3, "worker-group restarts from the latest checkpoint after a worker dies (-1: no limit)",
-                            bounds=">= -1")
-    max_bad_steps: int = _f(20, "steps skipped in a row for a non-finite loss before the run stops with an error",
-                             bounds=">= 0")
-    inject_nan_steps: list = _f([], "fault injection for testing the divergence guard: optimizer steps whose "
-                                    "first micro-batch gets a NaN loss", bounds=">= 1", items=int)
+    keep_checkpoints: int = _f(
+        2, "checkpoints kept (newest first); the newest complete one is never deleted", bounds=">= 1"
+    )
+    max_failures: int = _f(
+        3, "worker-group restarts from the latest checkpoint after a worker dies (-1: no limit)", bounds=">= -1"
+    )
+    max_bad_steps: int = _f(
+        20, "steps skipped in a row for a non-finite loss before the run stops with an error", bounds=">= 0"
+    )
+    inject_nan_steps: list = _f(
+        [],
+        "fault injection for testing the divergence guard: optimizer steps whose first micro-batch gets a NaN loss",
+        bounds=">= 1",
+        items=int,
+    )
     # At most 2**32 - 1: search=optuna seeds numpy's RandomState with it, which takes no more.
     seed: int = _f(0, "random seed (model init, masking, sampling)", bounds="[0, 4294967295]")
 
@@ -194,24 +264,36 @@ class TrainConfig:
 class ScalingConfig:
     num_workers: int = _f(1, "Ray Train workers (data-parallel ranks)", bounds=">= 1")
     use_gpu: bool = _f(False, "one GPU per worker")
-    cpus_per_worker: float = _f(0.0, "CPUs reserved per worker; 0: on a local Ray, the machine's "
-                                     "cores divided among the workers, else 1", bounds=">= 0")
-    ray_address: str = _f("", "Ray cluster to join ('auto', ray://...); empty: RAY_ADDRESS or an "
-                              "in-process local Ray")
-    data_resource: str = _f("", "custom Ray resource that Ray Data's read/tokenize tasks require: the cluster "
-                                "configs in cluster/ give 'data_node' to CPU nodes only, which keeps "
-                                "preprocessing off the GPU workers; empty: any node")
+    cpus_per_worker: float = _f(
+        0.0,
+        "CPUs reserved per worker; 0: on a local Ray, the machine's cores divided among the workers, else 1",
+        bounds=">= 0",
+    )
+    ray_address: str = _f("", "Ray cluster to join ('auto', ray://...); empty: RAY_ADDRESS or an in-process local Ray")
+    data_resource: str = _f(
+        "",
+        "custom Ray resource that Ray Data's read/tokenize tasks require: the cluster "
+        "configs in cluster/ give 'data_node' to CPU nodes only, which keeps "
+        "preprocessing off the GPU workers; empty: any node",
+    )
 
 
 @dataclass
 class OutputConfig:
-    dir: str = _f("runs", "where runs are written, a local path or s3://bucket/prefix: checkpoints and "
-                          "the export in DIR/NAME")
-    name: str = _f("", "run name; the run lives in DIR/NAME. Empty: run-<date>-<time>. Naming an "
-                       "existing run continues it from its latest checkpoint")
-    local_dir: str = _f("", "local directory for the run's logs (metrics.jsonl, TensorBoard), trained "
-                            "tokenizer and a copy of the export; empty: DIR/NAME, or runs/NAME when "
-                            "DIR is s3://")
+    dir: str = _f(
+        "runs", "where runs are written, a local path or s3://bucket/prefix: checkpoints and the export in DIR/NAME"
+    )
+    name: str = _f(
+        "",
+        "run name; the run lives in DIR/NAME. Empty: run-<date>-<time>. Naming an "
+        "existing run continues it from its latest checkpoint",
+    )
+    local_dir: str = _f(
+        "",
+        "local directory for the run's logs (metrics.jsonl, TensorBoard), trained "
+        "tokenizer and a copy of the export; empty: DIR/NAME, or runs/NAME when "
+        "DIR is s3://",
+    )
 
 
 @dataclass
@@ -239,7 +321,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Config":
+    def from_dict(cls, values: dict) -> Config:
         config = cls()
         apply_values(config, values, prefix="")
         validate(config)
@@ -358,8 +440,9 @@ def check_choices(obj, prefix: str = "") -> None:
         if dataclasses.is_dataclass(value):
             check_choices(value, f"{prefix}{f.name}.")
         elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise ConfigError(f"config key '{prefix}{f.name}' must be one of {list(f.metadata['choices'])}, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"config key '{prefix}{f.name}' must be one of {list(f.metadata['choices'])}, got {value!r}"
+            )
 
 
 def _is_number(value, kind) -> bool:
@@ -372,8 +455,9 @@ def _allowed(kind, bounds: Bounds | None, items=None, length: int | None = None)
     """What a field allows, worded for a message: "> 0", "finite and in [0, 1)", "2 numbers, each in [0, 1)"."""
     if kind is list:
         count = f"{length} " if length is not None else "a list of "
-        return f"{count}{'integers' if items is int else 'numbers'}" + \
-            (f", each {_allowed(items, bounds)}" if bounds or items is float else "")
+        return f"{count}{'integers' if items is int else 'numbers'}" + (
+            f", each {_allowed(items, bounds)}" if bounds or items is float else ""
+        )
     if kind is float:
         return f"finite and {bounds}" if bounds else "finite"
     return str(bounds) if bounds else "an integer"
@@ -396,8 +480,11 @@ def check_bounds(obj, prefix: str = "", bounds: dict[str, str] | None = None) ->
         items, length = f.metadata.get("items"), f.metadata.get("length")
         if kind is list and (items or allowed or length is not None):
             items = items or float
-            ok = isinstance(value, list) and (length is None or len(value) == length) and \
-                all(_is_number(v, items) and (allowed is None or v in allowed) for v in value)
+            ok = (
+                isinstance(value, list)
+                and (length is None or len(value) == length)
+                and all(_is_number(v, items) and (allowed is None or v in allowed) for v in value)
+            )
         elif kind in (int, float):
             ok = _is_number(value, kind) and (allowed is None or value in allowed)
         else:
@@ -417,26 +504,40 @@ def validate(config: Config) -> None:
     # model.generator_size needs no check of its own: model.generator_config rounds the generator's
     # width to at least 1 and lowers its head count until it divides the width, for any size in (0, 1].
     checks = [
-        (d.seq_len <= m.max_position_embeddings,
-         f"config key 'data.seq_len' must be <= model.max_position_embeddings ({m.max_position_embeddings}), "
-         f"got {d.seq_len}"),
+        (
+            d.seq_len <= m.max_position_embeddings,
+            f"config key 'data.seq_len' must be <= model.max_position_embeddings ({m.max_position_embeddings}), "
+            f"got {d.seq_len}",
+        ),
         # A tolerance: 0.15 + 0.85 style sums may round just above 1 (masking compares with their sum).
-        (d.mask_token_prob + d.random_token_prob <= 1 + 1e-9,
-         f"config keys 'data.mask_token_prob' + 'data.random_token_prob' must be <= 1, "
-         f"got {d.mask_token_prob} + {d.random_token_prob}"),
-        (m.hidden_size % m.num_heads == 0,
-         f"config key 'model.hidden_size' ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})"),
-        (t.batch_size % (s.num_workers * t.grad_accum) == 0,
-         f"train.batch_size ({t.batch_size}) must be divisible by scaling.num_workers x "
-         f"train.grad_accum ({s.num_workers} x {t.grad_accum})"),
-        (t.eval_every % t.log_every == 0,
-         f"train.eval_every ({t.eval_every}) must be 0 or a multiple of train.log_every ({t.log_every})"),
-        (m.generator_layers <= m.num_layers,
-         f"config key 'model.generator_layers' must be <= model.num_layers ({m.num_layers}), "
-         f"got {m.generator_layers}"),
+        (
+            d.mask_token_prob + d.random_token_prob <= 1 + 1e-9,
+            f"config keys 'data.mask_token_prob' + 'data.random_token_prob' must be <= 1, "
+            f"got {d.mask_token_prob} + {d.random_token_prob}",
+        ),
+        (
+            m.hidden_size % m.num_heads == 0,
+            f"config key 'model.hidden_size' ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})",
+        ),
+        (
+            t.batch_size % (s.num_workers * t.grad_accum) == 0,
+            f"train.batch_size ({t.batch_size}) must be divisible by scaling.num_workers x "
+            f"train.grad_accum ({s.num_workers} x {t.grad_accum})",
+        ),
+        (
+            t.eval_every % t.log_every == 0,
+            f"train.eval_every ({t.eval_every}) must be 0 or a multiple of train.log_every ({t.log_every})",
+        ),
+        (
+            m.generator_layers <= m.num_layers,
+            f"config key 'model.generator_layers' must be <= model.num_layers ({m.num_layers}), "
+            f"got {m.generator_layers}",
+        ),
         # Ray refuses a fractional resource request finer than 0.0001 when the workers start.
-        (s.cpus_per_worker == 0 or s.cpus_per_worker >= 1e-4,
-         f"config key 'scaling.cpus_per_worker' must be 0 or >= 0.0001, got {s.cpus_per_worker!r}"),
+        (
+            s.cpus_per_worker == 0 or s.cpus_per_worker >= 1e-4,
+            f"config key 'scaling.cpus_per_worker' must be 0 or >= 0.0001, got {s.cpus_per_worker!r}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -453,21 +554,24 @@ def read_config_file(path: str) -> dict:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
-                          f"offset {error.start})") from None
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start})"
+        ) from None
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
     values = _load_yaml(text, f"config file {path}")
     if values is None:  # empty, or comments only
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections (model:, train:, ...), "
-                          f"got a {type(values).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections (model:, train:, ...), got a {type(values).__name__}"
+        )
     return values
 
 
-def apply_file_and_overrides(config, path: str | None, overrides: list[str] | None,
-                             base: dict | None = None) -> set[str]:
+def apply_file_and_overrides(
+    config, path: str | None, overrides: list[str] | None, base: dict | None = None
+) -> set[str]:
     """Set a config dataclass from `base` (a saved config's values) or a YAML file, then
     `section.key=value` overrides. Returns the keys that were given ("data.seq_len", ...)."""
     values: dict = dict(base or {})
@@ -481,8 +585,11 @@ def apply_file_and_overrides(config, path: str | None, overrides: list[str] | No
 
 
 def _keys(values: dict, prefix: str) -> set[str]:
-    return {key for name, value in values.items()
-            for key in (_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}"})}
+    return {
+        key
+        for name, value in values.items()
+        for key in (_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}"})
+    }
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:

@@ -22,7 +22,7 @@ import posixpath
 import re
 import sys
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -49,8 +49,7 @@ def open_corpus(path: str, column: str = "text") -> pads.Dataset:
     if info.type == pafs.FileType.Directory:
         check_finished(path)
     try:
-        dataset = pads.dataset(inner, format="parquet", filesystem=filesystem,
-                               exclude_invalid_files=False)
+        dataset = pads.dataset(inner, format="parquet", filesystem=filesystem, exclude_invalid_files=False)
         if not dataset.files:
             raise DataError(f"no Parquet files under corpus path {path}")
         rows = dataset.count_rows()  # reads every file's footer: finds corrupt files up front
@@ -60,10 +59,12 @@ def open_corpus(path: str, column: str = "text") -> pads.Dataset:
         raise DataError(f"cannot read Parquet corpus {path}: {error}") from None
     names = dataset.schema.names
     if column not in names:
-        raise DataError(f"corpus {path} has no column '{column}' (columns: {', '.join(names) or 'none'}); "
-                        f"set data.text_column")
-    if not pa.types.is_string(dataset.schema.field(column).type) and \
-            not pa.types.is_large_string(dataset.schema.field(column).type):
+        raise DataError(
+            f"corpus {path} has no column '{column}' (columns: {', '.join(names) or 'none'}); set data.text_column"
+        )
+    if not pa.types.is_string(dataset.schema.field(column).type) and not pa.types.is_large_string(
+        dataset.schema.field(column).type
+    ):
         raise DataError(f"column '{column}' of corpus {path} holds {dataset.schema.field(column).type}, not text")
     if rows == 0:
         raise DataError(f"corpus {path} is empty (0 rows)")
@@ -79,8 +80,11 @@ def check_finished(path: str) -> None:
 
     filesystem, inner = storage.resolve(path)
     with storage.s3_errors(path):
-        found = [f for f in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
-                 if f.type == pafs.FileType.File]
+        found = [
+            f
+            for f in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
+            if f.type == pafs.FileType.File
+        ]
     sizes = {posixpath.relpath(f.path, inner): f.size for f in found}
     unfinished = f"corpus {path} was not finished by electra_ray.prepare: it has"
     again = "run prepare again (into an empty output path)"
@@ -91,8 +95,10 @@ def check_finished(path: str) -> None:
         raise DataError(f"{unfinished} {partial[0]}; {again}")
     if SUCCESS not in sizes or not sizes[SUCCESS]:
         return
-    with storage.s3_errors(path), filesystem.open_input_stream(posixpath.join(inner, SUCCESS),
-                                                               compression=None) as stream:
+    with (
+        storage.s3_errors(path),
+        filesystem.open_input_stream(posixpath.join(inner, SUCCESS), compression=None) as stream,
+    ):
         text = stream.read()
     try:
         summary = json.loads(text)
@@ -107,8 +113,10 @@ def check_finished(path: str) -> None:
         if name not in sizes:
             raise DataError(f"corpus {path} is incomplete: its {SUCCESS} lists {name}, which is missing; {again}")
         if isinstance(size, int) and sizes[name] != size:
-            raise DataError(f"corpus {path} has changed since prepare wrote it: {name} has {sizes[name]} bytes, "
-                            f"its {SUCCESS} says {size}; {again}")
+            raise DataError(
+                f"corpus {path} has changed since prepare wrote it: {name} has {sizes[name]} bytes, "
+                f"its {SUCCESS} says {size}; {again}"
+            )
 
 
 _warned_invalid_utf8: set[str] = set()
@@ -123,11 +131,16 @@ def decode_texts(column: pa.Array | pa.ChunkedArray, where: str) -> list[str | N
     except pa.ArrowInvalid:
         if where not in _warned_invalid_utf8:
             _warned_invalid_utf8.add(where)
-            print(f"warning: {where} holds text that is not valid UTF-8; decoded with replacement characters",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: {where} holds text that is not valid UTF-8; decoded with replacement characters",
+                file=sys.stderr,
+                flush=True,
+            )
         binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
-        return [None if value is None else value.decode("utf-8", errors="replace")
-                for value in column.cast(binary).to_pylist()]
+        return [
+            None if value is None else value.decode("utf-8", errors="replace")
+            for value in column.cast(binary).to_pylist()
+        ]
     return column.to_pylist()
 
 
@@ -151,14 +164,15 @@ def pack(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, p
     `seq_len` tokens; the last, partial row is padded. Returns [N, seq_len] int32."""
     body = seq_len - 2
     separator = np.array([sep_id], dtype=np.int32)
-    pieces = [piece for tokens in token_lists if len(tokens)
-              for piece in (np.asarray(tokens, dtype=np.int32), separator)]
+    pieces = [
+        piece for tokens in token_lists if len(tokens) for piece in (np.asarray(tokens, dtype=np.int32), separator)
+    ]
     if not pieces:
         return np.zeros((0, seq_len), dtype=np.int32)
     stream = np.concatenate(pieces[:-1])  # the closing [SEP] of each row ends the last document
     n_rows = -(-stream.size // body)
     chunks = np.full((n_rows * body,), pad_id, dtype=np.int32)
-    chunks[:stream.size] = stream
+    chunks[: stream.size] = stream
     chunks = chunks.reshape(n_rows, body)
     rows = np.full((n_rows, seq_len), pad_id, dtype=np.int32)
     rows[:, 0] = cls_id
@@ -218,28 +232,40 @@ def _target_length(rng: np.random.Generator, seq_len: int, short_seq_prob: float
     return seq_len
 
 
-def _two_segments(sentences: list[list[int]], target: int, seq_len: int,
-                  rng: np.random.Generator) -> tuple[list[int], list[int]]:
+def _two_segments(
+    sentences: list[list[int]], target: int, seq_len: int, rng: np.random.Generator
+) -> tuple[list[int], list[int]]:
     """Split an example's sentences into segments A and B (lines 59-84)."""
     first_target = sys.maxsize if rng.random() < SINGLE_SEGMENT_PROB else (target - 3) // 2
     first: list[int] = []
     second: list[int] = []
     for sentence in sentences:
-        if (not first or len(first) + len(sentence) < first_target
-                or (not second and len(first) < first_target and rng.random() < 0.5)):
+        if (
+            not first
+            or len(first) + len(sentence) < first_target
+            or (not second and len(first) < first_target and rng.random() < 0.5)
+        ):
             first += sentence
         else:
             second += sentence
-    first = first[:seq_len - 2]
-    return first, second[:max(0, seq_len - len(first) - 3)]
+    first = first[: seq_len - 2]
+    return first, second[: max(0, seq_len - len(first) - 3)]
 
 
-def _document_examples(sentences: list[list[int]], seq_len: int, short_seq_prob: float,
-                       rng: np.random.Generator) -> Iterator[tuple[list[int], list[int]]]:
+def _document_examples(
+    sentences: list[list[int]], seq_len: int, short_seq_prob: float, rng: np.random.Generator
+) -> Iterator[tuple[list[int], list[int]]]:
     piece = -(-seq_len // 2)  # deliberate difference (2) above
-    units = [list(unit) for sentence in sentences if len(sentence)
-             for unit in ([sentence[start:start + piece] for start in range(0, len(sentence), piece)]
-                          if len(sentence) > seq_len - 2 else [sentence])]
+    units = [
+        list(unit)
+        for sentence in sentences
+        if len(sentence)
+        for unit in (
+            [sentence[start : start + piece] for start in range(0, len(sentence), piece)]
+            if len(sentence) > seq_len - 2
+            else [sentence]
+        )
+    ]
     target = _target_length(rng, seq_len, short_seq_prob)
     current: list[list[int]] = []
     length = 0
@@ -254,8 +280,16 @@ def _document_examples(sentences: list[list[int]], seq_len: int, short_seq_prob:
         yield _two_segments(current, target, seq_len, rng)
 
 
-def pack_segments(documents: list[list[list[int]]], seq_len: int, cls_id: int, sep_id: int, pad_id: int, *,
-                  short_seq_prob: float = 0.05, seeds: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pack_segments(
+    documents: list[list[list[int]]],
+    seq_len: int,
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+    *,
+    short_seq_prob: float = 0.05,
+    seeds: list[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """google-research/electra's examples (see the notes above): each document, a list of its
     sentences' token ids, becomes rows `[CLS] A [SEP] B [SEP]` (or `[CLS] A [SEP]`) that never cross
     into another document, padded with `pad_id` to `seq_len`. `seeds`: one per document for its
@@ -281,7 +315,7 @@ def pack_segments(documents: list[list[list[int]]], seq_len: int, cls_id: int, s
             start, end = end + 1, end + 1 + len(second)
             input_ids[row, start:end] = second
             input_ids[row, end] = sep_id
-            token_type_ids[row, start:end + 1] = 1
+            token_type_ids[row, start : end + 1] = 1
     return input_ids, token_type_ids
 
 
@@ -295,8 +329,9 @@ def tokenizer_from_json(tokenizer_json: str):
     return tokenizer, special_ids(tokenizer)
 
 
-def tokenize_and_pack(texts: list[str], tokenizer_json: str, seq_len: int, packing: str = "concatenate",
-                      short_seq_prob: float = 0.05) -> dict[str, np.ndarray]:
+def tokenize_and_pack(
+    texts: list[str], tokenizer_json: str, seq_len: int, packing: str = "concatenate", short_seq_prob: float = 0.05
+) -> dict[str, np.ndarray]:
     """Tokenize documents (the tokenizer as its JSON text, so tasks on any node can rebuild it)
     and pack them (data.packing) into the dataset's columns: `input_ids`, [N, seq_len] int32, and
     with packing="segments" `token_type_ids` alike."""
@@ -309,21 +344,35 @@ def tokenize_and_pack(texts: list[str], tokenizer_json: str, seq_len: int, packi
     if packing != "segments":
         raise ValueError(f"unknown packing {packing!r}")
     documents = [split_sentences(t) for t in texts]
-    encodings = iter(tokenizer.encode_batch([s for sentences in documents for s in sentences],
-                                            add_special_tokens=False))
+    encodings = iter(
+        tokenizer.encode_batch([s for sentences in documents for s in sentences], add_special_tokens=False)
+    )
     token_lists = [[next(encodings).ids for _ in sentences] for sentences in documents]
-    input_ids, token_type_ids = pack_segments(token_lists, seq_len, cls_id, sep_id, pad_id,
-                                              short_seq_prob=short_seq_prob, seeds=[text_seed(t) for t in texts])
+    input_ids, token_type_ids = pack_segments(
+        token_lists, seq_len, cls_id, sep_id, pad_id, short_seq_prob=short_seq_prob, seeds=[text_seed(t) for t in texts]
+    )
     return {"input_ids": input_ids, "token_type_ids": token_type_ids}
 
 
-def _tokenize_block(batch: pa.Table, *, column: str, tokenizer_json: str, seq_len: int,
-                    eval_fraction: float, split: str, corpus: str = "the corpus", packing: str = "concatenate",
-                    short_seq_prob: float = 0.05) -> dict:
+def _tokenize_block(
+    batch: pa.Table,
+    *,
+    column: str,
+    tokenizer_json: str,
+    seq_len: int,
+    eval_fraction: float,
+    split: str,
+    corpus: str = "the corpus",
+    packing: str = "concatenate",
+    short_seq_prob: float = 0.05,
+) -> dict:
     want_eval = split == "eval"
     # An Arrow batch, decoded here: Ray Data's conversion to NumPy fails on invalid UTF-8.
-    texts = [t for t in decode_texts(batch[column], f"column '{column}' of {corpus}")
-             if t and is_eval_document(t, eval_fraction) == want_eval]
+    texts = [
+        t
+        for t in decode_texts(batch[column], f"column '{column}' of {corpus}")
+        if t and is_eval_document(t, eval_fraction) == want_eval
+    ]
     return tokenize_and_pack(texts, tokenizer_json, seq_len, packing, short_seq_prob)
 
 
@@ -337,43 +386,80 @@ def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource:
     filesystem, _ = storage.resolve(data_cfg.path)
     # A token amount of the resource: it only picks the nodes, their CPUs still bound how many tasks run.
     remote_args = {"resources": {resource: 0.001}} if resource else {}
-    dataset = ray.data.read_parquet(corpus.files, filesystem=filesystem, columns=[data_cfg.text_column],
-                                    **remote_args)
+    dataset = ray.data.read_parquet(corpus.files, filesystem=filesystem, columns=[data_cfg.text_column], **remote_args)
     return dataset.map_batches(
-        _tokenize_block, batch_size=data_cfg.docs_per_block, batch_format="pyarrow",
-        fn_kwargs=dict(column=data_cfg.text_column, tokenizer_json=tokenizer_json, seq_len=data_cfg.seq_len,
-                       eval_fraction=data_cfg.eval_fraction, split=split, corpus=data_cfg.path,
-                       packing=data_cfg.packing, short_seq_prob=data_cfg.short_seq_prob), **remote_args)
+        _tokenize_block,
+        batch_size=data_cfg.docs_per_block,
+        batch_format="pyarrow",
+        fn_kwargs=dict(
+            column=data_cfg.text_column,
+            tokenizer_json=tokenizer_json,
+            seq_len=data_cfg.seq_len,
+            eval_fraction=data_cfg.eval_fraction,
+            split=split,
+            corpus=data_cfg.path,
+            packing=data_cfg.packing,
+            short_seq_prob=data_cfg.short_seq_prob,
+        ),
+        **remote_args,
+    )
 
 
-def load_sequences(data_cfg, tokenizer_json: str, split: str,
-                   max_sequences: int | None = None) -> dict[str, np.ndarray]:
+def load_sequences(
+    data_cfg, tokenizer_json: str, split: str, max_sequences: int | None = None
+) -> dict[str, np.ndarray]:
     """Packed sequences of one split in this process (no Ray), for evaluation and tests: the columns
     build_dataset's rows have (`input_ids`; `token_type_ids` with data.packing=segments)."""
     texts = list(iter_documents(data_cfg.path, data_cfg.text_column, split, data_cfg.eval_fraction))
     if not texts:
-        raise DataError(f"the {split} split of {data_cfg.path} is empty (data.eval_fraction="
-                        f"{data_cfg.eval_fraction})")
+        raise DataError(f"the {split} split of {data_cfg.path} is empty (data.eval_fraction={data_cfg.eval_fraction})")
     columns = tokenize_and_pack(texts, tokenizer_json, data_cfg.seq_len, data_cfg.packing, data_cfg.short_seq_prob)
     return {name: rows[:max_sequences] for name, rows in columns.items()} if max_sequences else columns
 
 
-def mask_batch(input_ids: np.ndarray, data_cfg, special: dict[str, int], vocab_size: int,
-               rng: np.random.Generator, token_type_ids: np.ndarray | None = None) -> MaskedBatch:
-    return mask_tokens(input_ids, rng, mask_prob=data_cfg.mask_prob, mask_token_prob=data_cfg.mask_token_prob,
-                       random_token_prob=data_cfg.random_token_prob, mask_id=special["[MASK]"],
-                       pad_id=special["[PAD]"], special_ids=sorted(special.values()), vocab_size=vocab_size,
-                       token_type_ids=token_type_ids)
+def mask_batch(
+    input_ids: np.ndarray,
+    data_cfg,
+    special: dict[str, int],
+    vocab_size: int,
+    rng: np.random.Generator,
+    token_type_ids: np.ndarray | None = None,
+) -> MaskedBatch:
+    return mask_tokens(
+        input_ids,
+        rng,
+        mask_prob=data_cfg.mask_prob,
+        mask_token_prob=data_cfg.mask_token_prob,
+        random_token_prob=data_cfg.random_token_prob,
+        mask_id=special["[MASK]"],
+        pad_id=special["[PAD]"],
+        special_ids=sorted(special.values()),
+        vocab_size=vocab_size,
+        token_type_ids=token_type_ids,
+    )
 
 
-def masked_batches(shard, data_cfg, micro_batch: int, special: dict[str, int], vocab_size: int,
-                   rng: np.random.Generator, shuffle_seed: int, skip: int = 0) -> Iterator[MaskedBatch]:
+def masked_batches(
+    shard,
+    data_cfg,
+    micro_batch: int,
+    special: dict[str, int],
+    vocab_size: int,
+    rng: np.random.Generator,
+    shuffle_seed: int,
+    skip: int = 0,
+) -> Iterator[MaskedBatch]:
     """One epoch of a worker's shard, in micro-batches, each masked afresh. `skip`: micro-batches
     already consumed before a resume, passed over unmasked (the masking stream is restored as it
     was after them). The shard's order is the same in every run: the trainer's DataConfig asks
     Ray Data to preserve order, and the shuffle is seeded."""
-    batches = shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True,
-                                 prefetch_batches=4, local_shuffle_buffer_size=micro_batch * 16,
-                                 local_shuffle_seed=shuffle_seed)
+    batches = shard.iter_batches(
+        batch_size=micro_batch,
+        batch_format="numpy",
+        drop_last=True,
+        prefetch_batches=4,
+        local_shuffle_buffer_size=micro_batch * 16,
+        local_shuffle_seed=shuffle_seed,
+    )
     for batch in itertools.islice(batches, skip, None):
         yield mask_batch(batch["input_ids"], data_cfg, special, vocab_size, rng, batch.get("token_type_ids"))

@@ -24,8 +24,8 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -68,16 +68,23 @@ def unigram_entropy(ids: np.ndarray) -> float:
 @dataclass
 class FixedCorruption:
     """Held-out sequences with some tokens replaced, the same for every model that is measured."""
-    input_ids: np.ndarray       # [N, L] int64, corrupted
+
+    input_ids: np.ndarray  # [N, L] int64, corrupted
     attention_mask: np.ndarray  # [N, L] int64
-    replaced: np.ndarray        # [N, L] bool: the token differs from the original
-    scored: np.ndarray          # [N, L] bool: real, non-special tokens (the ones the AUC counts)
+    replaced: np.ndarray  # [N, L] bool: the token differs from the original
+    scored: np.ndarray  # [N, L] bool: real, non-special tokens (the ones the AUC counts)
     token_type_ids: np.ndarray | None = None  # [N, L] int64, segments (data.packing=segments)
 
 
-def fixed_corruption(sequences: np.ndarray, special_ids, pad_id: int, replace_prob: float = 0.15,
-                     seed: int = 0, uniform_over_vocab: int = 0,
-                     token_type_ids: np.ndarray | None = None) -> FixedCorruption:
+def fixed_corruption(
+    sequences: np.ndarray,
+    special_ids,
+    pad_id: int,
+    replace_prob: float = 0.15,
+    seed: int = 0,
+    uniform_over_vocab: int = 0,
+    token_type_ids: np.ndarray | None = None,
+) -> FixedCorruption:
     """Replace `replace_prob` of the real tokens by tokens drawn from the sequences' own unigram
     distribution. Unigram draws look like ordinary tokens, so detecting them takes context, not a
     rare-token detector. `uniform_over_vocab=V`: draws uniform over the V-token vocabulary's
@@ -95,8 +102,13 @@ def fixed_corruption(sequences: np.ndarray, special_ids, pad_id: int, replace_pr
 
 
 @torch.no_grad()
-def detection_auc(discriminator, corruption: FixedCorruption, batch_size: int = 64,
-                  device: torch.device | str = "cpu", embedding_delta: torch.Tensor | None = None) -> float:
+def detection_auc(
+    discriminator,
+    corruption: FixedCorruption,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    embedding_delta: torch.Tensor | None = None,
+) -> float:
     """ROC-AUC of the discriminator's "replaced" logits on a fixed corruption (eval mode; the
     module's training mode is restored). `embedding_delta`: a discriminator in training with
     disentangled embeddings (model.disentangled_embeddings)."""
@@ -105,11 +117,16 @@ def detection_auc(discriminator, corruption: FixedCorruption, batch_size: int = 
     scores = []
     for start in range(0, len(corruption.input_ids), batch_size):
         rows = slice(start, start + batch_size)
-        types = None if corruption.token_type_ids is None else \
-            torch.tensor(corruption.token_type_ids[rows], device=device)
-        hidden = discriminator_hidden(discriminator, torch.tensor(corruption.input_ids[rows], device=device),
-                                      torch.tensor(corruption.attention_mask[rows], device=device), types,
-                                      embedding_delta)
+        types = (
+            None if corruption.token_type_ids is None else torch.tensor(corruption.token_type_ids[rows], device=device)
+        )
+        hidden = discriminator_hidden(
+            discriminator,
+            torch.tensor(corruption.input_ids[rows], device=device),
+            torch.tensor(corruption.attention_mask[rows], device=device),
+            types,
+            embedding_delta,
+        )
         logits = discriminator.discriminator_predictions(hidden)
         scores.append(logits.float().cpu().numpy())
     discriminator.train(was_training)
@@ -144,17 +161,21 @@ def read_export_config(export_dir: str, shown: str = "") -> Config:
         raise ExportError(f"{shown} is a file, not an export directory")
     path = os.path.join(export_dir, "electra_ray.json")
     if not os.path.isfile(path):
-        raise ExportError(f"{shown} is not an electra-ray export (no electra_ray.json): pass the directory "
-                          f"written by electra_ray.export (a pre-training run's export/)")
+        raise ExportError(
+            f"{shown} is not an electra-ray export (no electra_ray.json): pass the directory "
+            f"written by electra_ray.export (a pre-training run's export/)"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
-        raise ExportError(f"{storage.join(shown, 'electra_ray.json')} is not valid JSON ({error}): "
-                          f"export the checkpoint again") from None
+        raise ExportError(
+            f"{storage.join(shown, 'electra_ray.json')} is not valid JSON ({error}): export the checkpoint again"
+        ) from None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-        raise ExportError(f"{storage.join(shown, 'electra_ray.json')} holds no 'config' mapping: "
-                          f"export the checkpoint again")
+        raise ExportError(
+            f"{storage.join(shown, 'electra_ray.json')} holds no 'config' mapping: export the checkpoint again"
+        )
     try:
         return Config.from_dict(record["config"])
     except UserError as error:
@@ -203,20 +224,31 @@ def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batc
     try:
         _, special = tokenizer_from_json(tokenizer_json)
     except Exception as error:  # tokenizers raises its own exception type for an unparsable file
-        raise ExportError(f"{storage.join(shown, os.path.basename(masked_lm_dir), 'tokenizer.json')} is not a "
-                          f"tokenizer ({str(error).splitlines()[0] if str(error) else type(error).__name__})") \
-            from None
+        raise ExportError(
+            f"{storage.join(shown, os.path.basename(masked_lm_dir), 'tokenizer.json')} is not a "
+            f"tokenizer ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from None
     generator = _load_network(ElectraForMaskedLM, masked_lm_dir, shown)
-    discriminator = _load_network(ElectraForPreTraining, os.path.join(export_dir, "discriminator"), shown) \
-        if electra else None
+    discriminator = (
+        _load_network(ElectraForPreTraining, os.path.join(export_dir, "discriminator"), shown) if electra else None
+    )
     columns = load_sequences(cfg.data, tokenizer_json, "eval", max_sequences)
-    return held_out_metrics(generator, discriminator, columns["input_ids"], cfg, special, batch_size, seed,
-                            columns.get("token_type_ids"))
+    return held_out_metrics(
+        generator, discriminator, columns["input_ids"], cfg, special, batch_size, seed, columns.get("token_type_ids")
+    )
 
 
 @torch.no_grad()
-def held_out_metrics(generator, discriminator, sequences: np.ndarray, cfg: Config, special: dict[str, int],
-                     batch_size: int = 64, seed: int = 0, token_type_ids: np.ndarray | None = None) -> dict:
+def held_out_metrics(
+    generator,
+    discriminator,
+    sequences: np.ndarray,
+    cfg: Config,
+    special: dict[str, int],
+    batch_size: int = 64,
+    seed: int = 0,
+    token_type_ids: np.ndarray | None = None,
+) -> dict:
     """The measurements of `evaluate_export` on networks in memory (eval mode is the caller's);
     `discriminator` None: the MLM baseline's. `token_type_ids`: the sequences' segments
     (data.packing=segments)."""
@@ -228,15 +260,16 @@ def held_out_metrics(generator, discriminator, sequences: np.ndarray, cfg: Confi
     mlm_loss_sum, n_masked = 0.0, 0
     gen_labels, gen_scores = [], []
     for start in range(0, len(sequences), batch_size):
-        ids = sequences[start:start + batch_size].astype(np.int64)
+        ids = sequences[start : start + batch_size].astype(np.int64)
         scored = ~np.isin(ids, special_ids)  # real, non-special tokens
 
-        types = None if token_type_ids is None else token_type_ids[start:start + batch_size].astype(np.int64)
+        types = None if token_type_ids is None else token_type_ids[start : start + batch_size].astype(np.int64)
         batch = mask_batch(ids, cfg.data, special, vocab_size, rng, types)
         tensors = {k: torch.from_numpy(v) for k, v in vars(batch).items() if v is not None}
         types = tensors.get("token_type_ids")
-        logits = generator_logits(generator, tensors["input_ids"], tensors["attention_mask"], tensors["positions"],
-                                  types)
+        logits = generator_logits(
+            generator, tensors["input_ids"], tensors["attention_mask"], tensors["positions"], types
+        )
         targets = torch.gather(tensors["original_ids"], 1, tensors["positions"])
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         mlm_loss_sum += float((loss * tensors["weights"].flatten()).sum())
@@ -244,10 +277,12 @@ def held_out_metrics(generator, discriminator, sequences: np.ndarray, cfg: Confi
         if discriminator is None:
             continue
         sampled = sample_tokens(logits, cfg.train.temperature, torch_rng)
-        corrupted, labels = replace_tokens(tensors["input_ids"], tensors["original_ids"], tensors["positions"],
-                                           tensors["weights"], sampled)
-        scores = discriminator(input_ids=corrupted, attention_mask=tensors["attention_mask"],
-                               token_type_ids=types).logits
+        corrupted, labels = replace_tokens(
+            tensors["input_ids"], tensors["original_ids"], tensors["positions"], tensors["weights"], sampled
+        )
+        scores = discriminator(
+            input_ids=corrupted, attention_mask=tensors["attention_mask"], token_type_ids=types
+        ).logits
         gen_labels.append(labels.numpy()[scored])
         gen_scores.append(scores.numpy()[scored])
 
@@ -256,8 +291,9 @@ def held_out_metrics(generator, discriminator, sequences: np.ndarray, cfg: Confi
     if discriminator is None:
         return {**metrics, "mlm_loss": mlm_loss_sum / max(n_masked, 1)}
     gen_labels, gen_scores = np.concatenate(gen_labels), np.concatenate(gen_scores)
-    rtd_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(gen_scores),
-                                                        torch.from_numpy(gen_labels).float()))
+    rtd_loss = float(
+        F.binary_cross_entropy_with_logits(torch.from_numpy(gen_scores), torch.from_numpy(gen_labels).float())
+    )
     return {
         **metrics,
         "generator_mlm_loss": mlm_loss_sum / max(n_masked, 1),
@@ -266,30 +302,47 @@ def held_out_metrics(generator, discriminator, sequences: np.ndarray, cfg: Confi
         "replaced_fraction_generator": float(gen_labels.mean()),
         "auc_generator_replacements": roc_auc(gen_labels, gen_scores),
         "auc_fixed_corruption": detection_auc(
-            discriminator, fixed_corruption(sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed,
-                                            token_type_ids=token_type_ids), batch_size),
+            discriminator,
+            fixed_corruption(
+                sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed, token_type_ids=token_type_ids
+            ),
+            batch_size,
+        ),
         "auc_random_replacements": detection_auc(
-            discriminator, fixed_corruption(sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed,
-                                            uniform_over_vocab=vocab_size, token_type_ids=token_type_ids),
-            batch_size),
+            discriminator,
+            fixed_corruption(
+                sequences,
+                special_ids,
+                special["[PAD]"],
+                cfg.data.mask_prob,
+                seed,
+                uniform_over_vocab=vocab_size,
+                token_type_ids=token_type_ids,
+            ),
+            batch_size,
+        ),
     }
 
 
 def format_report(metrics: dict) -> str:
     if "mlm_loss" in metrics:  # the MLM baseline
-        return (f"held-out ({metrics['sequences']} sequences):\n  MLM loss {metrics['mlm_loss']:.3f} nats vs "
-                f"unigram entropy {metrics['unigram_entropy']:.3f}")
-    return "\n".join([
-        f"held-out ({metrics['sequences']} sequences):",
-        f"  generator MLM loss {metrics['generator_mlm_loss']:.3f} nats vs unigram entropy "
-        f"{metrics['unigram_entropy']:.3f}",
-        f"  discriminator on generator replacements: RTD loss {metrics['rtd_loss_generator']:.4f} vs constant "
-        f"predictor {metrics['rtd_loss_constant']:.4f} ({metrics['replaced_fraction_generator']:.1%} replaced), "
-        f"ROC-AUC {metrics['auc_generator_replacements']:.3f}",
-        f"  discriminator on a fixed unigram corruption: ROC-AUC {metrics['auc_fixed_corruption']:.3f}",
-        f"  discriminator on random replacements (uniform over the vocabulary): ROC-AUC "
-        f"{metrics['auc_random_replacements']:.3f}",
-    ])
+        return (
+            f"held-out ({metrics['sequences']} sequences):\n  MLM loss {metrics['mlm_loss']:.3f} nats vs "
+            f"unigram entropy {metrics['unigram_entropy']:.3f}"
+        )
+    return "\n".join(
+        [
+            f"held-out ({metrics['sequences']} sequences):",
+            f"  generator MLM loss {metrics['generator_mlm_loss']:.3f} nats vs unigram entropy "
+            f"{metrics['unigram_entropy']:.3f}",
+            f"  discriminator on generator replacements: RTD loss {metrics['rtd_loss_generator']:.4f} vs constant "
+            f"predictor {metrics['rtd_loss_constant']:.4f} ({metrics['replaced_fraction_generator']:.1%} replaced), "
+            f"ROC-AUC {metrics['auc_generator_replacements']:.3f}",
+            f"  discriminator on a fixed unigram corruption: ROC-AUC {metrics['auc_fixed_corruption']:.3f}",
+            f"  discriminator on random replacements (uniform over the vocabulary): ROC-AUC "
+            f"{metrics['auc_random_replacements']:.3f}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

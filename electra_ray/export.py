@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from electra_ray import storage
+from electra_ray.checkpoint import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR, safe_loading, verify_pickles
 from electra_ray.config import Config
 from electra_ray.errors import UserError
-from electra_ray.checkpoint import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR, safe_loading, verify_pickles
 
 
 def read_run_state(checkpoint_dir: str) -> dict:
@@ -78,8 +78,9 @@ def load_pretraining_model(checkpoint_dir: str):
     tensors = model.state_dict(keep_vars=True)
     missing = [k for k in missing if not _is_alias(k, tensors, weights)]
     if missing or unexpected:
-        raise UserError(f"checkpoint {checkpoint_dir} does not match the model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
+        raise UserError(
+            f"checkpoint {checkpoint_dir} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model, cfg, tokenizer_json
 
 
@@ -124,12 +125,18 @@ def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, direc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m electra_ray.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", help="a checkpoint directory written by electra_ray.pretrain (or s3://...)")
+    parser = argparse.ArgumentParser(
+        prog="python -m electra_ray.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "checkpoint", nargs="?", help="a checkpoint directory written by electra_ray.pretrain (or s3://...)"
+    )
     parser.add_argument("out", nargs="?", help="output directory, or s3://bucket/prefix")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier export at OUT (only the files its manifest lists are removed)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export at OUT (only the files its manifest lists are removed)",
+    )
     parser.add_argument("--verify", metavar="EXPORT", help="check every file of an export against its manifest")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli

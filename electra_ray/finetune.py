@@ -34,8 +34,15 @@ import yaml
 from electra_ray import storage
 from electra_ray.config import _f, apply_values
 from electra_ray.errors import UserError
-from electra_ray.tasks import (Examples, TaskDataError, class_labels, classification_metrics, examples,
-                               read_task_file, regression_metrics)
+from electra_ray.tasks import (
+    Examples,
+    TaskDataError,
+    class_labels,
+    classification_metrics,
+    examples,
+    read_task_file,
+    regression_metrics,
+)
 
 METRICS = {"classification": ("accuracy", "f1", "mcc"), "regression": ("pearson", "spearman", "mse")}
 
@@ -46,22 +53,34 @@ class FinetuneError(UserError):
 
 @dataclass
 class FinetuneConfig:
-    model: str = _f("", "pre-trained model: an export directory or s3:// prefix (its discriminator/, or mlm/ "
-                        "for the MLM baseline) or any Hugging Face ELECTRA model directory")
+    model: str = _f(
+        "",
+        "pre-trained model: an export directory or s3:// prefix (its discriminator/, or mlm/ "
+        "for the MLM baseline) or any Hugging Face ELECTRA model directory",
+    )
     train: str = _f("", "training file (local or s3://): Parquet, CSV, TSV or JSONL, one example per row")
     eval: str = _f("", "evaluation file, laid out as the training file")
-    task: str = _f("classification", "classification (a class per example) or regression (a number per "
-                                     "example, as STS-B)", ("classification", "regression"))
+    task: str = _f(
+        "classification",
+        "classification (a class per example) or regression (a number per example, as STS-B)",
+        ("classification", "regression"),
+    )
     text_column: str = _f("text", "column of the text (the first sentence of a pair)")
     pair_column: str = _f("", "column of the second sentence of a pair; empty: single sentences")
     label_column: str = _f("label", "column of the label")
     labels: list = _f([], "the classes in index order; empty: the sorted distinct labels of the training file")
-    metric: str = _f("", "the metric of the summary line; empty: accuracy (classification), spearman "
-                         "(regression). All of accuracy/f1/mcc or pearson/spearman/mse are measured")
+    metric: str = _f(
+        "",
+        "the metric of the summary line; empty: accuracy (classification), spearman "
+        "(regression). All of accuracy/f1/mcc or pearson/spearman/mse are measured",
+    )
     max_seq_len: int = _f(128, "tokens per example, [CLS] and [SEP] included; longer examples are truncated")
     lr: float = _f(1e-4, "peak learning rate (ELECTRA: 1e-4; Large 5e-5)")
-    layer_decay: float = _f(0.8, "layer-wise LR decay: the task head gets lr, the top layer lr x decay, ..., "
-                                 "the embeddings lr x decay^(layers+1) (ELECTRA: 0.8; Large 0.9)")
+    layer_decay: float = _f(
+        0.8,
+        "layer-wise LR decay: the task head gets lr, the top layer lr x decay, ..., "
+        "the embeddings lr x decay^(layers+1) (ELECTRA: 0.8; Large 0.9)",
+    )
     warmup: float = _f(0.1, "fraction of the steps of linear warm-up; then linear decay to 0")
     epochs: int = _f(3, "passes over the training data (ELECTRA: 3; 10 for RTE and STS-B)")
     batch_size: int = _f(32, "examples per optimizer step, summed over workers")
@@ -72,8 +91,11 @@ class FinetuneConfig:
     seeds: list = _f([0, 1, 2], "one fine-tuning run per seed (head initialisation, example order, dropout)")
     max_train_examples: int = _f(0, "fine-tune on the first N training examples only (0: all)")
     num_workers: int = _f(1, "Ray Train workers (data-parallel); 0: train in this process, without Ray")
-    threads: int = _f(0, "torch threads of each worker (or of this process); 0: on a local Ray the machine's "
-                         "cores divided among the workers, in this process torch's default")
+    threads: int = _f(
+        0,
+        "torch threads of each worker (or of this process); 0: on a local Ray the machine's "
+        "cores divided among the workers, in this process torch's default",
+    )
     use_gpu: bool = _f(False, "one GPU per worker (in this process: the first GPU)")
     out: str = _f("", "output directory; empty: runs/finetune-<date>-<time>")
 
@@ -81,10 +103,11 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class TaskData:
     """Tokenized examples, padded to the longest; each batch is cut to its own longest."""
-    input_ids: np.ndarray       # [N, L] int64
+
+    input_ids: np.ndarray  # [N, L] int64
     token_type_ids: np.ndarray  # [N, L] int64: 0 for the first sentence, 1 for the second
-    lengths: np.ndarray         # [N] tokens of each example
-    labels: np.ndarray          # [N] int64 class indices or float32 targets
+    lengths: np.ndarray  # [N] tokens of each example
+    labels: np.ndarray  # [N] int64 class indices or float32 targets
 
 
 @dataclass
@@ -99,8 +122,10 @@ def model_directory(path: str) -> str:
     for candidate in (path, os.path.join(path, "discriminator"), os.path.join(path, "mlm")):
         if os.path.isfile(os.path.join(candidate, "config.json")):
             return candidate
-    raise FinetuneError(f"no model at {path}: expected a Hugging Face model directory (config.json) or an "
-                        f"electra-ray export (discriminator/ or mlm/)")
+    raise FinetuneError(
+        f"no model at {path}: expected a Hugging Face model directory (config.json) or an "
+        f"electra-ray export (discriminator/ or mlm/)"
+    )
 
 
 def _integer(value) -> bool:
@@ -117,46 +142,84 @@ def validate(cfg: FinetuneConfig) -> None:
     metrics = METRICS[cfg.task] if cfg.task in METRICS else ()
     checks = [
         lambda: (cfg.task in METRICS, f"task must be one of {list(METRICS)}, got {cfg.task!r}"),
-        lambda: (not cfg.metric or cfg.metric in metrics, f"metric {cfg.metric!r} is not one of {list(metrics)} "
-                                                          f"(the metrics of a {cfg.task} task)"),
-        *[lambda name=name: (isinstance(getattr(cfg, name), str) and getattr(cfg, name) != "",
-                             f"--{name} is required: a path (local or s3://)")
-          for name in ("model", "train", "eval")],
+        lambda: (
+            not cfg.metric or cfg.metric in metrics,
+            f"metric {cfg.metric!r} is not one of {list(metrics)} (the metrics of a {cfg.task} task)",
+        ),
+        *[
+            lambda name=name: (
+                isinstance(getattr(cfg, name), str) and getattr(cfg, name) != "",
+                f"--{name} is required: a path (local or s3://)",
+            )
+            for name in ("model", "train", "eval")
+        ],
         lambda: (_finite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number > 0, got {cfg.lr!r}"),
         lambda: (_integer(cfg.epochs) and cfg.epochs >= 1, f"--epochs must be an integer >= 1, got {cfg.epochs!r}"),
-        lambda: (_integer(cfg.batch_size) and cfg.batch_size >= 1,
-                 f"--batch-size must be an integer >= 1, got {cfg.batch_size!r}"),
-        lambda: (_integer(cfg.max_seq_len) and cfg.max_seq_len >= 3,  # [CLS], a token, [SEP]
-                 f"--max-seq-len must be an integer >= 3, got {cfg.max_seq_len!r}"),
-        lambda: (_finite(cfg.dropout) and 0 <= cfg.dropout < 1,
-                 f"--dropout must be a number in [0, 1), got {cfg.dropout!r}"),
-        lambda: (_finite(cfg.warmup) and 0 <= cfg.warmup < 1,
-                 f"--warmup must be a number in [0, 1), got {cfg.warmup!r}"),
-        lambda: (_finite(cfg.layer_decay) and 0 < cfg.layer_decay <= 1,
-                 f"--layer-decay must be a number in (0, 1], got {cfg.layer_decay!r}"),
-        lambda: (_finite(cfg.weight_decay) and cfg.weight_decay >= 0,
-                 f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay!r}"),
-        lambda: (_finite(cfg.adam_eps) and cfg.adam_eps > 0,
-                 f"--adam-eps must be a finite number > 0, got {cfg.adam_eps!r}"),
-        lambda: (_finite(cfg.grad_clip) and cfg.grad_clip >= 0,
-                 f"--grad-clip must be a finite number >= 0 (0: off), got {cfg.grad_clip!r}"),
-        lambda: (_integer(cfg.num_workers) and cfg.num_workers >= 0,
-                 f"--num-workers must be an integer >= 0 (0: in this process), got {cfg.num_workers!r}"),
-        lambda: (_integer(cfg.threads) and cfg.threads >= 0,
-                 f"--threads must be an integer >= 0 (0: the default), got {cfg.threads!r}"),
-        lambda: (_integer(cfg.max_train_examples) and cfg.max_train_examples >= 0,
-                 f"--max-train-examples must be an integer >= 0 (0: all), got {cfg.max_train_examples!r}"),
-        lambda: (isinstance(cfg.seeds, (list, tuple)) and len(cfg.seeds) > 0 and all(map(_integer, cfg.seeds)),
-                 f"--seeds must list one or more integers, got {cfg.seeds!r}"),
-        lambda: (len(set(cfg.seeds)) == len(cfg.seeds),  # each seed's model is OUT/seed-N
-                 f"--seeds lists a seed twice: {list(cfg.seeds)}"),
-        lambda: (cfg.batch_size % max(1, cfg.num_workers) == 0,
-                 f"batch_size ({cfg.batch_size}) must be divisible by num_workers ({cfg.num_workers})"),
+        lambda: (
+            _integer(cfg.batch_size) and cfg.batch_size >= 1,
+            f"--batch-size must be an integer >= 1, got {cfg.batch_size!r}",
+        ),
+        lambda: (
+            _integer(cfg.max_seq_len) and cfg.max_seq_len >= 3,  # [CLS], a token, [SEP]
+            f"--max-seq-len must be an integer >= 3, got {cfg.max_seq_len!r}",
+        ),
+        lambda: (
+            _finite(cfg.dropout) and 0 <= cfg.dropout < 1,
+            f"--dropout must be a number in [0, 1), got {cfg.dropout!r}",
+        ),
+        lambda: (
+            _finite(cfg.warmup) and 0 <= cfg.warmup < 1,
+            f"--warmup must be a number in [0, 1), got {cfg.warmup!r}",
+        ),
+        lambda: (
+            _finite(cfg.layer_decay) and 0 < cfg.layer_decay <= 1,
+            f"--layer-decay must be a number in (0, 1], got {cfg.layer_decay!r}",
+        ),
+        lambda: (
+            _finite(cfg.weight_decay) and cfg.weight_decay >= 0,
+            f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay!r}",
+        ),
+        lambda: (
+            _finite(cfg.adam_eps) and cfg.adam_eps > 0,
+            f"--adam-eps must be a finite number > 0, got {cfg.adam_eps!r}",
+        ),
+        lambda: (
+            _finite(cfg.grad_clip) and cfg.grad_clip >= 0,
+            f"--grad-clip must be a finite number >= 0 (0: off), got {cfg.grad_clip!r}",
+        ),
+        lambda: (
+            _integer(cfg.num_workers) and cfg.num_workers >= 0,
+            f"--num-workers must be an integer >= 0 (0: in this process), got {cfg.num_workers!r}",
+        ),
+        lambda: (
+            _integer(cfg.threads) and cfg.threads >= 0,
+            f"--threads must be an integer >= 0 (0: the default), got {cfg.threads!r}",
+        ),
+        lambda: (
+            _integer(cfg.max_train_examples) and cfg.max_train_examples >= 0,
+            f"--max-train-examples must be an integer >= 0 (0: all), got {cfg.max_train_examples!r}",
+        ),
+        lambda: (
+            isinstance(cfg.seeds, (list, tuple)) and len(cfg.seeds) > 0 and all(map(_integer, cfg.seeds)),
+            f"--seeds must list one or more integers, got {cfg.seeds!r}",
+        ),
+        lambda: (
+            len(set(cfg.seeds)) == len(cfg.seeds),  # each seed's model is OUT/seed-N
+            f"--seeds lists a seed twice: {list(cfg.seeds)}",
+        ),
+        lambda: (
+            cfg.batch_size % max(1, cfg.num_workers) == 0,
+            f"batch_size ({cfg.batch_size}) must be divisible by num_workers ({cfg.num_workers})",
+        ),
         lambda: (isinstance(cfg.labels, (list, tuple)), f"--labels must be a list, got {cfg.labels!r}"),
-        lambda: (not cfg.labels or cfg.task == "classification",
-                 f"--labels lists the classes of a classification task; --task is {cfg.task}"),
-        lambda: (all(isinstance(v, (str, int, float, bool)) for v in cfg.labels),  # a label is one value
-                 f"--labels must list single values (strings or numbers), got {list(cfg.labels)!r}"),
+        lambda: (
+            not cfg.labels or cfg.task == "classification",
+            f"--labels lists the classes of a classification task; --task is {cfg.task}",
+        ),
+        lambda: (
+            all(isinstance(v, (str, int, float, bool)) for v in cfg.labels),  # a label is one value
+            f"--labels must list single values (strings or numbers), got {list(cfg.labels)!r}",
+        ),
         lambda: (len(set(cfg.labels)) == len(cfg.labels), f"--labels lists a class twice: {list(cfg.labels)!r}"),
     ]
     for check in checks:
@@ -167,11 +230,23 @@ def validate(cfg: FinetuneConfig) -> None:
 
 # -- data ----------------------------------------------------------------------------------------
 
+
 def encode(tokenizer, data: Examples, max_len: int) -> TaskData:
-    encoded = tokenizer(data.texts, data.pairs, truncation=True, max_length=max_len, padding=True,
-                        return_token_type_ids=True, return_tensors="np")
-    return TaskData(encoded["input_ids"].astype(np.int64), encoded["token_type_ids"].astype(np.int64),
-                    encoded["attention_mask"].sum(axis=1), data.labels)
+    encoded = tokenizer(
+        data.texts,
+        data.pairs,
+        truncation=True,
+        max_length=max_len,
+        padding=True,
+        return_token_type_ids=True,
+        return_tensors="np",
+    )
+    return TaskData(
+        encoded["input_ids"].astype(np.int64),
+        encoded["token_type_ids"].astype(np.int64),
+        encoded["attention_mask"].sum(axis=1),
+        data.labels,
+    )
 
 
 def load_task(cfg: FinetuneConfig, tokenizer, max_len: int) -> tuple[TaskData, TaskData, list | None]:
@@ -186,8 +261,10 @@ def load_task(cfg: FinetuneConfig, tokenizer, max_len: int) -> tuple[TaskData, T
     if cfg.task == "classification":
         labels = list(cfg.labels) or class_labels(train, cfg.label_column, cfg.train)
         if len(labels) < 2:
-            raise FinetuneError(f"training file {cfg.train} has {len(labels)} distinct label(s) in column "
-                                f"'{cfg.label_column}'; classification needs at least 2")
+            raise FinetuneError(
+                f"training file {cfg.train} has {len(labels)} distinct label(s) in column "
+                f"'{cfg.label_column}'; classification needs at least 2"
+            )
     columns_of = dict(text_column=cfg.text_column, pair_column=cfg.pair_column, label_column=cfg.label_column)
     train_examples = examples(train, cfg.train, **columns_of, labels=labels)
     eval_examples = examples(read_task_file(cfg.eval, columns, texts), cfg.eval, **columns_of, labels=labels)
@@ -198,13 +275,17 @@ def load_task(cfg: FinetuneConfig, tokenizer, max_len: int) -> tuple[TaskData, T
 
 def batch(data: TaskData, index: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
     width = int(data.lengths[index].max())
-    tensors = {"input_ids": data.input_ids[index, :width], "token_type_ids": data.token_type_ids[index, :width],
-               "attention_mask": (np.arange(width)[None, :] < data.lengths[index, None]).astype(np.int64),
-               "labels": data.labels[index]}
+    tensors = {
+        "input_ids": data.input_ids[index, :width],
+        "token_type_ids": data.token_type_ids[index, :width],
+        "attention_mask": (np.arange(width)[None, :] < data.lengths[index, None]).astype(np.int64),
+        "labels": data.labels[index],
+    }
     return {name: torch.from_numpy(value).to(device) for name, value in tensors.items()}
 
 
 # -- model and optimizer -------------------------------------------------------------------------
+
 
 def load_classifier(model_dir: str, cfg: FinetuneConfig, labels: list | None):
     """ElectraForSequenceClassification on the encoder of `model_dir`, with a new task head. Any
@@ -214,21 +295,33 @@ def load_classifier(model_dir: str, cfg: FinetuneConfig, labels: list | None):
 
     from electra_ray.model import use_fast_cpu_dropout
 
-    task = {"num_labels": len(labels), "id2label": {i: str(v) for i, v in enumerate(labels)},
-            "label2id": {str(v): i for i, v in enumerate(labels)}} if labels else \
-        {"num_labels": 1, "problem_type": "regression"}
+    task = (
+        {
+            "num_labels": len(labels),
+            "id2label": {i: str(v) for i, v in enumerate(labels)},
+            "label2id": {str(v): i for i, v in enumerate(labels)},
+        }
+        if labels
+        else {"num_labels": 1, "problem_type": "regression"}
+    )
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialized: classifier.*" is the point here
     try:
         model, info = ElectraForSequenceClassification.from_pretrained(
-            model_dir, output_loading_info=True, hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout, **task)
+            model_dir,
+            output_loading_info=True,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+            **task,
+        )
     finally:
         transformers.logging.set_verbosity(verbosity)
     missing = [k for k in info["missing_keys"] if not k.startswith("classifier.")]
     if missing or info["mismatched_keys"]:
-        raise FinetuneError(f"model {model_dir} lacks encoder weights: missing {missing[:3]}, "
-                            f"mismatched {list(info['mismatched_keys'])[:3]}")
+        raise FinetuneError(
+            f"model {model_dir} lacks encoder weights: missing {missing[:3]}, "
+            f"mismatched {list(info['mismatched_keys'])[:3]}"
+        )
     return use_fast_cpu_dropout(model)
 
 
@@ -254,8 +347,14 @@ def layer_param_groups(model, lr: float, layer_decay: float, weight_decay: float
         by_depth = defaultdict(list)
         for param in group["params"]:
             by_depth[layer_depth(names[id(param)], num_layers)].append(param)
-        groups += [{"params": params, "weight_decay": group["weight_decay"],
-                    "lr": lr * layer_decay ** (num_layers + 1 - depth)} for depth, params in sorted(by_depth.items())]
+        groups += [
+            {
+                "params": params,
+                "weight_decay": group["weight_decay"],
+                "lr": lr * layer_decay ** (num_layers + 1 - depth),
+            }
+            for depth, params in sorted(by_depth.items())
+        ]
     return groups
 
 
@@ -264,13 +363,15 @@ def build_optimizer(model, cfg: FinetuneConfig, total_steps: int):
     linear decay to 0 (the pre-training schedule)."""
     from electra_ray.train import lr_lambda
 
-    optimizer = torch.optim.AdamW(layer_param_groups(model, cfg.lr, cfg.layer_decay, cfg.weight_decay),
-                                  lr=cfg.lr, eps=cfg.adam_eps)
+    optimizer = torch.optim.AdamW(
+        layer_param_groups(model, cfg.lr, cfg.layer_decay, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps
+    )
     schedule = lr_lambda(int(cfg.warmup * total_steps), total_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 # -- training (the same loop in this process and on each Ray Train worker) -----------------------
+
 
 def train_worker(loop_config: dict) -> list[dict]:
     """Fine-tune one seed. In this process, saves the model to loop_config["out"]; on Ray Train,
@@ -305,7 +406,7 @@ def train_worker(loop_config: dict) -> list[dict]:
         steps = np.resize(order_rng.permutation(len(data.lengths)), steps_per_epoch * cfg.batch_size)
         loss_sum = 0.0
         for index in steps.reshape(steps_per_epoch, cfg.batch_size):
-            loss = model(**batch(data, index[rank * per_rank:(rank + 1) * per_rank], device)).loss
+            loss = model(**batch(data, index[rank * per_rank : (rank + 1) * per_rank], device)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -329,13 +430,27 @@ def train_worker(loop_config: dict) -> list[dict]:
     return history
 
 
-def train_seed(cfg: FinetuneConfig, model_dir: str, train: TaskData, labels: list | None, seed: int,
-               seed_dir: str, num_threads: int = 0) -> float:
+def train_seed(
+    cfg: FinetuneConfig,
+    model_dir: str,
+    train: TaskData,
+    labels: list | None,
+    seed: int,
+    seed_dir: str,
+    num_threads: int = 0,
+) -> float:
     """One fine-tuning run, in this process or on Ray Train; the model ends in seed_dir. Returns
     the last epoch's training loss."""
-    loop_config = {"config": dataclasses.asdict(cfg), "train": train, "labels": labels, "seed": seed,
-                   "model_dir": os.path.abspath(model_dir), "ray": cfg.num_workers > 0, "out": seed_dir,
-                   "num_threads": num_threads}
+    loop_config = {
+        "config": dataclasses.asdict(cfg),
+        "train": train,
+        "labels": labels,
+        "seed": seed,
+        "model_dir": os.path.abspath(model_dir),
+        "ray": cfg.num_workers > 0,
+        "out": seed_dir,
+        "num_threads": num_threads,
+    }
     if cfg.num_workers == 0:
         return train_worker(loop_config)[-1]["train_loss"]
     import ray.train
@@ -343,11 +458,14 @@ def train_seed(cfg: FinetuneConfig, model_dir: str, train: TaskData, labels: lis
 
     storage = os.path.join(os.path.dirname(seed_dir), "ray-train")
     trainer = TorchTrainer(
-        train_worker, train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": 1}),
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": 1}
+        ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(name=os.path.basename(seed_dir), storage_path=storage))
+        run_config=ray.train.RunConfig(name=os.path.basename(seed_dir), storage_path=storage),
+    )
     result = trainer.fit()
     result.checkpoint.to_directory(seed_dir)
     shutil.rmtree(storage, ignore_errors=True)  # the model is in seed_dir now
@@ -355,6 +473,7 @@ def train_seed(cfg: FinetuneConfig, model_dir: str, train: TaskData, labels: lis
 
 
 # -- evaluation ----------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def predict(model, data: TaskData, batch_size: int = 128) -> np.ndarray:
@@ -389,15 +508,29 @@ def summarize(runs: list[dict], names: tuple[str, ...]) -> dict[str, dict]:
     summary = {}
     for name in names:
         values = np.array([run["metrics"][name] for run in runs])
-        summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                         "median": float(np.median(values)), "values": values.tolist()}
+        summary[name] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "median": float(np.median(values)),
+            "values": values.tolist(),
+        }
     return summary
 
 
 # -- the verb ------------------------------------------------------------------------------------
 
-def run_seed(cfg: FinetuneConfig, model_dir: str, tokenizer, train: TaskData, evaluation: TaskData,
-             labels: list | None, seed: int, out: str, num_threads: int) -> dict:
+
+def run_seed(
+    cfg: FinetuneConfig,
+    model_dir: str,
+    tokenizer,
+    train: TaskData,
+    evaluation: TaskData,
+    labels: list | None,
+    seed: int,
+    out: str,
+    num_threads: int,
+) -> dict:
     """Fine-tune with one seed, save the model with its tokenizer, score it on the eval data."""
     from transformers import ElectraForSequenceClassification
 
@@ -405,12 +538,20 @@ def run_seed(cfg: FinetuneConfig, model_dir: str, tokenizer, train: TaskData, ev
     seed_dir = os.path.join(out, f"seed-{seed}")
     train_loss = train_seed(cfg, model_dir, train, labels, seed, seed_dir, num_threads)
     tokenizer.save_pretrained(seed_dir)
-    metrics = score(evaluation, predict(ElectraForSequenceClassification.from_pretrained(seed_dir), evaluation),
-                    labels)
-    run = {"seed": seed, "model": seed_dir, "train_loss": train_loss, "metrics": metrics,
-           "seconds": time.perf_counter() - start}
-    print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
-          f" | train loss {train_loss:.4f} | {run['seconds']:.0f}s", flush=True)
+    metrics = score(evaluation, predict(ElectraForSequenceClassification.from_pretrained(seed_dir), evaluation), labels)
+    run = {
+        "seed": seed,
+        "model": seed_dir,
+        "train_loss": train_loss,
+        "metrics": metrics,
+        "seconds": time.perf_counter() - start,
+    }
+    print(
+        f"seed {seed}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        + f" | train loss {train_loss:.4f} | {run['seconds']:.0f}s",
+        flush=True,
+    )
     return run
 
 
@@ -420,10 +561,13 @@ def check_out(out: str) -> None:
     if not os.path.lexists(out) or (os.path.isdir(out) and not os.listdir(out)):
         return
     if os.path.isfile(os.path.join(out, "metrics.json")):
-        raise FinetuneError(f"--out {out} already holds a fine-tuning's results: nothing was written; choose a new "
-                            f"--out (results are never overwritten)")
-    raise FinetuneError(f"--out {out} already exists and is not a fine-tuning output: nothing was written; choose "
-                        f"a new --out")
+        raise FinetuneError(
+            f"--out {out} already holds a fine-tuning's results: nothing was written; choose a new "
+            f"--out (results are never overwritten)"
+        )
+    raise FinetuneError(
+        f"--out {out} already exists and is not a fine-tuning output: nothing was written; choose a new --out"
+    )
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
@@ -448,21 +592,35 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         from electra_ray.config import Config, ScalingConfig
         from electra_ray.pretrain import init_ray
 
-        num_threads = cfg.threads or init_ray(Config(scaling=ScalingConfig(num_workers=cfg.num_workers,
-                                                                           use_gpu=cfg.use_gpu)))
-    print(f"fine-tuning {model_dir} on {len(train.lengths)} examples ({cfg.train}), evaluating on "
-          f"{len(evaluation.lengths)} ({cfg.eval}); seeds {list(cfg.seeds)}", flush=True)
+        num_threads = cfg.threads or init_ray(
+            Config(scaling=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu))
+        )
+    print(
+        f"fine-tuning {model_dir} on {len(train.lengths)} examples ({cfg.train}), evaluating on "
+        f"{len(evaluation.lengths)} ({cfg.eval}); seeds {list(cfg.seeds)}",
+        flush=True,
+    )
     previous_threads = torch.get_num_threads()  # in this process, cfg.threads holds only while we run
     try:
-        runs = [run_seed(cfg, model_dir, tokenizer, train, evaluation, labels, seed, out, num_threads)
-                for seed in cfg.seeds]
+        runs = [
+            run_seed(cfg, model_dir, tokenizer, train, evaluation, labels, seed, out, num_threads) for seed in cfg.seeds
+        ]
     finally:
         torch.set_num_threads(previous_threads)
-    result = {"model": model_dir, "train": cfg.train, "eval": cfg.eval, "task": cfg.task, "labels": labels,
-              "metric": cfg.metric or ("accuracy" if cfg.task == "classification" else "spearman"),
-              "train_examples": len(train.lengths), "eval_examples": len(evaluation.lengths),
-              "majority_baseline": majority_baseline(train, evaluation, labels),
-              "summary": summarize(runs, METRICS[cfg.task]), "runs": runs, "config": dataclasses.asdict(cfg)}
+    result = {
+        "model": model_dir,
+        "train": cfg.train,
+        "eval": cfg.eval,
+        "task": cfg.task,
+        "labels": labels,
+        "metric": cfg.metric or ("accuracy" if cfg.task == "classification" else "spearman"),
+        "train_examples": len(train.lengths),
+        "eval_examples": len(evaluation.lengths),
+        "majority_baseline": majority_baseline(train, evaluation, labels),
+        "summary": summarize(runs, METRICS[cfg.task]),
+        "runs": runs,
+        "config": dataclasses.asdict(cfg),
+    }
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(format_summary(result), flush=True)
@@ -476,8 +634,10 @@ def finetune_metrics(cfg: FinetuneConfig) -> dict:
 
 def format_summary(result: dict) -> str:
     metric, stats = result["metric"], result["summary"][result["metric"]]
-    line = (f"{metric} {stats['mean']:.4f} ± {stats['std']:.4f} (median {stats['median']:.4f}, "
-            f"{len(stats['values'])} seeds)")
+    line = (
+        f"{metric} {stats['mean']:.4f} ± {stats['std']:.4f} (median {stats['median']:.4f}, "
+        f"{len(stats['values'])} seeds)"
+    )
     if result["majority_baseline"] and metric in result["majority_baseline"]:
         line += f"; majority class: {result['majority_baseline'][metric]:.4f}"
     return line
@@ -485,16 +645,23 @@ def format_summary(result: dict) -> str:
 
 def parser() -> argparse.ArgumentParser:
     """One flag per FinetuneConfig field (--layer-decay for layer_decay), its help and default."""
-    parser = argparse.ArgumentParser(prog="python -m electra_ray.finetune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m electra_ray.finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     hints = typing.get_type_hints(FinetuneConfig)
     for field in dataclasses.fields(FinetuneConfig):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         listed = hints[field.name] is list
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=argparse.SUPPRESS,
-                            required=field.name in ("model", "train", "eval"), nargs="+" if listed else None,
-                            type=yaml.safe_load if listed else str, choices=field.metadata["choices"],
-                            help=f"{field.metadata['help']} (default: {default!r})")
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            default=argparse.SUPPRESS,
+            required=field.name in ("model", "train", "eval"),
+            nargs="+" if listed else None,
+            type=yaml.safe_load if listed else str,
+            choices=field.metadata["choices"],
+            help=f"{field.metadata['help']} (default: {default!r})",
+        )
     return parser
 
 

@@ -16,11 +16,11 @@ import numpy as np
 class MaskedBatch:
     """One batch after masking. B sequences of T tokens, P prediction slots per sequence."""
 
-    input_ids: np.ndarray       # [B, T] int64, the corrupted input ([MASK], kept or random tokens)
-    original_ids: np.ndarray    # [B, T] int64, the sequence before masking
+    input_ids: np.ndarray  # [B, T] int64, the corrupted input ([MASK], kept or random tokens)
+    original_ids: np.ndarray  # [B, T] int64, the sequence before masking
     attention_mask: np.ndarray  # [B, T] int64, 1 for real tokens, 0 for [PAD]
-    positions: np.ndarray       # [B, P] int64, selected positions (0 in unused slots)
-    weights: np.ndarray         # [B, P] float32, 1 for a used slot, 0 for an unused one
+    positions: np.ndarray  # [B, P] int64, selected positions (0 in unused slots)
+    weights: np.ndarray  # [B, P] float32, 1 for a used slot, 0 for an unused one
     # [B, T] int64, 0 on [CLS] A [SEP] and padding, 1 on B [SEP] (data.packing=segments); None: not given,
     # and then not passed to the model (callers build tensors only from the fields that are not None).
     token_type_ids: np.ndarray | None = None
@@ -30,9 +30,19 @@ def max_predictions(seq_len: int, mask_prob: float) -> int:
     return max(1, int((mask_prob + 0.005) * seq_len))
 
 
-def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, mask_prob: float, mask_token_prob: float,
-                random_token_prob: float, mask_id: int, pad_id: int, special_ids: list[int],
-                vocab_size: int, token_type_ids: np.ndarray | None = None) -> MaskedBatch:
+def mask_tokens(
+    ids: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mask_prob: float,
+    mask_token_prob: float,
+    random_token_prob: float,
+    mask_id: int,
+    pad_id: int,
+    special_ids: list[int],
+    vocab_size: int,
+    token_type_ids: np.ndarray | None = None,
+) -> MaskedBatch:
     """Select `mask_prob` of each row's non-special tokens (specials and position 0 are never
     selected); of those,
     `mask_token_prob` become [MASK], `random_token_prob` a uniformly drawn non-special token, the
@@ -57,7 +67,7 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, mask_prob: float, 
     # A random score per token, specials pushed last; the n_select lowest scores are selected.
     scores = np.where(candidate, rng.random((batch, seq_len)), 2.0)
     order = np.argsort(scores, axis=1, kind="stable")[:, :slots]
-    weights = (np.arange(slots)[None, :] < n_select[:, None])
+    weights = np.arange(slots)[None, :] < n_select[:, None]
     positions = np.where(weights, order, 0)
 
     selected = np.zeros_like(candidate)
@@ -71,10 +81,14 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, *, mask_prob: float, 
     input_ids[to_mask] = mask_id
     if to_random.any():
         input_ids[to_random] = _random_tokens(rng, int(to_random.sum()), vocab_size, special_ids)
-    return MaskedBatch(input_ids=input_ids, original_ids=ids,
-                       attention_mask=(ids != pad_id).astype(np.int64),
-                       positions=positions.astype(np.int64), weights=weights.astype(np.float32),
-                       token_type_ids=token_type_ids)
+    return MaskedBatch(
+        input_ids=input_ids,
+        original_ids=ids,
+        attention_mask=(ids != pad_id).astype(np.int64),
+        positions=positions.astype(np.int64),
+        weights=weights.astype(np.float32),
+        token_type_ids=token_type_ids,
+    )
 
 
 def _random_tokens(rng: np.random.Generator, n: int, vocab_size: int, special_ids: list[int]) -> np.ndarray:

@@ -27,6 +27,7 @@ ATTENTION = "electra_ray"  # SDPA, with our CPU dropout (below); the export's co
 # MKL path is for Intel CPUs only): 13% of an ELECTRA-Small step on this machine's AMD cores. One
 # 64-bit draw here gives four 16-bit numbers, compared in parallel.
 
+
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """F.dropout, faster on CPU: each element is dropped with probability round(p * 65536) / 65536
     (p to within 1e-5) and the kept ones are scaled to keep the expectation exactly."""
@@ -35,8 +36,8 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
         return F.dropout(x, p, training)
     dropped = round(p * 65536)
-    bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # all 64 bits
-    keep = bits.view(torch.int16)[:x.numel()].view(x.shape) >= dropped - 32768
+    bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits
+    keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - 32768
     return x * keep.to(x.dtype).mul_(65536 / (65536 - dropped))
 
 
@@ -45,17 +46,20 @@ class Dropout(nn.Dropout):
         return fast_dropout(x, self.p, self.training)
 
 
-def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-              **kwargs):
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None, **kwargs):
     """transformers' SDPA attention, except when training on CPU with dropout: there SDPA falls back
     to its math kernel with torch's dropout; this is the same math with ours."""
     if dropout == 0.0 or query.device.type != "cpu":
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
     if attention_mask is not None:  # sdpa_mask's: True where a query may attend
-        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min) \
-            if attention_mask.dtype == torch.bool else scores + attention_mask
+        scores = (
+            scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            if attention_mask.dtype == torch.bool
+            else scores + attention_mask
+        )
     probs = torch.softmax(scores, dim=-1)
     output = torch.matmul(fast_dropout(probs, dropout), value)
     return output.transpose(1, 2).contiguous(), probs
@@ -78,11 +82,17 @@ def use_fast_cpu_dropout(net: nn.Module) -> nn.Module:
 
 def discriminator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
     return ElectraConfig(
-        vocab_size=vocab_size, embedding_size=model_cfg.embedding_size, hidden_size=model_cfg.hidden_size,
-        num_hidden_layers=model_cfg.num_layers, num_attention_heads=model_cfg.num_heads,
-        intermediate_size=model_cfg.intermediate_size, max_position_embeddings=model_cfg.max_position_embeddings,
-        hidden_dropout_prob=model_cfg.dropout, attention_probs_dropout_prob=model_cfg.dropout,
-        pad_token_id=pad_id)
+        vocab_size=vocab_size,
+        embedding_size=model_cfg.embedding_size,
+        hidden_size=model_cfg.hidden_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
+        intermediate_size=model_cfg.intermediate_size,
+        max_position_embeddings=model_cfg.max_position_embeddings,
+        hidden_dropout_prob=model_cfg.dropout,
+        attention_probs_dropout_prob=model_cfg.dropout,
+        pad_token_id=pad_id,
+    )
 
 
 def generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
@@ -132,9 +142,16 @@ class CorrectiveHead(nn.Module):
 class ElectraPretrainingModel(nn.Module):
     NETWORKS = ("discriminator", "generator")
 
-    def __init__(self, generator: ElectraForMaskedLM, discriminator: ElectraForPreTraining,
-                 rtd_weight: float = 50.0, temperature: float = 1.0, disentangled_embeddings: bool = False,
-                 corrective_weight: float = 0.0, shared_layers: int = 0):
+    def __init__(
+        self,
+        generator: ElectraForMaskedLM,
+        discriminator: ElectraForPreTraining,
+        rtd_weight: float = 50.0,
+        temperature: float = 1.0,
+        disentangled_embeddings: bool = False,
+        corrective_weight: float = 0.0,
+        shared_layers: int = 0,
+    ):
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
@@ -146,21 +163,40 @@ class ElectraPretrainingModel(nn.Module):
             for i in range(shared_layers):
                 self.generator.electra.encoder.layer[i] = self.discriminator.electra.encoder.layer[i]
         token_embeddings = self.generator.electra.embeddings.word_embeddings
-        self.embedding_delta = nn.Parameter(torch.zeros_like(token_embeddings.weight)) \
-            if disentangled_embeddings else None
+        self.embedding_delta = (
+            nn.Parameter(torch.zeros_like(token_embeddings.weight)) if disentangled_embeddings else None
+        )
         self.corrective = CorrectiveHead(discriminator.config, token_embeddings) if corrective_weight > 0 else None
         self.rtd_weight = rtd_weight
         self.corrective_weight = corrective_weight
         self.temperature = temperature  # the training loop sets it each step when it follows a schedule
 
-    def forward(self, input_ids, original_ids, attention_mask, positions, weights, token_type_ids=None,
-                generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
-        return electra_loss(self.generator, self.discriminator, input_ids=input_ids, original_ids=original_ids,
-                            attention_mask=attention_mask, positions=positions, weights=weights,
-                            token_type_ids=token_type_ids, rtd_weight=self.rtd_weight,
-                            temperature=self.temperature, generator_rng=generator_rng,
-                            embedding_delta=self.embedding_delta, corrective_head=self.corrective,
-                            corrective_weight=self.corrective_weight)
+    def forward(
+        self,
+        input_ids,
+        original_ids,
+        attention_mask,
+        positions,
+        weights,
+        token_type_ids=None,
+        generator_rng: torch.Generator | None = None,
+    ) -> ObjectiveOutput:
+        return electra_loss(
+            self.generator,
+            self.discriminator,
+            input_ids=input_ids,
+            original_ids=original_ids,
+            attention_mask=attention_mask,
+            positions=positions,
+            weights=weights,
+            token_type_ids=token_type_ids,
+            rtd_weight=self.rtd_weight,
+            temperature=self.temperature,
+            generator_rng=generator_rng,
+            embedding_delta=self.embedding_delta,
+            corrective_head=self.corrective,
+            corrective_weight=self.corrective_weight,
+        )
 
     def exported_networks(self) -> dict[str, nn.Module]:
         """The networks as the export writes them: with disentangled embeddings, the discriminator
@@ -177,32 +213,56 @@ class ElectraPretrainingModel(nn.Module):
 class MaskedLMPretrainingModel(nn.Module):
     """The MLM baseline: an ElectraForMaskedLM whose encoder (`mlm.electra`) has the
     discriminator's shape, so it fine-tunes exactly as ELECTRA's discriminator does."""
+
     NETWORKS = ("mlm",)
 
     def __init__(self, mlm: ElectraForMaskedLM):
         super().__init__()
         self.mlm = mlm
 
-    def forward(self, input_ids, original_ids, attention_mask, positions, weights, token_type_ids=None,
-                generator_rng: torch.Generator | None = None) -> ObjectiveOutput:
-        return masked_lm_loss(self.mlm, input_ids=input_ids, original_ids=original_ids,
-                              attention_mask=attention_mask, positions=positions, weights=weights,
-                              token_type_ids=token_type_ids)
+    def forward(
+        self,
+        input_ids,
+        original_ids,
+        attention_mask,
+        positions,
+        weights,
+        token_type_ids=None,
+        generator_rng: torch.Generator | None = None,
+    ) -> ObjectiveOutput:
+        return masked_lm_loss(
+            self.mlm,
+            input_ids=input_ids,
+            original_ids=original_ids,
+            attention_mask=attention_mask,
+            positions=positions,
+            weights=weights,
+            token_type_ids=token_type_ids,
+        )
 
     def exported_networks(self) -> dict[str, nn.Module]:
         return {"mlm": self.mlm}
 
 
-def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float = 50.0,
-                temperature: float = 1.0, objective: str = "electra", stock: bool = False,
-                corrective_weight: float = 0.0) -> nn.Module:
+def build_model(
+    model_cfg,
+    vocab_size: int,
+    pad_id: int = 0,
+    rtd_weight: float = 50.0,
+    temperature: float = 1.0,
+    objective: str = "electra",
+    stock: bool = False,
+    corrective_weight: float = 0.0,
+) -> nn.Module:
     """`stock`: transformers' own SDPA attention and dropout (the bench's naive loop); else ours,
     which differ on CPU only (see `fast_dropout`)."""
     if objective == "mlm":
         networks = [ElectraForMaskedLM(discriminator_config(model_cfg, vocab_size, pad_id))]
     else:
-        networks = [ElectraForMaskedLM(generator_config(model_cfg, vocab_size, pad_id)),
-                    ElectraForPreTraining(discriminator_config(model_cfg, vocab_size, pad_id))]
+        networks = [
+            ElectraForMaskedLM(generator_config(model_cfg, vocab_size, pad_id)),
+            ElectraForPreTraining(discriminator_config(model_cfg, vocab_size, pad_id)),
+        ]
     for net in networks:
         if stock:
             net.config._attn_implementation = "sdpa"
@@ -210,21 +270,34 @@ def build_model(model_cfg, vocab_size: int, pad_id: int = 0, rtd_weight: float =
             use_fast_cpu_dropout(net)
     if objective == "mlm":
         return MaskedLMPretrainingModel(*networks)
-    return ElectraPretrainingModel(*networks, rtd_weight, temperature,
-                                   disentangled_embeddings=model_cfg.disentangled_embeddings,
-                                   corrective_weight=corrective_weight,
-                                   shared_layers=model_cfg.generator_layers)
+    return ElectraPretrainingModel(
+        *networks,
+        rtd_weight,
+        temperature,
+        disentangled_embeddings=model_cfg.disentangled_embeddings,
+        corrective_weight=corrective_weight,
+        shared_layers=model_cfg.generator_layers,
+    )
 
 
 def build_pretraining_model(cfg, vocab_size: int, pad_id: int = 0, stock: bool = False) -> nn.Module:
     """The joint model a run's Config describes (its objective, lambda, mu, temperature)."""
     t = cfg.train
-    return build_model(cfg.model, vocab_size, pad_id, t.rtd_weight, t.temperature, t.objective, stock,
-                       corrective_weight=t.corrective_weight)
+    return build_model(
+        cfg.model,
+        vocab_size,
+        pad_id,
+        t.rtd_weight,
+        t.temperature,
+        t.objective,
+        stock,
+        corrective_weight=t.corrective_weight,
+    )
 
 
-def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float,
-                    objective: str = "electra", corrective: bool = False) -> float:
+def flops_per_token(
+    model_cfg, vocab_size: int, seq_len: int, mask_prob: float, objective: str = "electra", corrective: bool = False
+) -> float:
     """Training FLOPs per input token (forward + backward = 3x forward), generator included, in
     the spirit of google-research/electra's flops_computation: 2 FLOPs per multiply-add. For the
     MLM baseline: the discriminator-sized encoder and its masked-LM head. `corrective`: ELECTRA
@@ -242,15 +315,23 @@ def flops_per_token(model_cfg, vocab_size: int, seq_len: int, mask_prob: float,
     if objective == "mlm":
         return 3 * masked_lm(model_cfg.hidden_size, model_cfg.intermediate_size)
     gen = generator_config(model_cfg, vocab_size)
-    discriminator = encoder(model_cfg.hidden_size, model_cfg.intermediate_size) + \
-        2 * (model_cfg.hidden_size * model_cfg.hidden_size + model_cfg.hidden_size)
+    discriminator = encoder(model_cfg.hidden_size, model_cfg.intermediate_size) + 2 * (
+        model_cfg.hidden_size * model_cfg.hidden_size + model_cfg.hidden_size
+    )
     if corrective:
-        discriminator += mask_prob * 2 * (model_cfg.hidden_size * model_cfg.embedding_size
-                                          + model_cfg.embedding_size * vocab_size)
+        discriminator += (
+            mask_prob * 2 * (model_cfg.hidden_size * model_cfg.embedding_size + model_cfg.embedding_size * vocab_size)
+        )
     return 3 * (masked_lm(gen.hidden_size, gen.intermediate_size, gen.num_hidden_layers) + discriminator)
 
 
 def run_flops_per_token(cfg, vocab_size: int) -> float:
     """flops_per_token of the model a run's Config trains."""
-    return flops_per_token(cfg.model, vocab_size, cfg.data.seq_len, cfg.data.mask_prob, cfg.train.objective,
-                           corrective=cfg.train.objective == "electra" and cfg.train.corrective_weight > 0)
+    return flops_per_token(
+        cfg.model,
+        vocab_size,
+        cfg.data.seq_len,
+        cfg.data.mask_prob,
+        cfg.train.objective,
+        corrective=cfg.train.objective == "electra" and cfg.train.corrective_weight > 0,
+    )

@@ -29,9 +29,11 @@ def electra_lr_lambda(warmup_steps: int, max_steps: int):
     """google-research/electra's learning-rate factor for the update taken at global step `step`
     (0 for the first update; LambdaLR's `last_epoch` counts the same way):
     (1 - min(step, max_steps) / max_steps) * min(1, step / warmup_steps). warmup_steps 0: no warm-up."""
+
     def factor(step: int) -> float:
         decay = 1.0 - min(step, max_steps) / max_steps
         return decay * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
+
     return factor
 
 
@@ -49,8 +51,14 @@ class AdamWNoBiasCorrection(torch.optim.Optimizer):
     host sync; the gradients of such a step may be NaN or inf.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ):
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate: {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -97,8 +105,7 @@ class AdamWNoBiasCorrection(torch.optim.Optimizer):
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
                 state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32,
-                                                       memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
             params.append(param)
             grads.append(param.grad)
             exp_avgs.append(state["exp_avg"])

@@ -33,8 +33,8 @@ import posixpath
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -73,8 +73,11 @@ def list_inputs(inputs: list[str]) -> list[str]:
                 files.append(path)
                 continue
             found = filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
-        names = sorted(f.path for f in found if f.type == pafs.FileType.File
-                       and not posixpath.basename(f.path).startswith((".", "_")))
+        names = sorted(
+            f.path
+            for f in found
+            if f.type == pafs.FileType.File and not posixpath.basename(f.path).startswith((".", "_"))
+        )
         if not names:
             raise UserError(f"no files under {path}")
         scheme = path.partition("://")[0] + "://" if storage.is_remote(path) else ""
@@ -135,10 +138,14 @@ def _json_text(line: str, field: str, path: str, number: int) -> str:
     return record[field]
 
 
-def prepare(inputs: list[str], out: str, documents: str = "blank-line", field: str = "text",
-            shard_mb: float = 128.0) -> PrepareResult:
-    if isinstance(shard_mb, bool) or not isinstance(shard_mb, (int, float)) or \
-            not (math.isfinite(shard_mb) and shard_mb > 0):
+def prepare(
+    inputs: list[str], out: str, documents: str = "blank-line", field: str = "text", shard_mb: float = 128.0
+) -> PrepareResult:
+    if (
+        isinstance(shard_mb, bool)
+        or not isinstance(shard_mb, (int, float))
+        or not (math.isfinite(shard_mb) and shard_mb > 0)
+    ):
         raise UserError(f"--shard-mb must be a finite number > 0, got {shard_mb!r}")
     files = list_inputs(inputs)
     storage.check(out, write=True)
@@ -172,8 +179,14 @@ def prepare(inputs: list[str], out: str, documents: str = "blank-line", field: s
             write_shard()
         if not result.shards:
             raise UserError(f"no documents in {', '.join(inputs)}")
-        output.finish({"format": "electra_ray.prepare", "shards": listing, "documents": result.documents,
-                       "text_bytes": result.text_bytes})
+        output.finish(
+            {
+                "format": "electra_ray.prepare",
+                "shards": listing,
+                "documents": result.documents,
+                "text_bytes": result.text_bytes,
+            }
+        )
     except BaseException:  # an error or Ctrl-C: take back what this run wrote, nothing else
         output.abort()
         raise
@@ -195,18 +208,24 @@ class _Output:
             kind = self.filesystem.get_file_info(self.inner).type
             if kind == pafs.FileType.File:
                 raise UserError(f"{out} is a file: prepare writes a directory of Parquet shards there")
-            names = [posixpath.basename(f.path) for f in self.filesystem.get_file_info(
-                pafs.FileSelector(self.inner))] if kind == pafs.FileType.Directory else []
+            names = (
+                [posixpath.basename(f.path) for f in self.filesystem.get_file_info(pafs.FileSelector(self.inner))]
+                if kind == pafs.FileType.Directory
+                else []
+            )
         if any(name.endswith(".parquet") for name in names):
             raise UserError(f"{out} already holds Parquet files: choose an empty output path")
         for marker, meaning in ((SUCCESS, "a finished corpus"), (PREPARING, "an unfinished prepare")):
             if marker in names:
-                raise UserError(f"{out} already holds {marker} ({meaning}): choose an empty output path, "
-                                f"or remove {out} first if it is not needed")
+                raise UserError(
+                    f"{out} already holds {marker} ({meaning}): choose an empty output path, "
+                    f"or remove {out} first if it is not needed"
+                )
         if any(PARTIAL in name for name in names):
             partial = next(name for name in names if PARTIAL in name)
-            raise UserError(f"{out} already holds {partial} (a shard an interrupted prepare left): choose an "
-                            f"empty output path")
+            raise UserError(
+                f"{out} already holds {partial} (a shard an interrupted prepare left): choose an empty output path"
+            )
         self.created_dir = kind == pafs.FileType.NotFound
 
     def begin(self) -> None:
@@ -227,8 +246,7 @@ class _Output:
 
     def finish(self, summary: dict) -> None:
         """_SUCCESS last (in place only once every shard is), then _PREPARING goes."""
-        summary = {**summary, "started": self.started,
-                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        summary = {**summary, "started": self.started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self._put(SUCCESS, (json.dumps(summary, indent=1) + "\n").encode())
         self.written = []  # complete from here on: nothing for abort() to take back
         try:
@@ -299,12 +317,17 @@ def _fsync_directory(directory: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m electra_ray.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m electra_ray.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or s3:// prefixes")
     parser.add_argument("out", metavar="OUT", help="output directory or s3:// prefix")
-    parser.add_argument("--documents", choices=("blank-line", "line", "file"), default="blank-line",
-                        help="how text files divide into documents (default: blank-line)")
+    parser.add_argument(
+        "--documents",
+        choices=("blank-line", "line", "file"),
+        default="blank-line",
+        help="how text files divide into documents (default: blank-line)",
+    )
     parser.add_argument("--field", default="text", help="JSONL field holding the document (default: text)")
     # Read as text and checked by prepare: a bad value is one `error:` line, not argparse's usage + error.
     parser.add_argument("--shard-mb", default="128", help="MB of text per shard (default: 128)")
@@ -317,8 +340,10 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError:
             raise UserError(f"--shard-mb must be a finite number > 0, got {args.shard_mb!r}") from None
         result = prepare(args.inputs, args.out, args.documents, args.field, shard_mb)
-        print(f"prepared {result.documents:,} documents ({result.text_bytes / 1e6:.1f} MB) in "
-              f"{len(result.shards)} shards under {args.out}")
+        print(
+            f"prepared {result.documents:,} documents ({result.text_bytes / 1e6:.1f} MB) in "
+            f"{len(result.shards)} shards under {args.out}"
+        )
 
     run_cli(run)
 

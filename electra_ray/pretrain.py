@@ -26,10 +26,21 @@ CONFIG_FILE = "config.json"  # in the run directory: what --resume starts from
 # Keys a run's checkpoints and tokenizer depend on: continuing a run with other values would load
 # its weights into another network (or fail deep inside the workers), so they must equal the
 # saved config's (check_run_directory).
-RUN_IDENTITY = ("model.num_layers", "model.hidden_size", "model.embedding_size", "model.num_heads",
-                "model.intermediate_size", "model.generator_size", "model.max_position_embeddings",
-                "model.generator_layers", "model.disentangled_embeddings",
-                "train.objective", "train.zero_stage", "data.tokenizer", "data.vocab_size")
+RUN_IDENTITY = (
+    "model.num_layers",
+    "model.hidden_size",
+    "model.embedding_size",
+    "model.num_heads",
+    "model.intermediate_size",
+    "model.generator_size",
+    "model.max_position_embeddings",
+    "model.generator_layers",
+    "model.disentangled_embeddings",
+    "train.objective",
+    "train.zero_stage",
+    "data.tokenizer",
+    "data.vocab_size",
+)
 # How long a request for resources the cluster lacks waits for its autoscaler before it is an error.
 RESOURCE_WAIT_S = float(os.environ.get("ELECTRA_RAY_RESOURCE_WAIT_S", 900))
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
@@ -37,11 +48,11 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 @dataclass
 class PretrainResult:
-    run_dir: str       # local: metrics.jsonl, TensorBoard, eval.json, a copy of the export
-    checkpoint: str    # the latest checkpoint: a local path or an s3:// URL
-    export: str        # the HF-format export: a local path or an s3:// URL ("" if not exported)
+    run_dir: str  # local: metrics.jsonl, TensorBoard, eval.json, a copy of the export
+    checkpoint: str  # the latest checkpoint: a local path or an s3:// URL
+    export: str  # the HF-format export: a local path or an s3:// URL ("" if not exported)
     history: list[dict]  # every report of the workers (also in run_dir/metrics.jsonl)
-    evaluation: dict   # held-out measurements of the export (evaluate.py)
+    evaluation: dict  # held-out measurements of the export (evaluate.py)
     stopped: bool = False  # stopped early by SIGTERM / Ctrl-C, after saving a checkpoint
 
 
@@ -55,8 +66,11 @@ def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
         texts = training_texts(cfg)
         tokenizer = train_tokenizer(texts, cfg.data.vocab_size)
         save_tokenizer(tokenizer, directory, model_max_length=cfg.model.max_position_embeddings)
-        print(f"tokenizer: trained {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - start:.1f}s "
-              f"-> {directory}", flush=True)
+        print(
+            f"tokenizer: trained {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - start:.1f}s "
+            f"-> {directory}",
+            flush=True,
+        )
     return read_tokenizer_json(directory)
 
 
@@ -67,8 +81,10 @@ def training_texts(cfg: Config):
     texts = iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction)
     first = next(texts, None)
     if first is None:
-        raise DataError(f"corpus {cfg.data.path} has no text to train on: column '{cfg.data.text_column}' "
-                        f"is empty in every row of the training split")
+        raise DataError(
+            f"corpus {cfg.data.path} has no text to train on: column '{cfg.data.text_column}' "
+            f"is empty in every row of the training split"
+        )
     return itertools.chain([first], texts)
 
 
@@ -90,8 +106,11 @@ def start_local_ray(num_cpus: int, env_vars: dict | None = None) -> None:
     # every local user. (Setting RAY_AUTH_MODE here, after `import ray`, would not reach Ray's
     # cached config and would break the start.)
     # Train's print patch would echo each progress line twice on the console.
-    context = ray.init(num_cpus=num_cpus, logging_level="warning",
-                       runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}})
+    context = ray.init(
+        num_cpus=num_cpus,
+        logging_level="warning",
+        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env_vars or {})}},
+    )
     protect_auth_token()
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
@@ -137,13 +156,19 @@ def check_resources(cfg: Config) -> None:
 
     def missing() -> list[str]:
         have = ray.cluster_resources()
-        return [f"{name} (asked {amount:g}, the cluster has {have.get(name, 0):g})" if amount >= 1 else
-                f"{name} (no node has it)" for name, amount in wanted.items() if have.get(name, 0) < amount]
+        return [
+            f"{name} (asked {amount:g}, the cluster has {have.get(name, 0):g})"
+            if amount >= 1
+            else f"{name} (no node has it)"
+            for name, amount in wanted.items()
+            if have.get(name, 0) < amount
+        ]
 
     if not missing():
         return
     advice = ("; set scaling.use_gpu=false" if cfg.scaling.use_gpu else "") + (
-        "; check scaling.data_resource" if cfg.scaling.data_resource else "")
+        "; check scaling.data_resource" if cfg.scaling.data_resource else ""
+    )
     if not (cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS")):
         raise UserError(f"this Ray cluster cannot run the job: missing {', '.join(missing())}{advice}")
     from ray.autoscaler.sdk import request_resources
@@ -159,8 +184,10 @@ def check_resources(cfg: Config) -> None:
         time.sleep(5)
     request_resources(bundles=[])
     if missing():
-        raise UserError(f"no node of this Ray cluster provides {', '.join(missing())} after {RESOURCE_WAIT_S:.0f}s "
-                        f"of autoscaling: its node types do not have it{advice}")
+        raise UserError(
+            f"no node of this Ray cluster provides {', '.join(missing())} after {RESOURCE_WAIT_S:.0f}s "
+            f"of autoscaling: its node types do not have it{advice}"
+        )
 
 
 def check_run_directory(cfg: Config) -> bool:
@@ -170,14 +197,15 @@ def check_run_directory(cfg: Config) -> bool:
     saved_path = storage.join(cfg.run_dir, CONFIG_FILE)
     if not storage.exists(saved_path):
         if _holds_files(cfg.run_dir):
-            raise UserError(f"{cfg.run_dir} exists and is not a run of electra_ray.pretrain (no {CONFIG_FILE}): "
-                            f"nothing was written; choose another output.name or output.dir")
+            raise UserError(
+                f"{cfg.run_dir} exists and is not a run of electra_ray.pretrain (no {CONFIG_FILE}): "
+                f"nothing was written; choose another output.name or output.dir"
+            )
         return False
     try:
         saved = json.loads(storage.read_text(saved_path))
     except ValueError as error:
-        raise UserError(f"{saved_path} is not readable JSON ({error}): cannot check that this run matches it") \
-            from None
+        raise UserError(f"{saved_path} is not readable JSON ({error}): cannot check that this run matches it") from None
     if not isinstance(saved, dict) or not all(isinstance(saved.get(s), dict) for s in ("model", "train", "data")):
         raise UserError(f"{saved_path} is not a run's config: cannot check that this run matches it")
     current = cfg.to_dict()
@@ -188,8 +216,10 @@ def check_run_directory(cfg: Config) -> bool:
         if before != now:
             differences.append(f"{key} {before!r} -> {now!r}")
     if differences:
-        raise UserError(f"run {cfg.run_dir} was started with other settings ({'; '.join(differences)}): nothing "
-                        f"was written; use another output.name, or the run's own values to continue it")
+        raise UserError(
+            f"run {cfg.run_dir} was started with other settings ({'; '.join(differences)}): nothing "
+            f"was written; use another output.name, or the run's own values to continue it"
+        )
     return True
 
 
@@ -209,8 +239,11 @@ def scaling_config(cfg: Config):
     cluster these requests are what brings up worker nodes."""
     import ray.train
 
-    return ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                   resources_per_worker={"CPU": cfg.scaling.cpus_per_worker or 1.0})
+    return ray.train.ScalingConfig(
+        num_workers=cfg.scaling.num_workers,
+        use_gpu=cfg.scaling.use_gpu,
+        resources_per_worker={"CPU": cfg.scaling.cpus_per_worker or 1.0},
+    )
 
 
 def heldout_corruption(cfg: Config, tokenizer_json: str):
@@ -223,8 +256,13 @@ def heldout_corruption(cfg: Config, tokenizer_json: str):
 
     special = tokenizer_from_json(tokenizer_json)[1]
     columns = load_sequences(cfg.data, tokenizer_json, "eval", cfg.train.eval_sequences)
-    return fixed_corruption(columns["input_ids"], special.values(), special["[PAD]"], cfg.data.mask_prob,
-                            token_type_ids=columns.get("token_type_ids"))
+    return fixed_corruption(
+        columns["input_ids"],
+        special.values(),
+        special["[PAD]"],
+        cfg.data.mask_prob,
+        token_type_ids=columns.get("token_type_ids"),
+    )
 
 
 def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (), threads: int = 0) -> PretrainResult:
@@ -252,8 +290,10 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     continuing = check_run_directory(cfg)
     run_dir = os.path.abspath(cfg.local_run_dir)
     if not continuing and run_dir != os.path.abspath(cfg.run_dir) and _holds_files(run_dir):
-        raise UserError(f"the run's local directory {run_dir} already holds files: nothing was written; choose "
-                        f"another output.local_dir or output.name")
+        raise UserError(
+            f"the run's local directory {run_dir} already holds files: nothing was written; choose "
+            f"another output.local_dir or output.name"
+        )
     if export_and_evaluate:  # the run's own export is replaced at the end; anything else there is refused now
         storage.check_output(os.path.join(run_dir, "export"), "export", overwrite=True)
         if storage.is_remote(cfg.run_dir):
@@ -283,18 +323,26 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     stop_request = ray.remote(num_cpus=0)(StopRequest).remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "tokenizer_json": tokenizer_json, "vocab_size": vocab_size,
-                           "num_threads": threads, "peak_flops": peak, "stop_actor": stop_request,
-                           "heldout": heldout_corruption(cfg, tokenizer_json)},
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "tokenizer_json": tokenizer_json,
+            "vocab_size": vocab_size,
+            "num_threads": threads,
+            "peak_flops": peak,
+            "stop_actor": stop_request,
+            "heldout": heldout_corruption(cfg, tokenizer_json),
+        },
         scaling_config=scaling_config(cfg),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=cfg.output.name, storage_path=storage_path,
+            name=cfg.output.name,
+            storage_path=storage_path,
             storage_filesystem=storage_filesystem if storage.is_remote(cfg.output.dir) else None,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             # A dead worker: Ray Train restarts the group, which resumes from the latest checkpoint.
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=[MetricsLogger(run_dir), *callbacks]),
+            callbacks=[MetricsLogger(run_dir), *callbacks],
+        ),
         # Each worker's shard in the same order in every run, so a resume can skip what was consumed.
         dataset_config=ray.train.DataConfig(execution_options=_ordered_execution()),
         datasets={"train": build_dataset(cfg.data, tokenizer_json, "train", cfg.scaling.data_resource)},
@@ -312,8 +360,11 @@ def pretrain(cfg: Config, export_and_evaluate: bool = True, callbacks: tuple = (
     if storage.is_remote(cfg.output.dir):
         checkpoint = f"{cfg.output.dir.partition('://')[0]}://{checkpoint}"
     if result.metrics.get("step", cfg.train.max_steps) < cfg.train.max_steps:
-        print(f"stopped at step {result.metrics['step']}; continue with: "
-              f"python -m electra_ray.pretrain --resume {cfg.run_dir}", flush=True)
+        print(
+            f"stopped at step {result.metrics['step']}; continue with: "
+            f"python -m electra_ray.pretrain --resume {cfg.run_dir}",
+            flush=True,
+        )
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {}, stopped=True)
     if not export_and_evaluate:
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {})
@@ -353,8 +404,11 @@ def _fit_stoppable(trainer, stop_request):
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def request_stop(signum, frame):
-        print(f"{signal.Signals(signum).name}: saving a checkpoint at the next logging step, then stopping "
-              f"(again to abort)", flush=True)
+        print(
+            f"{signal.Signals(signum).name}: saving a checkpoint at the next logging step, then stopping "
+            f"(again to abort)",
+            flush=True,
+        )
         stop_request.request.remote()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -385,8 +439,9 @@ def resume_config(run: str, overrides: list[str]) -> Config:
         values = json.loads(storage.read_text(path))
         values["output"]  # noqa: B018  (a KeyError: not a run's config)
     except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"cannot resume {run}: its {CONFIG_FILE} is not a run's config ({type(error).__name__})") \
-            from None
+        raise UserError(
+            f"cannot resume {run}: its {CONFIG_FILE} is not a run's config ({type(error).__name__})"
+        ) from None
     if storage.is_remote(run):
         parent, _, name = run.rpartition("/")
     else:
@@ -397,15 +452,30 @@ def resume_config(run: str, overrides: list[str]) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m electra_ray.pretrain", description=__doc__,
+        prog="python -m electra_ray.pretrain",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (override any with --set KEY=VALUE):\n" + describe_options())
-    parser.add_argument("--config", default=DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None,
-                        help="YAML config file (default: configs/tiny.yaml)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override config keys, e.g. --set train.max_steps=200 data.path=corpus/")
-    parser.add_argument("--resume", metavar="RUN", help="continue a stopped run (its directory or s3:// prefix, "
-                        "output.dir/output.name) with the config it was started with; --set still applies")
+        epilog="config keys (override any with --set KEY=VALUE):\n" + describe_options(),
+    )
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None,
+        help="YAML config file (default: configs/tiny.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        action="extend",
+        help="override config keys, e.g. --set train.max_steps=200 data.path=corpus/",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a stopped run (its directory or s3:// prefix, "
+        "output.dir/output.name) with the config it was started with; --set still applies",
+    )
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 

@@ -30,15 +30,15 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pyarrow.fs as pafs
 
 from electra_ray.errors import UserError
 
 MANIFEST = "_MANIFEST.json"  # written last; names the version and hashes of a published directory
-VERSIONS = "_versions"      # S3: PREFIX/_versions/VERSION/ holds the files of each published version
+VERSIONS = "_versions"  # S3: PREFIX/_versions/VERSION/ holds the files of each published version
 
 
 class StorageError(UserError):
@@ -70,14 +70,16 @@ def redact(url: str) -> str:
     return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _s3_filesystem(endpoint: str, region: str, attempts: int, bucket: str) -> pafs.S3FileSystem:
-    options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
-               "connect_timeout": 5, "request_timeout": 60}
+    options = {
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+        "connect_timeout": 5,
+        "request_timeout": 60,
+    }
     if endpoint:
         scheme, _, address = endpoint.rpartition("://")
-        options.update(endpoint_override=address.rstrip("/"), scheme=scheme or "https",
-                       region=region or "us-east-1")
+        options.update(endpoint_override=address.rstrip("/"), scheme=scheme or "https", region=region or "us-east-1")
     else:
         options["region"] = region or _bucket_region(bucket)
     return pafs.S3FileSystem(**options)
@@ -119,17 +121,24 @@ def explain(error: Exception, path: str) -> str:
     where = f"endpoint {endpoint}" if endpoint else "AWS S3"
     bucket = path.partition("://")[2].split("/")[0].rpartition("@")[2]
     if isinstance(error, NoCredentialsError):
-        return (f"no AWS credentials found for {path}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                f"or AWS_PROFILE, or run where an instance role provides them")
+        return (
+            f"no AWS credentials found for {path}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            f"or AWS_PROFILE, or run where an instance role provides them"
+        )
     if isinstance(error, EndpointConnectionError) or "NETWORK_CONNECTION" in text or "curlCode" in text:
-        return (f"cannot reach the S3 endpoint {endpoint or '(AWS default)'} for {path}: check "
-                f"AWS_ENDPOINT_URL and that the server is up and reachable from this machine")
+        return (
+            f"cannot reach the S3 endpoint {endpoint or '(AWS default)'} for {path}: check "
+            f"AWS_ENDPOINT_URL and that the server is up and reachable from this machine"
+        )
     if code in ("NoSuchBucket", "404") or "NO_SUCH_BUCKET" in text:
         return f"bucket '{bucket}' does not exist at {where} ({path})"
     if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or any(
-            c in text for c in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH")):
-        return (f"access denied to {path} at {where}: check the credentials (AWS_ACCESS_KEY_ID / "
-                f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket's policy")
+        c in text for c in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH")
+    ):
+        return (
+            f"access denied to {path} at {where}: check the credentials (AWS_ACCESS_KEY_ID / "
+            f"AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket's policy"
+        )
     detail = text.splitlines()[0] if text else type(error).__name__
     return f"S3 request for {path} failed: {detail.replace(endpoint_url(), endpoint) if endpoint_url() else detail}"
 
@@ -154,9 +163,12 @@ def _client(session=None, attempts: int = 0):
     from botocore.config import Config
 
     return (session or boto3.session.Session()).client(
-        "s3", endpoint_url=endpoint_url() or None,
-        config=Config(retries={"mode": "standard", "max_attempts": attempts or max_attempts()},
-                      connect_timeout=5, read_timeout=60))
+        "s3",
+        endpoint_url=endpoint_url() or None,
+        config=Config(
+            retries={"mode": "standard", "max_attempts": attempts or max_attempts()}, connect_timeout=5, read_timeout=60
+        ),
+    )
 
 
 def _bucket_key(url: str) -> tuple[str, str]:
@@ -210,8 +222,12 @@ def download_directory(url: str, local_dir: str) -> str:
     with s3_errors(url):
         if filesystem.get_file_info(inner).type != pafs.FileType.Directory:
             raise StorageError(f"no such directory: {url}")
-        pafs.copy_files(inner, os.path.abspath(local_dir), source_filesystem=filesystem,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            inner,
+            os.path.abspath(local_dir),
+            source_filesystem=filesystem,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
     return local_dir
 
 
@@ -246,16 +262,19 @@ MANIFEST_FORMAT = 2  # 1: {"files": {name: size}} beside the manifest, written b
 
 @dataclass(frozen=True)
 class Manifest:
-    kind: str                   # "export", "tokenizer": what wrote the directory
-    files: dict[str, dict]      # relative name -> {"size": bytes, "sha256": hex} ({"size"} only in format 1)
-    version: str = ""           # S3: the files live under PREFIX/_versions/VERSION/; "": beside the manifest
+    kind: str  # "export", "tokenizer": what wrote the directory
+    files: dict[str, dict]  # relative name -> {"size": bytes, "sha256": hex} ({"size"} only in format 1)
+    version: str = ""  # S3: the files live under PREFIX/_versions/VERSION/; "": beside the manifest
 
     def to_json(self) -> str:
-        return json.dumps({"format": MANIFEST_FORMAT, "kind": self.kind, "version": self.version,
-                           "files": self.files}, indent=1, sort_keys=True)
+        return json.dumps(
+            {"format": MANIFEST_FORMAT, "kind": self.kind, "version": self.version, "files": self.files},
+            indent=1,
+            sort_keys=True,
+        )
 
     @classmethod
-    def parse(cls, text: bytes | str, where: str) -> "Manifest":
+    def parse(cls, text: bytes | str, where: str) -> Manifest:
         try:
             values = json.loads(text)
             files = values["files"]
@@ -282,8 +301,15 @@ def safe_relative_name(name: str, where: str) -> str:
     """A manifest's file name, refused if it could land outside the directory it is fetched into:
     absolute, drive-qualified, `..`, `.` or empty segments, backslashes, NUL."""
     parts = name.split("/") if isinstance(name, str) else [""]
-    if (not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\0" in name
-            or (len(name) > 1 and name[1] == ":") or any(part in ("", ".", "..") for part in parts)):
+    if (
+        not isinstance(name, str)
+        or not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\0" in name
+        or (len(name) > 1 and name[1] == ":")
+        or any(part in ("", ".", "..") for part in parts)
+    ):
         raise StorageError(f"{where} names an unsafe file {name!r} (absolute, '..' or empty segment): refusing it")
     return name
 
@@ -297,15 +323,20 @@ def _sha256(path: str) -> str:
 
 
 def _local_files(directory: str) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
-                  for root, _, names in os.walk(directory) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
+        for root, _, names in os.walk(directory)
+        for name in names
+    )
 
 
 def describe_files(local_dir: str) -> dict[str, dict]:
     """{relative name: {"size", "sha256"}} of every file under `local_dir` but its manifest."""
-    return {name: {"size": os.path.getsize(os.path.join(local_dir, name)),
-                   "sha256": _sha256(os.path.join(local_dir, name))}
-            for name in _local_files(local_dir) if name != MANIFEST}
+    return {
+        name: {"size": os.path.getsize(os.path.join(local_dir, name)), "sha256": _sha256(os.path.join(local_dir, name))}
+        for name in _local_files(local_dir)
+        if name != MANIFEST
+    }
 
 
 def read_manifest(path: str) -> Manifest | None:
@@ -339,8 +370,10 @@ def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = Tr
             check(dest, write=True)
         previous = read_manifest(dest)
         if previous is None and _s3_has_foreign_objects(dest):
-            raise StorageError(f"{dest} already holds objects that are not {what} of electra-ray: nothing was "
-                               f"written; choose a new prefix")
+            raise StorageError(
+                f"{dest} already holds objects that are not {what} of electra-ray: nothing was "
+                f"written; choose a new prefix"
+            )
     else:
         dest = os.path.abspath(dest)
         if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
@@ -352,15 +385,19 @@ def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = Tr
             raise StorageError(f"cannot write {dest}: {parent} is not writable")
         previous = read_manifest(dest) if os.path.isdir(dest) else None
         if previous is None and os.path.isdir(dest) and os.listdir(dest):
-            raise StorageError(f"{dest} already exists and is not {what} of electra-ray (it holds "
-                               f"{', '.join(sorted(os.listdir(dest))[:3])}...): nothing was written; choose a new path")
+            raise StorageError(
+                f"{dest} already exists and is not {what} of electra-ray (it holds "
+                f"{', '.join(sorted(os.listdir(dest))[:3])}...): nothing was written; choose a new path"
+            )
         if previous is not None:
             _refuse_foreign_entries(dest, previous)
     if previous is not None and previous.kind != kind:
         raise StorageError(f"{dest} holds {previous.kind} output, not {what}: nothing was written; choose a new path")
     if previous is not None and not overwrite:
-        raise StorageError(f"{dest} already holds {what}: nothing was written; pass --overwrite to replace it "
-                           f"(only the files its {MANIFEST} lists are removed)")
+        raise StorageError(
+            f"{dest} already holds {what}: nothing was written; pass --overwrite to replace it "
+            f"(only the files its {MANIFEST} lists are removed)"
+        )
     return previous
 
 
@@ -395,8 +432,13 @@ def staging_directory(dest: str) -> Iterator[str]:
             shutil.rmtree(staging, ignore_errors=True)  # ours: created above with a fresh random name
 
 
-def publish_directory(local_dir: str, dest: str, kind: str = "export", overwrite: bool = False,
-                      progress: Callable[[str], None] | None = None) -> str:
+def publish_directory(
+    local_dir: str,
+    dest: str,
+    kind: str = "export",
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> str:
     """Make `dest` (local or S3) a copy of `local_dir` that readers see whole or not at all, under
     the rule above. A local `local_dir` must be a `staging_directory(dest)` (it is renamed into
     place). `progress(name)` is called after each file is written. Returns `dest`."""
@@ -418,8 +460,9 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def _publish_s3(local_dir: str, dest: str, manifest: Manifest, previous: Manifest | None,
-                progress: Callable[[str], None] | None) -> str:
+def _publish_s3(
+    local_dir: str, dest: str, manifest: Manifest, previous: Manifest | None, progress: Callable[[str], None] | None
+) -> str:
     bucket, key = _bucket_key(dest)
     version_key = _key(key, f"{VERSIONS}/{manifest.version}")
     client, uploaded = _client(), []
@@ -445,12 +488,12 @@ def _publish_s3(local_dir: str, dest: str, manifest: Manifest, previous: Manifes
 
 def _delete_keys(client, bucket: str, keys: list[str]) -> None:
     for start in range(0, len(keys), 1000):
-        batch = [{"Key": k} for k in keys[start:start + 1000]]
+        batch = [{"Key": k} for k in keys[start : start + 1000]]
         client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
 
 
 def _fsync_tree(directory: str) -> None:
-    for root, dirs, names in os.walk(directory):
+    for root, _dirs, names in os.walk(directory):
         for name in names:
             with open(os.path.join(root, name), "rb") as f:
                 os.fsync(f.fileno())
@@ -494,8 +537,10 @@ def _refuse_foreign_entries(dest: str, manifest: Manifest) -> None:
             if os.path.islink(path) or (name in names and relative not in manifest.files and relative != MANIFEST):
                 foreign.append(relative)
     if foreign:
-        raise StorageError(f"{dest} holds files its {MANIFEST} does not list ({', '.join(sorted(foreign)[:3])}): "
-                           f"nothing was written; move them away first")
+        raise StorageError(
+            f"{dest} holds files its {MANIFEST} does not list ({', '.join(sorted(foreign)[:3])}): "
+            f"nothing was written; move them away first"
+        )
 
 
 def _remove_listed(directory: str, manifest: Manifest) -> None:
@@ -551,15 +596,18 @@ def fetch_directory(url: str, local_dir: str, attempts: int = 5) -> str:
     for _ in range(attempts):
         manifest = read_manifest(url)
         if manifest is None:
-            raise StorageError(f"{url} is not a complete export (no {MANIFEST}): its upload was interrupted "
-                               f"or is still running; run the export again")
+            raise StorageError(
+                f"{url} is not a complete export (no {MANIFEST}): its upload was interrupted "
+                f"or is still running; run the export again"
+            )
         with staging_directory(local_dir) as staging:
             try:
                 _download_version(url, manifest, staging)
             except _VersionMoved:
                 if read_manifest(url) == manifest:
-                    raise StorageError(f"{url} is damaged: a file its {MANIFEST} lists is missing or "
-                                       f"differs; publish it again") from None
+                    raise StorageError(
+                        f"{url} is damaged: a file its {MANIFEST} lists is missing or differs; publish it again"
+                    ) from None
                 continue
             with open(os.path.join(staging, MANIFEST), "w") as f:  # the copy can be verified like the original
                 f.write(dataclasses.replace(manifest, version="").to_json())

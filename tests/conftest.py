@@ -58,8 +58,11 @@ def start_test_ray() -> None:
     """ray.init for the tests: 4 logical CPUs (Ray Data's tasks beside 2 workers) and no print patch."""
     import ray
 
-    ray.init(num_cpus=4, logging_level="warning",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}})
+    ray.init(
+        num_cpus=4,
+        logging_level="warning",
+        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "DS_ACCELERATOR": "cpu"}},
+    )
 
 
 def write_parquet(path, **columns) -> str:
@@ -85,11 +88,16 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY, "AWS_REGION": "us-east-1",
-                # rclone does not implement the newer default checksums of the AWS SDKs
-                "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-                "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required", "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+            # rclone does not implement the newer default checksums of the AWS SDKs
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def start(self) -> "S3Server":
         import shutil
@@ -101,8 +109,18 @@ class S3Server:
         if self.kind == "moto":
             command = [binary, "-H", "127.0.0.1", "-p", str(self.port)]
         else:
-            command = [binary, "serve", "s3", "--addr", f"127.0.0.1:{self.port}", "--config", "/dev/null",
-                       "--auth-key", f"{self.ACCESS_KEY},{self.SECRET_KEY}", self.data_dir]
+            command = [
+                binary,
+                "serve",
+                "s3",
+                "--addr",
+                f"127.0.0.1:{self.port}",
+                "--config",
+                "/dev/null",
+                "--auth-key",
+                f"{self.ACCESS_KEY},{self.SECRET_KEY}",
+                self.data_dir,
+            ]
         assert os.path.exists(binary) or shutil.which(binary), f"{binary} missing: run make install"
         self.log = open(os.path.join(os.path.dirname(self.data_dir), f"{self.kind}-{self.port}.log"), "ab")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
@@ -122,8 +140,13 @@ class S3Server:
     def create_bucket(self, name: str) -> None:
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.ACCESS_KEY,
-                     aws_secret_access_key=self.SECRET_KEY, region_name="us-east-1").create_bucket(Bucket=name)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+            region_name="us-east-1",
+        ).create_bucket(Bucket=name)
 
 
 def _free_port() -> int:
@@ -169,8 +192,14 @@ def rclone_s3(tmp_path_factory):
     server.stop()
 
 
-TINY_MODEL = {"num_layers": 1, "hidden_size": 32, "embedding_size": 32, "num_heads": 2, "intermediate_size": 64,
-              "max_position_embeddings": 64}
+TINY_MODEL = {
+    "num_layers": 1,
+    "hidden_size": 32,
+    "embedding_size": 32,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 
 
 @pytest.fixture(scope="session")
@@ -195,11 +224,27 @@ def stage0_checkpoint(tmp_path_factory, tokenizer_json) -> str:
     os.makedirs(directory / CHECKPOINT_TAG)
     os.makedirs(directory / TOKENIZER_DIR)
     torch.save({"module": model.state_dict()}, directory / CHECKPOINT_TAG / "mp_rank_00_model_states.pt")
-    torch.save({"mask": {"bit_generator": "PCG64", "state": {"state": 1, "inc": 3}, "has_uint32": 0, "uinteger": 0},
-                "sample": torch.Generator().get_state(), "torch": torch.get_rng_state()}, directory / "rng_rank0.pt")
-    (directory / RUN_STATE).write_text(json.dumps({"config": cfg.to_dict(), "step": 0, "epoch": 0, "consumed": 0,
-                                                   "vocab_size": tokenizer.get_vocab_size(), "zero_stage": 0,
-                                                   "world_size": 1}))
+    torch.save(
+        {
+            "mask": {"bit_generator": "PCG64", "state": {"state": 1, "inc": 3}, "has_uint32": 0, "uinteger": 0},
+            "sample": torch.Generator().get_state(),
+            "torch": torch.get_rng_state(),
+        },
+        directory / "rng_rank0.pt",
+    )
+    (directory / RUN_STATE).write_text(
+        json.dumps(
+            {
+                "config": cfg.to_dict(),
+                "step": 0,
+                "epoch": 0,
+                "consumed": 0,
+                "vocab_size": tokenizer.get_vocab_size(),
+                "zero_stage": 0,
+                "world_size": 1,
+            }
+        )
+    )
     (directory / TOKENIZER_DIR / "tokenizer.json").write_text(tokenizer_json)
     return str(directory)
 

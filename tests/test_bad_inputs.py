@@ -18,12 +18,11 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY_MODEL
 
 BUCKET = "electra"
@@ -32,8 +31,8 @@ BUCKET = "electra"
 @dataclasses.dataclass
 class Case:
     id: str
-    argv: list[str]        # after `python -m electra_ray.`; {dir} {corpus} {tok} {ckpt} {s3} are filled in
-    message: str           # what the one error line must contain ({dir} filled in)
+    argv: list[str]  # after `python -m electra_ray.`; {dir} {corpus} {tok} {ckpt} {s3} are filled in
+    message: str  # what the one error line must contain ({dir} filled in)
     setup: Callable[[str, dict], None] = lambda directory, ctx: None
     starts_ray: bool = False  # run alone: two local Rays starting at once race for Ray's token file
 
@@ -59,8 +58,11 @@ def saved_run(directory: str, ctx: dict, **model) -> None:
     from electra_ray.config import load_config
 
     values = {**TINY_MODEL, **model}
-    cfg = load_config(None, [f"model.{k}={v}" for k, v in values.items()] + [
-        f"data.path={ctx['corpus']}", f"data.tokenizer={ctx['tok']}", "data.seq_len=32"])
+    cfg = load_config(
+        None,
+        [f"model.{k}={v}" for k, v in values.items()]
+        + [f"data.path={ctx['corpus']}", f"data.tokenizer={ctx['tok']}", "data.seq_len=32"],
+    )
     write(directory, "runs/old/config.json", json.dumps(cfg.to_dict()))
     user_files(directory, "runs/old/checkpoint_000000/electra_ray.json")
 
@@ -97,13 +99,15 @@ def corrupt_gzip(directory: str, ctx: dict) -> None:
 
 
 def float_labels(directory: str, ctx: dict) -> None:
-    pq.write_table(pa.table({"text": ["good", "bad", "fine"], "label": [0.5, 1.25, 2.0]}),
-                   os.path.join(directory, "train.parquet"))
+    pq.write_table(
+        pa.table({"text": ["good", "bad", "fine"], "label": [0.5, 1.25, 2.0]}), os.path.join(directory, "train.parquet")
+    )
 
 
 def nan_targets(directory: str, ctx: dict) -> None:
-    pq.write_table(pa.table({"text": ["good", "bad"], "label": [0.5, float("nan")]}),
-                   os.path.join(directory, "train.parquet"))
+    pq.write_table(
+        pa.table({"text": ["good", "bad"], "label": [0.5, float("nan")]}), os.path.join(directory, "train.parquet")
+    )
 
 
 def unfinished_corpus(directory: str, ctx: dict) -> None:
@@ -130,100 +134,291 @@ CASES = [
     Case("max failures -2", ["pretrain", *CFG, "train.max_failures=-2"], "'train.max_failures' must be >= -1"),
     Case("unknown key", ["pretrain", *CFG, "train.nope=1"], "unknown config key 'train.nope'"),
     Case("malformed --set", ["pretrain", *CFG, "train.adam_betas=[0.9,"], "malformed YAML"),
-    Case("malformed config file", ["pretrain", "--config", "{dir}/bad.yaml"], "bad.yaml",
-         lambda d, ctx: write(d, "bad.yaml", "train: {lr: [1,\n")),
+    Case(
+        "malformed config file",
+        ["pretrain", "--config", "{dir}/bad.yaml"],
+        "bad.yaml",
+        lambda d, ctx: write(d, "bad.yaml", "train: {lr: [1,\n"),
+    ),
     Case("missing corpus", ["pretrain", *CFG, "data.path={dir}/nothing"], "{dir}/nothing"),
-    Case("tokenizer not a tokenizer", ["pretrain", *CFG, "data.tokenizer={dir}/tok"], "is not a tokenizer",
-         lambda d, ctx: write(d, "tok/tokenizer.json", "hello")),
-    Case("tokenizer without specials", ["pretrain", *CFG, "data.tokenizer={dir}/tok"],
-         "lacks the special tokens [PAD] [UNK] [CLS] [SEP] [MASK]", tokenizer_without_specials),
-    Case("run of another model", ["pretrain", *CFG, "output.name=old", "model.hidden_size=64", "data.seq_len=32",
-                                  *[f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "hidden_size"]],
-         "was started with other settings (model.hidden_size 32 -> 64;", saved_run),
-    Case("resume with another objective", ["pretrain", "--resume", "{dir}/runs/old", "--set", "train.objective=mlm"],
-         "(train.objective 'electra' -> 'mlm')", saved_run),
-    Case("output name is not a run", ["pretrain", *CFG, "output.name=mine"], "is not a run of electra_ray.pretrain",
-         lambda d, ctx: user_files(d, "runs/mine/thesis.tex")),
-    Case("a run whose export/ is not an export", ["pretrain", "--resume", "{dir}/runs/old"],
-         "runs/old/export already exists and is not an export",
-         lambda d, ctx: (saved_run(d, ctx), user_files(d, "runs/old/export/my-model.bin"))),
-    Case("a run whose export/ holds the user's file", ["pretrain", "--resume", "{dir}/runs/old"],
-         "runs/old/export holds files its _MANIFEST.json does not list (notes.txt)",
-         lambda d, ctx: (saved_run(d, ctx), an_export(d, ctx, "runs/old/export"),
-                         user_files(d, "runs/old/export/notes.txt"))),
-    Case("resume a non-run", ["pretrain", "--resume", "{dir}/home"], "cannot resume",
-         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case(
+        "tokenizer not a tokenizer",
+        ["pretrain", *CFG, "data.tokenizer={dir}/tok"],
+        "is not a tokenizer",
+        lambda d, ctx: write(d, "tok/tokenizer.json", "hello"),
+    ),
+    Case(
+        "tokenizer without specials",
+        ["pretrain", *CFG, "data.tokenizer={dir}/tok"],
+        "lacks the special tokens [PAD] [UNK] [CLS] [SEP] [MASK]",
+        tokenizer_without_specials,
+    ),
+    Case(
+        "run of another model",
+        [
+            "pretrain",
+            *CFG,
+            "output.name=old",
+            "model.hidden_size=64",
+            "data.seq_len=32",
+            *[f"model.{k}={v}" for k, v in TINY_MODEL.items() if k != "hidden_size"],
+        ],
+        "was started with other settings (model.hidden_size 32 -> 64;",
+        saved_run,
+    ),
+    Case(
+        "resume with another objective",
+        ["pretrain", "--resume", "{dir}/runs/old", "--set", "train.objective=mlm"],
+        "(train.objective 'electra' -> 'mlm')",
+        saved_run,
+    ),
+    Case(
+        "output name is not a run",
+        ["pretrain", *CFG, "output.name=mine"],
+        "is not a run of electra_ray.pretrain",
+        lambda d, ctx: user_files(d, "runs/mine/thesis.tex"),
+    ),
+    Case(
+        "a run whose export/ is not an export",
+        ["pretrain", "--resume", "{dir}/runs/old"],
+        "runs/old/export already exists and is not an export",
+        lambda d, ctx: (saved_run(d, ctx), user_files(d, "runs/old/export/my-model.bin")),
+    ),
+    Case(
+        "a run whose export/ holds the user's file",
+        ["pretrain", "--resume", "{dir}/runs/old"],
+        "runs/old/export holds files its _MANIFEST.json does not list (notes.txt)",
+        lambda d, ctx: (
+            saved_run(d, ctx),
+            an_export(d, ctx, "runs/old/export"),
+            user_files(d, "runs/old/export/notes.txt"),
+        ),
+    ),
+    Case(
+        "resume a non-run",
+        ["pretrain", "--resume", "{dir}/home"],
+        "cannot resume",
+        lambda d, ctx: user_files(d, "home/notes.txt"),
+    ),
     Case("unfinished corpus", ["pretrain", *CFG, "data.path={dir}/corpus"], "_PREPARING", unfinished_corpus),
     Case("gpu on a cluster without", ["pretrain", *CFG, "scaling.use_gpu=true"], "missing GPU", starts_ray=True),
-    Case("resource no node has", ["pretrain", *CFG, "scaling.data_resource=data_node"], "data_node (no node has it)",
-         starts_ray=True),
+    Case(
+        "resource no node has",
+        ["pretrain", *CFG, "scaling.data_resource=data_node"],
+        "data_node (no node has it)",
+        starts_ray=True,
+    ),
     # export: never onto user data
-    Case("export onto a run", ["export", "{ckpt}", "{dir}/runs/x"], "already exists and is not an export",
-         lambda d, ctx: user_files(d, "runs/x/checkpoint_000001/model.pt", "runs/x/config.json")),
-    Case("export onto the current directory", ["export", "{ckpt}", "."], "already exists and is not an export",
-         lambda d, ctx: user_files(d, "thesis.tex")),
+    Case(
+        "export onto a run",
+        ["export", "{ckpt}", "{dir}/runs/x"],
+        "already exists and is not an export",
+        lambda d, ctx: user_files(d, "runs/x/checkpoint_000001/model.pt", "runs/x/config.json"),
+    ),
+    Case(
+        "export onto the current directory",
+        ["export", "{ckpt}", "."],
+        "already exists and is not an export",
+        lambda d, ctx: user_files(d, "thesis.tex"),
+    ),
     Case("export onto an export", ["export", "{ckpt}", "{dir}/export"], "already holds an export", an_export),
-    Case("export onto a file", ["export", "{ckpt}", "{dir}/notes.txt"], "exists and is not a directory",
-         lambda d, ctx: user_files(d, "notes.txt")),
-    Case("export onto S3 user data", ["export", "{ckpt}", "{s3}/data"],
-         "already holds objects that are not an export", s3_objects),
+    Case(
+        "export onto a file",
+        ["export", "{ckpt}", "{dir}/notes.txt"],
+        "exists and is not a directory",
+        lambda d, ctx: user_files(d, "notes.txt"),
+    ),
+    Case(
+        "export onto S3 user data",
+        ["export", "{ckpt}", "{s3}/data"],
+        "already holds objects that are not an export",
+        s3_objects,
+    ),
     Case("export a missing checkpoint", ["export", "{dir}/nothing", "{dir}/out"], "no checkpoint directory"),
-    Case("export a non-checkpoint", ["export", "{dir}/home", "{dir}/out"], "is not an electra-ray checkpoint",
-         lambda d, ctx: user_files(d, "home/notes.txt")),
-    Case("export a corrupt run state", ["export", "{dir}/ckpt", "{dir}/out"], "is not a readable run state",
-         lambda d, ctx: write(d, "ckpt/electra_ray.json", '{"config": ')),
-    Case("verify a tampered export", ["export", "--verify", "{dir}/export"], "does not match the sha256", tampered_export),
+    Case(
+        "export a non-checkpoint",
+        ["export", "{dir}/home", "{dir}/out"],
+        "is not an electra-ray checkpoint",
+        lambda d, ctx: user_files(d, "home/notes.txt"),
+    ),
+    Case(
+        "export a corrupt run state",
+        ["export", "{dir}/ckpt", "{dir}/out"],
+        "is not a readable run state",
+        lambda d, ctx: write(d, "ckpt/electra_ray.json", '{"config": '),
+    ),
+    Case(
+        "verify a tampered export", ["export", "--verify", "{dir}/export"], "does not match the sha256", tampered_export
+    ),
     # tokenizer
-    Case("tokenizer onto user files", ["tokenizer", "--input", "{corpus}", "--vocab-size", "200", "--out", "{dir}/home"],
-         "already exists and is not a tokenizer", lambda d, ctx: user_files(d, "home/notes.txt")),
-    Case("tokenizer onto S3 user data", ["tokenizer", "--input", "{corpus}", "--vocab-size", "200", "--out",
-                                         "{s3}/data"], "already holds objects", s3_objects),
-    Case("tokenizer vocab 0", ["tokenizer", "--input", "{corpus}", "--vocab-size", "0", "--out", "{dir}/t"],
-         "--vocab-size must be"),
+    Case(
+        "tokenizer onto user files",
+        ["tokenizer", "--input", "{corpus}", "--vocab-size", "200", "--out", "{dir}/home"],
+        "already exists and is not a tokenizer",
+        lambda d, ctx: user_files(d, "home/notes.txt"),
+    ),
+    Case(
+        "tokenizer onto S3 user data",
+        ["tokenizer", "--input", "{corpus}", "--vocab-size", "200", "--out", "{s3}/data"],
+        "already holds objects",
+        s3_objects,
+    ),
+    Case(
+        "tokenizer vocab 0",
+        ["tokenizer", "--input", "{corpus}", "--vocab-size", "0", "--out", "{dir}/t"],
+        "--vocab-size must be",
+    ),
     Case("tokenizer missing input", ["tokenizer", "--input", "{dir}/nothing", "--out", "{dir}/t"], "{dir}/nothing"),
     # prepare
     Case("prepare missing input", ["prepare", "{dir}/nothing", "{dir}/out"], "input not found: {dir}/nothing"),
-    Case("prepare shard size 0", ["prepare", "{dir}/texts", "{dir}/out", "--shard-mb", "0"], "shard-mb",
-         lambda d, ctx: user_files(d, "texts/a.txt")),
+    Case(
+        "prepare shard size 0",
+        ["prepare", "{dir}/texts", "{dir}/out", "--shard-mb", "0"],
+        "shard-mb",
+        lambda d, ctx: user_files(d, "texts/a.txt"),
+    ),
     Case("prepare corrupt gzip", ["prepare", "{dir}/texts", "{dir}/out"], "a.txt.gz", corrupt_gzip),
-    Case("prepare not JSON", ["prepare", "{dir}/texts", "{dir}/out"], "a.jsonl:1: not JSON",
-         lambda d, ctx: write(d, "texts/a.jsonl", "{not json\n")),
-    Case("prepare onto a corpus", ["prepare", "{dir}/texts", "{dir}/out"], "already holds",
-         lambda d, ctx: (user_files(d, "texts/a.txt"), write(d, "out/part-00000.parquet", "x"))),
+    Case(
+        "prepare not JSON",
+        ["prepare", "{dir}/texts", "{dir}/out"],
+        "a.jsonl:1: not JSON",
+        lambda d, ctx: write(d, "texts/a.jsonl", "{not json\n"),
+    ),
+    Case(
+        "prepare onto a corpus",
+        ["prepare", "{dir}/texts", "{dir}/out"],
+        "already holds",
+        lambda d, ctx: (user_files(d, "texts/a.txt"), write(d, "out/part-00000.parquet", "x")),
+    ),
     # evaluate
     Case("evaluate a missing export", ["evaluate", "{dir}/nothing"], "{dir}/nothing"),
-    Case("evaluate a non-export", ["evaluate", "{dir}/home"], "{dir}/home",
-         lambda d, ctx: user_files(d, "home/notes.txt")),
-    Case("evaluate max sequences 0", ["evaluate", "{dir}/export", "--max-sequences", "0"], "max-sequences",
-         an_export),
+    Case(
+        "evaluate a non-export",
+        ["evaluate", "{dir}/home"],
+        "{dir}/home",
+        lambda d, ctx: user_files(d, "home/notes.txt"),
+    ),
+    Case("evaluate max sequences 0", ["evaluate", "{dir}/export", "--max-sequences", "0"], "max-sequences", an_export),
     # finetune
-    Case("finetune a missing model", ["finetune", "--model", "{dir}/nothing", "--train", "{dir}/train.parquet",
-                                      "--eval", "{dir}/train.parquet", "--out", "{dir}/ft"], "{dir}/nothing",
-         float_labels),
-    Case("finetune lr nan", ["finetune", "--model", "{dir}/export", "--train", "{dir}/train.parquet", "--eval",
-                             "{dir}/train.parquet", "--lr", "nan", "--out", "{dir}/ft"], "lr", float_labels),
-    Case("finetune float labels as classes", ["finetune", "--model", "{dir}/export", "--train", "{dir}/train.parquet",
-                                              "--eval", "{dir}/train.parquet", "--num-workers", "0", "--out",
-                                              "{dir}/ft"], "regression",
-         lambda d, ctx: (float_labels(d, ctx), an_export(d, ctx))),
-    Case("finetune nan targets", ["finetune", "--model", "{dir}/export", "--train", "{dir}/train.parquet", "--eval",
-                                  "{dir}/train.parquet", "--task", "regression", "--num-workers", "0", "--out",
-                                  "{dir}/ft"], "train.parquet", lambda d, ctx: (nan_targets(d, ctx), an_export(d, ctx))),
-    Case("finetune onto user files", ["finetune", "--model", "{dir}/export", "--train", "{dir}/train.parquet",
-                                      "--eval", "{dir}/train.parquet", "--task", "regression", "--num-workers", "0",
-                                      "--out", "{dir}/home"], "is not a fine-tuning output",
-         lambda d, ctx: (float_labels(d, ctx), an_export(d, ctx), user_files(d, "home/notes.txt"))),
+    Case(
+        "finetune a missing model",
+        [
+            "finetune",
+            "--model",
+            "{dir}/nothing",
+            "--train",
+            "{dir}/train.parquet",
+            "--eval",
+            "{dir}/train.parquet",
+            "--out",
+            "{dir}/ft",
+        ],
+        "{dir}/nothing",
+        float_labels,
+    ),
+    Case(
+        "finetune lr nan",
+        [
+            "finetune",
+            "--model",
+            "{dir}/export",
+            "--train",
+            "{dir}/train.parquet",
+            "--eval",
+            "{dir}/train.parquet",
+            "--lr",
+            "nan",
+            "--out",
+            "{dir}/ft",
+        ],
+        "lr",
+        float_labels,
+    ),
+    Case(
+        "finetune float labels as classes",
+        [
+            "finetune",
+            "--model",
+            "{dir}/export",
+            "--train",
+            "{dir}/train.parquet",
+            "--eval",
+            "{dir}/train.parquet",
+            "--num-workers",
+            "0",
+            "--out",
+            "{dir}/ft",
+        ],
+        "regression",
+        lambda d, ctx: (float_labels(d, ctx), an_export(d, ctx)),
+    ),
+    Case(
+        "finetune nan targets",
+        [
+            "finetune",
+            "--model",
+            "{dir}/export",
+            "--train",
+            "{dir}/train.parquet",
+            "--eval",
+            "{dir}/train.parquet",
+            "--task",
+            "regression",
+            "--num-workers",
+            "0",
+            "--out",
+            "{dir}/ft",
+        ],
+        "train.parquet",
+        lambda d, ctx: (nan_targets(d, ctx), an_export(d, ctx)),
+    ),
+    Case(
+        "finetune onto user files",
+        [
+            "finetune",
+            "--model",
+            "{dir}/export",
+            "--train",
+            "{dir}/train.parquet",
+            "--eval",
+            "{dir}/train.parquet",
+            "--task",
+            "regression",
+            "--num-workers",
+            "0",
+            "--out",
+            "{dir}/home",
+        ],
+        "is not a fine-tuning output",
+        lambda d, ctx: (float_labels(d, ctx), an_export(d, ctx), user_files(d, "home/notes.txt")),
+    ),
     # tune and compare
     Case("tune samples 0", ["tune", "--set", "num_samples=0", "out={dir}/sweep"], "num_samples"),
-    Case("tune malformed config", ["tune", "--config", "{dir}/bad.yaml"], "bad.yaml",
-         lambda d, ctx: write(d, "bad.yaml", "space: [1, 2\n")),
-    Case("tune onto user files", ["tune", "--set", "out={dir}/home", "pretrain.data.path={corpus}"], "not empty",
-         lambda d, ctx: user_files(d, "home/notes.txt")),
-    Case("tune resume a non-sweep", ["tune", "--resume", "{dir}/home"], "cannot resume",
-         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case(
+        "tune malformed config",
+        ["tune", "--config", "{dir}/bad.yaml"],
+        "bad.yaml",
+        lambda d, ctx: write(d, "bad.yaml", "space: [1, 2\n"),
+    ),
+    Case(
+        "tune onto user files",
+        ["tune", "--set", "out={dir}/home", "pretrain.data.path={corpus}"],
+        "not empty",
+        lambda d, ctx: user_files(d, "home/notes.txt"),
+    ),
+    Case(
+        "tune resume a non-sweep",
+        ["tune", "--resume", "{dir}/home"],
+        "cannot resume",
+        lambda d, ctx: user_files(d, "home/notes.txt"),
+    ),
     Case("compare points 0", ["compare", "--set", "points=0", "out={dir}/cmp"], "points"),
-    Case("compare onto user files", ["compare", "--set", "out={dir}/home"], "not empty",
-         lambda d, ctx: user_files(d, "home/notes.txt")),
+    Case(
+        "compare onto user files",
+        ["compare", "--set", "out={dir}/home"],
+        "not empty",
+        lambda d, ctx: user_files(d, "home/notes.txt"),
+    ),
     Case("compare bad key", ["compare", "--set", "pretrain.train.lr=-1"], "'pretrain.train.lr' must be"),
 ]
 
@@ -236,8 +431,11 @@ def snapshot(directory: str, client, prefix: str) -> dict:
             path = os.path.join(root, name)
             with open(path, "rb") as f:
                 files[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    objects = {item["Key"]: item["ETag"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
-               for item in page.get("Contents", [])}
+    objects = {
+        item["Key"]: item["ETag"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
+        for item in page.get("Contents", [])
+    }
     return {"files": files, "objects": objects}
 
 
@@ -308,15 +506,30 @@ def start_case(case: Case, directory: str, ctx: dict) -> dict:
     os.makedirs(directory)
     ctx = {**ctx, "prefix": os.path.basename(directory)}
     case.setup(directory, ctx)
-    fill = {"dir": directory, "corpus": ctx["corpus"], "tok": ctx["tok"], "ckpt": ctx["ckpt"],
-            "s3": f"s3://{BUCKET}/{ctx['prefix']}"}
+    fill = {
+        "dir": directory,
+        "corpus": ctx["corpus"],
+        "tok": ctx["tok"],
+        "ckpt": ctx["ckpt"],
+        "s3": f"s3://{BUCKET}/{ctx['prefix']}",
+    }
     args = [arg.format(**fill) for arg in case.argv[1:]]
-    started = {"directory": directory, "ctx": ctx, "output": f"{directory}.log", "message": case.message.format(**fill),
-               "before": snapshot(directory, ctx["s3"], ctx["prefix"])}
+    started = {
+        "directory": directory,
+        "ctx": ctx,
+        "output": f"{directory}.log",
+        "message": case.message.format(**fill),
+        "before": snapshot(directory, ctx["s3"], ctx["prefix"]),
+    }
     if case.starts_ray:  # a real interpreter: Ray's start is not for a forked child
         with open(f"{started['output']}.out", "w") as out, open(f"{started['output']}.err", "w") as err:
-            started["pid"] = subprocess.Popen([sys.executable, "-m", f"electra_ray.{case.argv[0]}", *args],
-                                              cwd=directory, stdout=out, stderr=err, start_new_session=True).pid
+            started["pid"] = subprocess.Popen(
+                [sys.executable, "-m", f"electra_ray.{case.argv[0]}", *args],
+                cwd=directory,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            ).pid
     else:
         started["pid"] = fork_verb(case.argv[0], args, directory, started["output"])
     return started
@@ -328,8 +541,14 @@ def finish_case(started: dict) -> dict:
     with open(f"{started['output']}.out") as out, open(f"{started['output']}.err") as err:
         stdout, stderr = out.read(), err.read()
     ctx = started["ctx"]
-    return {"returncode": returncode, "stdout": stdout, "stderr": stderr, "left": left, "message": started["message"],
-            "unchanged": snapshot(started["directory"], ctx["s3"], ctx["prefix"]) == started["before"]}
+    return {
+        "returncode": returncode,
+        "stdout": stdout,
+        "stderr": stderr,
+        "left": left,
+        "message": started["message"],
+        "unchanged": snapshot(started["directory"], ctx["s3"], ctx["prefix"]) == started["before"],
+    }
 
 
 @pytest.fixture(scope="module")

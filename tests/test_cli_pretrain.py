@@ -6,22 +6,34 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import write_parquet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_pretrain(*overrides, timeout=600):
-    return subprocess.run([sys.executable, "-m", "electra_ray.pretrain", "--config", "configs/tiny.yaml",
-                           "--set", *overrides], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "electra_ray.pretrain", "--config", "configs/tiny.yaml", "--set", *overrides],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.ray
 def test_pretrain_cli_prints_checkpoint_and_export(small_corpus, tmp_path):
-    run = run_pretrain(f"data.path={small_corpus}", "data.vocab_size=1000", "data.seq_len=64",
-                       "model.num_layers=2", "train.max_steps=6", "train.log_every=3", "train.batch_size=8",
-                       f"output.dir={tmp_path}", "output.name=cli")
+    run = run_pretrain(
+        f"data.path={small_corpus}",
+        "data.vocab_size=1000",
+        "data.seq_len=64",
+        "model.num_layers=2",
+        "train.max_steps=6",
+        "train.log_every=3",
+        "train.batch_size=8",
+        f"output.dir={tmp_path}",
+        "output.name=cli",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
     assert lines[-2] == f"checkpoint: {lines[-2].split(': ', 1)[1]}" and lines[-2].startswith("checkpoint: ")
@@ -36,12 +48,26 @@ def test_pretrain_cli_prints_checkpoint_and_export(small_corpus, tmp_path):
     assert re.search(r"^Ray dashboard: http://127\.0\.0\.1:\d+$", run.stdout, re.MULTILINE)
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda tmp: str(tmp / "missing"), "error: corpus path not found: {tmp}/missing"),
-    (lambda tmp: write_parquet(tmp / "c.parquet", body=["x"]),
-     "error: corpus {tmp}/c.parquet has no column 'text' (columns: body); set data.text_column"),
-    (lambda tmp: write_parquet(tmp / "c.parquet", text=[None, ""], ) and str(tmp), None),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda tmp: str(tmp / "missing"), "error: corpus path not found: {tmp}/missing"),
+        (
+            lambda tmp: write_parquet(tmp / "c.parquet", body=["x"]),
+            "error: corpus {tmp}/c.parquet has no column 'text' (columns: body); set data.text_column",
+        ),
+        (
+            lambda tmp: (
+                write_parquet(
+                    tmp / "c.parquet",
+                    text=[None, ""],
+                )
+                and str(tmp)
+            ),
+            None,
+        ),
+    ],
+)
 def test_bad_corpus_is_a_one_line_error(tmp_path, setup, message):
     path = setup(tmp_path)
     run = run_pretrain(f"data.path={path}", f"output.dir={tmp_path}/out", timeout=120)

@@ -25,7 +25,6 @@ import urllib.request
 import psutil
 import pytest
 import yaml
-
 from conftest import _free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,8 +32,13 @@ CLUSTER = os.path.join(ROOT, "cluster")
 BIN = os.path.dirname(sys.executable)
 POLICY = os.path.join(CLUSTER, "iam-autoscaler-policy.json")  # the AWS head's instance role
 # The securityContext of every container in kuberay.yaml (uid 1000: the rayproject image's `ray` user).
-RESTRICTED = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
-              "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 CHANGES = ("Terminate", "Stop", "Start", "Delete", "Reboot", "Modify", "Create", "Attach", "Detach")
 
 
@@ -69,7 +73,7 @@ def pip_requirements(command: str) -> list[str]:
     words, found = shlex.split(command), []
     for i in range(len(words) - 1):
         if words[i].endswith(("pip", "pip3")) and words[i + 1] == "install":
-            for word in words[i + 2:]:
+            for word in words[i + 2 :]:
                 if word in ("&&", "||", ";", "|"):
                     break
                 found.append(word)
@@ -86,9 +90,12 @@ def autoscaler_config(config: dict) -> dict:
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     if config.get("kind") == "RayJob":  # KubeRay's autoscaler reads the RayCluster part
-        cluster = {"apiVersion": config["apiVersion"], "kind": "RayCluster",
-                   "metadata": {"name": config["metadata"]["name"], "namespace": "default"},
-                   "spec": config["spec"]["rayClusterSpec"]}
+        cluster = {
+            "apiVersion": config["apiVersion"],
+            "kind": "RayCluster",
+            "metadata": {"name": config["metadata"]["name"], "namespace": "default"},
+            "spec": config["spec"]["rayClusterSpec"],
+        }
         return _derive_autoscaling_config_from_ray_cr(cluster)  # validates
     if config["provider"]["type"] != "fake_multinode":  # the wheel lacks this provider's defaults file
         config = prepare_config(config)  # fills in the provider's defaults, as `ray up` does
@@ -164,13 +171,16 @@ def test_pip_installs_are_pinned():
     """aws.yaml's node setup and the Dockerfile install this checkout and exact versions only (the
     same ones, within pyproject.toml's ranges), and never upgrade pip."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     config = load("aws.yaml")
-    commands = [c for commands in values_of(config, {"setup_commands", "head_setup_commands",
-                                                     "worker_setup_commands", "initialization_commands"})
-                for c in commands]
+    commands = [
+        c
+        for commands in values_of(
+            config, {"setup_commands", "head_setup_commands", "worker_setup_commands", "initialization_commands"}
+        )
+        for c in commands
+    ]
     runs = [args for instruction, args in dockerfile() if instruction == "RUN"]
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         ranges = {Requirement(r).name: Requirement(r).specifier for r in tomllib.load(f)["project"]["dependencies"]}
@@ -263,8 +273,15 @@ def test_head_iam_policy_is_held_to_this_cluster():
             assert all(action.split(":")[1].startswith(CHANGES) for action in actions), statement
             assert tags.get("aws:ResourceTag/ray-cluster-name") == cluster_name, statement
     # what ray/autoscaler/_private/aws/node_provider.py calls on the head
-    assert {"ec2:DescribeInstances", "ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances",
-            "ec2:StopInstances", "ec2:StartInstances", "iam:PassRole"} <= granted
+    assert {
+        "ec2:DescribeInstances",
+        "ec2:RunInstances",
+        "ec2:CreateTags",
+        "ec2:TerminateInstances",
+        "ec2:StopInstances",
+        "ec2:StartInstances",
+        "iam:PassRole",
+    } <= granted
 
 
 def test_readme_shows_the_head_policy_and_never_full_ec2_access():
@@ -298,8 +315,9 @@ def test_autoscaler_answers_training_with_gpu_nodes_and_ray_data_with_cpu_nodes(
     assert not types[data_type]["resources"].get("GPU")
 
     def plan(demands):
-        scorer = partial(_default_utilization_scorer,
-                         node_availability_summary=NodeAvailabilitySummary(node_availabilities={}))
+        scorer = partial(
+            _default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary(node_availabilities={})
+        )
         added, unmet = get_nodes_for(types, {}, head, config["max_workers"], demands, scorer)
         assert not unmet
         return dict(added)
@@ -307,7 +325,8 @@ def test_autoscaler_answers_training_with_gpu_nodes_and_ray_data_with_cpu_nodes(
     cfg = load_config(os.path.join(ROOT, "configs", preset), ["scaling.data_resource=data_node"])
     scaling = scaling_config(cfg)
     assert plan([scaling._resources_per_worker_not_none] * scaling.num_workers) == {
-        gpu_type: cfg.scaling.num_workers // types[gpu_type]["resources"]["GPU"]}
+        gpu_type: cfg.scaling.num_workers // types[gpu_type]["resources"]["GPU"]
+    }
     # what each read / tokenize task asks for (data.build_dataset)
     assert plan([{"CPU": 1, cfg.scaling.data_resource: 0.001}] * 8) == {data_type: 1}
 
@@ -324,15 +343,19 @@ class LocalCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="er7-", dir="/tmp")  # short: Ray's socket paths are capped
         self.port, self.dashboard_port = _free_port(), _free_port()
         self.token = secrets.token_hex(16)
-        self.env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-                    "RAY_AUTH_TOKEN": self.token,
-                    # Ray processes that look for "the" cluster would find other people's on this machine.
-                    "RAY_ADDRESS": self.address,
-                    # Ray Data starts 32 actor processes to read Parquet footers; for two small files
-                    # that is most of a 2-core machine's work.
-                    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
-                    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # as aws.yaml sets it on its nodes
-                    **(env or {})}
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            # Ray processes that look for "the" cluster would find other people's on this machine.
+            "RAY_ADDRESS": self.address,
+            # Ray Data starts 32 actor processes to read Parquet footers; for two small files
+            # that is most of a 2-core machine's work.
+            "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # as aws.yaml sets it on its nodes
+            **(env or {}),
+        }
         self.nodes: list[subprocess.Popen] = []
         self.log = open(os.path.join(log_dir, "ray-nodes.log"), "ab")
 
@@ -346,16 +369,37 @@ class LocalCluster:
 
     def _start(self, args: list[str]) -> None:
         temp_dir = os.path.join(self.temp_dir, f"n{len(self.nodes)}")
-        common = [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
-                  f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-                  "--object-store-memory=200000000", "--disable-usage-stats", "--block"]
-        self.nodes.append(subprocess.Popen([os.path.join(BIN, "ray"), "start", *args, *common], env=self.env,
-                                           stdout=self.log, stderr=subprocess.STDOUT))
+        common = [
+            f"--temp-dir={temp_dir}",
+            "--node-ip-address=127.0.0.1",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            "--object-store-memory=200000000",
+            "--disable-usage-stats",
+            "--block",
+        ]
+        self.nodes.append(
+            subprocess.Popen(
+                [os.path.join(BIN, "ray"), "start", *args, *common],
+                env=self.env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+        )
 
     def start_head(self, num_cpus: int, *extra: str) -> "LocalCluster":
-        self._start(["--head", f"--port={self.port}", f"--num-cpus={num_cpus}", "--include-dashboard=true",
-                     "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                     f"--ray-client-server-port={_free_port()}", *extra])
+        self._start(
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--num-cpus={num_cpus}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={_free_port()}",
+                *extra,
+            ]
+        )
         self.wait_for(lambda: len(self.alive_nodes()) == 1, "the head node")
         return self
 
@@ -363,8 +407,9 @@ class LocalCluster:
         """Start a worker node and wait until it has joined (one at a time: nodes that register
         together on one IP can time out)."""
         count = len(self.alive_nodes())
-        self._start([f"--address={self.address}", f"--num-cpus={num_cpus}",
-                     f"--resources={json.dumps(resources or {})}"])
+        self._start(
+            [f"--address={self.address}", f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources or {})}"]
+        )
         self.wait_for(lambda: len(self.alive_nodes()) == count + 1, f"node {count + 1}")
 
     def api(self, path: str):
@@ -384,16 +429,23 @@ class LocalCluster:
         start = time.monotonic()
         while not condition():
             for node in self.nodes:
-                assert node.poll() is None, f"`ray start` exited ({node.returncode}) waiting for {what}: " \
-                                            f"see {self.log.name}"
+                assert node.poll() is None, (
+                    f"`ray start` exited ({node.returncode}) waiting for {what}: see {self.log.name}"
+                )
             assert time.monotonic() - start < timeout, f"timed out waiting for {what}: see {self.log.name}"
             time.sleep(0.5)
         return time.monotonic() - start
 
     def ray(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """A `ray` CLI command against this cluster, as a user would type it."""
-        return subprocess.run([os.path.join(BIN, "ray"), *args], env={**self.env, "RAY_ADDRESS": self.dashboard},
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [os.path.join(BIN, "ray"), *args],
+            env={**self.env, "RAY_ADDRESS": self.dashboard},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def processes(self) -> list[psutil.Process]:
         found = {}
@@ -452,11 +504,24 @@ def actor_nodes(c: LocalCluster, class_name: str) -> list[str]:
 
 
 def tiny_job_overrides(corpus: str, tokenizer: str, out: str, name: str) -> list[str]:
-    return [f"data.path={corpus}", f"data.tokenizer={tokenizer}", "data.seq_len=64", "data.eval_fraction=0.1",
-            "model.num_layers=2", "model.hidden_size=64", "model.embedding_size=64", "model.intermediate_size=128",
-            "model.max_position_embeddings=64", "train.max_steps=4", "train.log_every=2",
-            "train.checkpoint_every=4", "train.batch_size=8", "train.warmup_steps=2",
-            f"output.dir={out}", f"output.name={name}"]
+    return [
+        f"data.path={corpus}",
+        f"data.tokenizer={tokenizer}",
+        "data.seq_len=64",
+        "data.eval_fraction=0.1",
+        "model.num_layers=2",
+        "model.hidden_size=64",
+        "model.embedding_size=64",
+        "model.intermediate_size=128",
+        "model.max_position_embeddings=64",
+        "train.max_steps=4",
+        "train.log_every=2",
+        "train.checkpoint_every=4",
+        "train.batch_size=8",
+        "train.warmup_steps=2",
+        f"output.dir={out}",
+        f"output.name={name}",
+    ]
 
 
 @pytest.mark.ray
@@ -467,10 +532,25 @@ def test_job_submit_to_a_multinode_cluster_trains_and_exports(cluster, small_cor
     c.add_node(num_cpus=1, resources={"data_node": 1})
 
     start = time.monotonic()
-    submit = c.ray("job", "submit", "--submission-id", "electra-job", "--working-dir", ".", "--",
-                   "python", "-m", "electra_ray.pretrain", "--config", "configs/tiny.yaml", "--set",
-                   *tiny_job_overrides(small_corpus, tokenizer_dir, str(tmp_path), "job"),
-                   "scaling.num_workers=1", "scaling.cpus_per_worker=2", "scaling.data_resource=data_node")
+    submit = c.ray(
+        "job",
+        "submit",
+        "--submission-id",
+        "electra-job",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "electra_ray.pretrain",
+        "--config",
+        "configs/tiny.yaml",
+        "--set",
+        *tiny_job_overrides(small_corpus, tokenizer_dir, str(tmp_path), "job"),
+        "scaling.num_workers=1",
+        "scaling.cpus_per_worker=2",
+        "scaling.data_resource=data_node",
+    )
     elapsed = time.monotonic() - start
     (tmp_path / "job.log").write_text(submit.stdout + submit.stderr)
     status = c.api("/api/jobs/electra-job")["status"]
@@ -492,8 +572,9 @@ def test_job_submit_to_a_multinode_cluster_trains_and_exports(cluster, small_cor
     # (Listing the files and reading Parquet footers are Ray Data's own small tasks, not steered.)
     data_node = {n["node_id"] for n in c.alive_nodes() if "data_node" in n["resources_total"]}
     tasks = c.api("/api/v0/tasks?detail=1&limit=10000")["data"]["result"]["result"]
-    data_work = [t for t in tasks
-                 if t["type"] == "NORMAL_TASK" and ("Parquet" in t["name"] or "MapBatches" in t["name"])]
+    data_work = [
+        t for t in tasks if t["type"] == "NORMAL_TASK" and ("Parquet" in t["name"] or "MapBatches" in t["name"])
+    ]
     assert "MapBatches(_tokenize_block)" in {t["name"] for t in data_work}
     assert {t["node_id"] for t in data_work} == data_node, data_work
     head = next(n["node_id"] for n in c.alive_nodes() if n["is_head_node"])
@@ -509,16 +590,30 @@ def test_autoscaler_adds_nodes_when_training_asks_for_more_workers(cluster, smal
     config["provider"]["gcs_address"] = c.address
     config_path = tmp_path / "local-fake.json"
     config_path.write_text(json.dumps(config))
-    c.start_head(config["available_node_types"]["ray.head.default"]["resources"]["CPU"],
-                 f"--autoscaling-config={config_path}")
+    c.start_head(
+        config["available_node_types"]["ray.head.default"]["resources"]["CPU"], f"--autoscaling-config={config_path}"
+    )
 
     # No --working-dir here: the fake provider's nodes share the head's temp dir, where unpacking
     # the working dir again would pull it from under the driver. The package is installed instead,
     # as the setup commands of aws.yaml do.
-    submit = c.ray("job", "submit", "--no-wait", "--submission-id", "autoscale", "--",
-                   "python", "-m", "electra_ray.pretrain", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
-                   "--set", *tiny_job_overrides(small_corpus, tokenizer_dir, str(tmp_path), "autoscale"),
-                   "scaling.num_workers=2", "scaling.cpus_per_worker=2")
+    submit = c.ray(
+        "job",
+        "submit",
+        "--no-wait",
+        "--submission-id",
+        "autoscale",
+        "--",
+        "python",
+        "-m",
+        "electra_ray.pretrain",
+        "--config",
+        os.path.join(ROOT, "configs", "tiny.yaml"),
+        "--set",
+        *tiny_job_overrides(small_corpus, tokenizer_dir, str(tmp_path), "autoscale"),
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=2",
+    )
     assert submit.returncode == 0, submit.stderr
     start, timeline = time.monotonic(), []  # (seconds since submit, alive nodes) at every change
     while (status := c.api("/api/jobs/autoscale")["status"]) not in ("SUCCEEDED", "FAILED", "STOPPED"):

@@ -12,9 +12,22 @@ import sys
 import numpy as np
 import pytest
 
-from electra_ray.compare import (OBJECTIVES, cls_spread, cls_vectors, compare, discriminator_check, electra_steps,
-                                 equal_compute_steps, format_report, load_compare_config, plot_auc, plot_curve,
-                                 rtd_drop, untrained_export, verdict)
+from electra_ray.compare import (
+    OBJECTIVES,
+    cls_spread,
+    cls_vectors,
+    compare,
+    discriminator_check,
+    electra_steps,
+    equal_compute_steps,
+    format_report,
+    load_compare_config,
+    plot_auc,
+    plot_curve,
+    rtd_drop,
+    untrained_export,
+    verdict,
+)
 from electra_ray.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,14 +37,28 @@ CONFIG = os.path.join(ROOT, "configs", "compare-tiny.yaml")
 @pytest.mark.ray
 @pytest.mark.usefixtures("local_ray")
 def test_equal_compute_experiment_writes_table_curve_and_verdict(small_corpus, tokenizer_dir, tmp_path):
-    cfg, given = load_compare_config(CONFIG, [
-        f"pretrain.data.path={small_corpus}", f"pretrain.data.tokenizer={tokenizer_dir}",
-        "pretrain.data.seq_len=64", "pretrain.data.eval_fraction=0.1", "pretrain.model.num_layers=2",
-        "pretrain.model.hidden_size=64", "pretrain.model.embedding_size=64", "pretrain.model.intermediate_size=128",
-        "pretrain.model.max_position_embeddings=64", "pretrain.train.max_steps=20", "pretrain.train.warmup_steps=5",
-        "pretrain.train.log_every=5", "points=2", "from_scratch=true", "finetune.max_train_examples=64",
-        "finetune.epochs=1",
-        f"out={tmp_path}/compare"])
+    cfg, given = load_compare_config(
+        CONFIG,
+        [
+            f"pretrain.data.path={small_corpus}",
+            f"pretrain.data.tokenizer={tokenizer_dir}",
+            "pretrain.data.seq_len=64",
+            "pretrain.data.eval_fraction=0.1",
+            "pretrain.model.num_layers=2",
+            "pretrain.model.hidden_size=64",
+            "pretrain.model.embedding_size=64",
+            "pretrain.model.intermediate_size=128",
+            "pretrain.model.max_position_embeddings=64",
+            "pretrain.train.max_steps=20",
+            "pretrain.train.warmup_steps=5",
+            "pretrain.train.log_every=5",
+            "points=2",
+            "from_scratch=true",
+            "finetune.max_train_examples=64",
+            "finetune.epochs=1",
+            f"out={tmp_path}/compare",
+        ],
+    )
     assert cfg.finetune.seeds == [0, 1, 2] and cfg.task == "rotten_tomatoes"  # the shipped config's
     results = compare(cfg, given)
 
@@ -41,8 +68,9 @@ def test_equal_compute_experiment_writes_table_curve_and_verdict(small_corpus, t
     assert abs(budget["mlm"]["flops"] - budget["electra"]["flops"]) <= budget["mlm"]["step_flops"] * cfg.points / 2
     points = {(p["objective"], p["step"]): p for p in results["points"]}
     mlm_steps = budget["mlm"]["steps"]
-    assert sorted(points) == sorted([("none", 0), ("electra", 10), ("electra", 20), ("mlm", mlm_steps // 2),
-                                     ("mlm", mlm_steps)])
+    assert sorted(points) == sorted(
+        [("none", 0), ("electra", 10), ("electra", 20), ("mlm", mlm_steps // 2), ("mlm", mlm_steps)]
+    )
     for (objective, step), point in points.items():
         assert len(point["finetune"]["runs"]) == 3 and point["finetune"]["train_examples"] == 64
         assert point["flops"] == (step * budget[objective]["step_flops"] if step else 0)
@@ -70,13 +98,23 @@ def test_equal_compute_experiment_writes_table_curve_and_verdict(small_corpus, t
     assert (run["steps"], run["warmup_steps"]) == (20, 5) and run["check"]["rtd_drop_step"] in (5, 10, 15, 20)
     assert isinstance(run["check"]["passed"], bool) and math.isfinite(run["check"]["rtd_drop_nats"])
     assert ("| pass |" if run["check"]["passed"] else "| FAIL |") in report
-    for (objective, step), point in points.items():
+    for (objective, _step), point in points.items():
         assert point["budget"] == (0 if objective == "none" else 1) and 0 <= point["cls_spread"] <= 2
         evaluation = point.get("evaluation", {})
-        assert set(evaluation) >= {"none": set(), "mlm": {"mlm_loss", "unigram_entropy"},
-                                   "electra": {"auc_fixed_corruption", "auc_generator_replacements",
-                                               "auc_random_replacements", "rtd_loss_generator",
-                                               "rtd_loss_constant"}}[objective]
+        assert (
+            set(evaluation)
+            >= {
+                "none": set(),
+                "mlm": {"mlm_loss", "unigram_entropy"},
+                "electra": {
+                    "auc_fixed_corruption",
+                    "auc_generator_replacements",
+                    "auc_random_replacements",
+                    "rtd_loss_generator",
+                    "rtd_loss_constant",
+                },
+            }[objective]
+        )
         assert evaluation.get("sequences", 0) <= 256
     saved = json.load(open(os.path.join(out, "results.json")))
     assert len(saved["points"]) == 5 and all(len(p["finetune"]["runs"]) == 3 for p in saved["points"])
@@ -86,13 +124,19 @@ def test_equal_compute_experiment_writes_table_curve_and_verdict(small_corpus, t
 
 
 def test_bad_compare_key_is_a_one_line_error():
-    run = subprocess.run([sys.executable, "-m", "electra_ray.compare", "--config", CONFIG, "--set",
-                          "pretrain.train.max_stepz=3"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "electra_ray.compare", "--config", CONFIG, "--set", "pretrain.train.max_stepz=3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: unknown config key 'pretrain.train.max_stepz'")
 
 
 # -- without Ray ---------------------------------------------------------------------------------
+
 
 def test_cls_spread_is_0_for_collapsed_and_1_for_orthogonal_vectors():
     rng = np.random.default_rng(0)
@@ -107,16 +151,29 @@ def test_cls_spread_is_0_for_collapsed_and_1_for_orthogonal_vectors():
 
 def _point(objective, step, median, std, budget=1.0, flops=None):
     values = [median - std, median, median + std]
-    return {"objective": objective, "budget": budget if objective != "none" else 0.0, "step": step,
-            "flops": float(step * 1e9 if flops is None else flops), "export": f"/x/{objective}-{step}",
-            "finetune": {"metric": "accuracy", "majority_baseline": {"label": 0, "accuracy": 0.48},
-                         "train_examples": 64, "eval_examples": 32,
-                         "summary": {"accuracy": {"mean": median, "std": std, "median": median, "values": values}}}}
+    return {
+        "objective": objective,
+        "budget": budget if objective != "none" else 0.0,
+        "step": step,
+        "flops": float(step * 1e9 if flops is None else flops),
+        "export": f"/x/{objective}-{step}",
+        "finetune": {
+            "metric": "accuracy",
+            "majority_baseline": {"label": 0, "accuracy": 0.48},
+            "train_examples": 64,
+            "eval_examples": 32,
+            "summary": {"accuracy": {"mean": median, "std": std, "median": median, "values": values}},
+        },
+    }
 
 
 def _results(electra, mlm, none=(0.50, 0.02), earlier_budget=None):
-    points = [_point("electra", 20, *electra), _point("mlm", 22, *mlm), _point("electra", 10, 0.3, 0.0),
-              _point("mlm", 11, 0.3, 0.0)]
+    points = [
+        _point("electra", 20, *electra),
+        _point("mlm", 22, *mlm),
+        _point("electra", 10, 0.3, 0.0),
+        _point("mlm", 11, 0.3, 0.0),
+    ]
     if none is not None:
         points.insert(0, _point("none", 0, *none))
     if earlier_budget is not None:  # a smaller budget's full point: not the verdict's
@@ -129,8 +186,9 @@ def test_verdict_says_so_when_electra_leads_and_both_beat_random_init():
     assert "At the full budget (2e+10 FLOPs)" in text and "ELECTRA won by 2.0 points, more than" in text
     assert "ELECTRA +30.0 points, more than the seeds' standard deviation (2.0 points)" in text
     assert "MLM +28.0 points, more than" in text
-    assert text.endswith("Verdict: ELECTRA >= MLM, and both beat random init by more than the seeds' standard "
-                         "deviation.")
+    assert text.endswith(
+        "Verdict: ELECTRA >= MLM, and both beat random init by more than the seeds' standard deviation."
+    )
 
 
 def test_verdict_names_each_failure():
@@ -153,22 +211,29 @@ def test_each_budget_has_equal_flops_and_a_scaled_step_count():
     for budget in (0.25, 0.5, 1, 2.5):
         plan = equal_compute_steps(pre, 8192, points, budget)
         electra, mlm = plan["electra"], plan["mlm"]
-        assert electra["steps"] == electra_steps(pre.train.max_steps, points, budget) == \
-            round(budget * pre.train.max_steps)  # 1200 x each budget is a multiple of points=2 already
+        assert (
+            electra["steps"]
+            == electra_steps(pre.train.max_steps, points, budget)
+            == round(budget * pre.train.max_steps)
+        )  # 1200 x each budget is a multiple of points=2 already
         assert electra["steps"] % points == 0 and mlm["steps"] % points == 0 and mlm["steps"] > electra["steps"]
         assert abs(mlm["flops"] - electra["flops"]) <= mlm["step_flops"] * points / 2
         flops[budget] = electra["flops"]
-    assert flops[2.5] == pytest.approx(10 * flops[0.25]) and equal_compute_steps(pre, 8192, points) == \
-        equal_compute_steps(pre, 8192, points, 1.0)
+    assert flops[2.5] == pytest.approx(10 * flops[0.25]) and equal_compute_steps(
+        pre, 8192, points
+    ) == equal_compute_steps(pre, 8192, points, 1.0)
     assert electra_steps(7, 2, 0.1) == 2 and electra_steps(1000, 3, 0.5) == 501  # at least `points`; a multiple
 
 
-@pytest.mark.parametrize("override, message", [
-    ("budgets=[]", "config key 'budgets' must list at least one number > 0, got []"),
-    ("budgets=[1,0]", "config key 'budgets' must be a list of numbers, each finite and > 0, got [1, 0]"),
-    ("budgets=[1,1.0001]", "each budget must give its own number of steps"),
-    ("pretrain.data.eval_fraction=0", "config key 'pretrain.data.eval_fraction' must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("budgets=[]", "config key 'budgets' must list at least one number > 0, got []"),
+        ("budgets=[1,0]", "config key 'budgets' must be a list of numbers, each finite and > 0, got [1, 0]"),
+        ("budgets=[1,1.0001]", "each budget must give its own number of steps"),
+        ("pretrain.data.eval_fraction=0", "config key 'pretrain.data.eval_fraction' must be > 0"),
+    ],
+)
 def test_bad_budgets_are_refused(override, message):
     with pytest.raises(ConfigError) as error:
         load_compare_config(CONFIG, [override])
@@ -189,10 +254,12 @@ def test_discriminator_check_reads_the_rtd_loss_against_the_constant_predictor(t
     def entropy(p):
         return -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
-    records = [{"step": 5, "rtd_loss": entropy(0.14) + 0.01, "replaced_fraction": 0.14},  # above the constant
-               {"step": 10, "rtd_loss": entropy(0.13) - 0.03, "replaced_fraction": 0.13},
-               {"step": 15, "rtd_loss": entropy(0.15) - 0.01, "replaced_fraction": 0.15},
-               {"training_error": "stopped"}]
+    records = [
+        {"step": 5, "rtd_loss": entropy(0.14) + 0.01, "replaced_fraction": 0.14},  # above the constant
+        {"step": 10, "rtd_loss": entropy(0.13) - 0.03, "replaced_fraction": 0.13},
+        {"step": 15, "rtd_loss": entropy(0.15) - 0.01, "replaced_fraction": 0.15},
+        {"training_error": "stopped"},
+    ]
     _write_metrics(tmp_path, records)
     check = discriminator_check(str(tmp_path), [{"auc_random_replacements": 0.55}])
     assert check["rtd_drop_nats"] == pytest.approx(0.03) and check["rtd_drop_step"] == 10 and check["passed"]
@@ -214,17 +281,28 @@ def test_report_and_figures_of_two_budgets(tmp_path):
     for point in results["points"]:
         point["cls_spread"] = 0.25
         if point["objective"] == "electra":
-            point["evaluation"] = {"sequences": 4, "auc_fixed_corruption": 0.6, "auc_generator_replacements": 0.55,
-                                   "auc_random_replacements": 0.8, "rtd_loss_generator": 0.38,
-                                   "rtd_loss_constant": 0.40}
+            point["evaluation"] = {
+                "sequences": 4,
+                "auc_fixed_corruption": 0.6,
+                "auc_generator_replacements": 0.55,
+                "auc_random_replacements": 0.8,
+                "rtd_loss_generator": 0.38,
+                "rtd_loss_constant": 0.40,
+            }
         elif point["objective"] == "mlm":
             point["evaluation"] = {"sequences": 4, "mlm_loss": 6.1, "unigram_entropy": 5.9}
     check = {"rtd_drop_nats": 0.005, "rtd_drop_step": 20, "best_auc_random_replacements": 0.8, "passed": True}
     plans = [{"budget": b, **equal_compute_steps(cfg.pretrain, 8192, 2, b)} for b in (0.5, 1.0)]
-    results.update(config=dataclasses.asdict(cfg), budget={o: plans[-1][o] for o in OBJECTIVES}, budgets=plans,
-                   runs=[{"objective": "electra", "budget": 1.0, "steps": 20, "check": check},
-                         {"objective": "electra", "budget": 0.5, "steps": 10, "check": dict(check, passed=False)}],
-                   timings={"pretrain_electra_s": 60.0, "total_s": 120.0})
+    results.update(
+        config=dataclasses.asdict(cfg),
+        budget={o: plans[-1][o] for o in OBJECTIVES},
+        budgets=plans,
+        runs=[
+            {"objective": "electra", "budget": 1.0, "steps": 20, "check": check},
+            {"objective": "electra", "budget": 0.5, "steps": 10, "check": dict(check, passed=False)},
+        ],
+        timings={"pretrain_electra_s": 60.0, "total_s": 120.0},
+    )
     report = format_report(results)
     assert "| none (random init) | 0 | 0 | 0.5000 ± 0.0200 | 0.5000 | 3 | — | 0.25 |" in report
     assert "| ELECTRA | 20 | 2e+10 | 0.8000 ± 0.0100 | 0.8000 | 3 | x1 | 0.25 |" in report
@@ -247,9 +325,16 @@ def test_cls_vectors_read_the_encoder_of_either_export(tokenizer_json, tmp_path)
     from electra_ray.model import discriminator_config
     from electra_ray.tokenizer import save_tokenizer
 
-    cfg, _ = load_compare_config(CONFIG, ["pretrain.model.num_layers=1", "pretrain.model.hidden_size=32",
-                                          "pretrain.model.embedding_size=32", "pretrain.model.intermediate_size=64",
-                                          "pretrain.model.max_position_embeddings=32"])
+    cfg, _ = load_compare_config(
+        CONFIG,
+        [
+            "pretrain.model.num_layers=1",
+            "pretrain.model.hidden_size=32",
+            "pretrain.model.embedding_size=32",
+            "pretrain.model.intermediate_size=64",
+            "pretrain.model.max_position_embeddings=32",
+        ],
+    )
     texts = ["a fine film", "dull and long , with no story at all " * 10, "ok"]
     random_init = untrained_export(cfg.pretrain, tokenizer_json, str(tmp_path / "untrained"))
     vectors = cls_vectors(random_init, texts, max_len=128)  # truncated to the 32 positions

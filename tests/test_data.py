@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import write_parquet
+
 from electra_ray.config import DataConfig
 from electra_ray.data import DataError, is_eval_document, load_sequences, open_corpus, pack
 
@@ -89,6 +89,7 @@ def test_directory_without_parquet(tmp_path):
 
 # -- corpora electra_ray.prepare did not finish; text that is not UTF-8 (issue 16) ----------------
 
+
 def corpus_dir(tmp_path, *markers, **files):
     """A directory with one good shard, `markers` (name -> text) and more `files`."""
     directory = tmp_path / "corpus"
@@ -101,15 +102,21 @@ def corpus_dir(tmp_path, *markers, **files):
 
 def test_a_corpus_prepare_did_not_finish_is_refused(tmp_path):
     path = corpus_dir(tmp_path, ("_PREPARING", '{"started": "2026-01-01T00:00:00Z"}'))
-    with pytest.raises(DataError, match=r"^corpus .* was not finished by electra_ray.prepare: it has _PREPARING "
-                                        r"and no _SUCCESS; run prepare again"):
+    with pytest.raises(
+        DataError,
+        match=r"^corpus .* was not finished by electra_ray.prepare: it has _PREPARING "
+        r"and no _SUCCESS; run prepare again",
+    ):
         open_corpus(path)
 
 
 def test_a_partial_shard_is_refused(tmp_path):
     path = corpus_dir(tmp_path, ("part-00001.parquet.partial-0123456789ab", "half a shard"))
-    with pytest.raises(DataError, match=r"was not finished by electra_ray.prepare: it has "
-                                        r"part-00001.parquet.partial-0123456789ab; run prepare again"):
+    with pytest.raises(
+        DataError,
+        match=r"was not finished by electra_ray.prepare: it has "
+        r"part-00001.parquet.partial-0123456789ab; run prepare again",
+    ):
         open_corpus(path)
 
 
@@ -157,10 +164,10 @@ def test_invalid_utf8_is_decoded_with_replacement_and_a_warning(tmp_path, capsys
     from electra_ray.data import iter_documents
 
     path = invalid_utf8_corpus(tmp_path)
-    assert list(iter_documents(path, "text", "train", 0.0)) == ["good text", "bad \ufffd\ufffd bytes",
-                                                                  "more good text"]
-    assert capsys.readouterr().err == (f"warning: column 'text' of {path} holds text that is not valid UTF-8; "
-                                       f"decoded with replacement characters\n")
+    assert list(iter_documents(path, "text", "train", 0.0)) == ["good text", "bad \ufffd\ufffd bytes", "more good text"]
+    assert capsys.readouterr().err == (
+        f"warning: column 'text' of {path} holds text that is not valid UTF-8; decoded with replacement characters\n"
+    )
     list(iter_documents(path, "text", "train", 0.0))
     assert capsys.readouterr().err == ""  # once per file and process
 
@@ -171,18 +178,22 @@ def test_ray_data_blocks_with_invalid_utf8_tokenize(tmp_path, tokenizer_json):
     from electra_ray.data import _tokenize_block
 
     table = pq.read_table(invalid_utf8_corpus(tmp_path))
-    out = _tokenize_block(table, column="text", tokenizer_json=tokenizer_json, seq_len=16, eval_fraction=0.0,
-                          split="train", corpus="c")
+    out = _tokenize_block(
+        table, column="text", tokenizer_json=tokenizer_json, seq_len=16, eval_fraction=0.0, split="train", corpus="c"
+    )
     assert out["input_ids"].shape[1] == 16 and len(out["input_ids"]) >= 1
 
 
 # -- packing="segments" (google-research/electra's ExampleBuilder) ---------------------------------
 
+
 def disjoint_documents(n_docs=6, n_sentences=40, seed=0):
     """Documents of sentences; document k's tokens all lie in [100 (k + 1), 100 (k + 1) + 50)."""
     rng = np.random.default_rng(seed)
-    return [[rng.integers(100 * (k + 1), 100 * (k + 1) + 50, size=rng.integers(1, 30)).tolist()
-             for _ in range(n_sentences)] for k in range(n_docs)]
+    return [
+        [rng.integers(100 * (k + 1), 100 * (k + 1) + 50, size=rng.integers(1, 30)).tolist() for _ in range(n_sentences)]
+        for k in range(n_docs)
+    ]
 
 
 def segments_of(row, types):
@@ -191,12 +202,12 @@ def segments_of(row, types):
     seps = np.flatnonzero(row == SEP).tolist()
     assert len(seps) in (1, 2) and seps[0] > 1  # A is never empty
     end = seps[-1]
-    assert (row[end + 1:] == PAD).all() and (row[1:end] != PAD).all() and (row[1:end] != CLS).all()
-    assert (types[:seps[0] + 1] == 0).all() and (types[end + 1:] == 0).all()  # [CLS] A [SEP], padding
+    assert (row[end + 1 :] == PAD).all() and (row[1:end] != PAD).all() and (row[1:end] != CLS).all()
+    assert (types[: seps[0] + 1] == 0).all() and (types[end + 1 :] == 0).all()  # [CLS] A [SEP], padding
     if len(seps) == 1:
-        return row[1:seps[0]], None
-    assert seps[1] > seps[0] + 1 and (types[seps[0] + 1:end + 1] == 1).all()  # B [SEP]
-    return row[1:seps[0]], row[seps[0] + 1:end]
+        return row[1 : seps[0]], None
+    assert seps[1] > seps[0] + 1 and (types[seps[0] + 1 : end + 1] == 1).all()  # B [SEP]
+    return row[1 : seps[0]], row[seps[0] + 1 : end]
 
 
 def test_segments_never_cross_documents_and_have_google_layout():
@@ -281,8 +292,14 @@ def test_a_sentence_longer_than_a_row_is_cut_not_dropped():
 def test_split_sentences():
     from electra_ray.data import split_sentences
 
-    assert split_sentences("One. Two? \"Three!\" Four\nfive six\n\n  seven.") == \
-        ["One.", "Two?", "\"Three!\"", "Four", "five six", "  seven."]
+    assert split_sentences('One. Two? "Three!" Four\nfive six\n\n  seven.') == [
+        "One.",
+        "Two?",
+        '"Three!"',
+        "Four",
+        "five six",
+        "  seven.",
+    ]
     assert split_sentences("no end at all") == ["no end at all"]
     assert split_sentences("") == []
 
@@ -293,16 +310,34 @@ def test_concatenate_packing_is_unchanged(tokenizer_json):
     tokenizer, special = tokenizer_from_json(tokenizer_json)
     texts = ["The first document. It has two sentences.", "", "A second one\nwith a newline."]
     columns = tokenize_and_pack(texts, tokenizer_json, 16)
-    expected = pack([e.ids for e in tokenizer.encode_batch([t for t in texts if t], add_special_tokens=False)],
-                    16, special["[CLS]"], special["[SEP]"], special["[PAD]"])
+    expected = pack(
+        [e.ids for e in tokenizer.encode_batch([t for t in texts if t], add_special_tokens=False)],
+        16,
+        special["[CLS]"],
+        special["[SEP]"],
+        special["[PAD]"],
+    )
     assert list(columns) == ["input_ids"] and np.array_equal(columns["input_ids"], expected)
     import pyarrow as pa
 
-    block = _tokenize_block(pa.table({"text": texts}), column="text", tokenizer_json=tokenizer_json, seq_len=16,
-                            eval_fraction=0.0, split="train")
+    block = _tokenize_block(
+        pa.table({"text": texts}),
+        column="text",
+        tokenizer_json=tokenizer_json,
+        seq_len=16,
+        eval_fraction=0.0,
+        split="train",
+    )
     assert list(block) == ["input_ids"] and np.array_equal(block["input_ids"], expected)
-    segments = _tokenize_block(pa.table({"text": texts}), column="text", tokenizer_json=tokenizer_json,
-                               seq_len=16, eval_fraction=0.0, split="train", packing="segments")
+    segments = _tokenize_block(
+        pa.table({"text": texts}),
+        column="text",
+        tokenizer_json=tokenizer_json,
+        seq_len=16,
+        eval_fraction=0.0,
+        split="train",
+        packing="segments",
+    )
     assert sorted(segments) == ["input_ids", "token_type_ids"]
     assert segments["input_ids"].shape == segments["token_type_ids"].shape
 
@@ -327,8 +362,9 @@ def test_masking_passes_token_types_and_never_selects_specials():
         def iter_batches(self, **_):
             yield self.columns
 
-    [with_types] = masked_batches(Shard({"input_ids": ids, "token_type_ids": types}), cfg, len(ids), special,
-                                  1000, rng, shuffle_seed=0)
+    [with_types] = masked_batches(
+        Shard({"input_ids": ids, "token_type_ids": types}), cfg, len(ids), special, 1000, rng, shuffle_seed=0
+    )
     [without] = masked_batches(Shard({"input_ids": ids}), cfg, len(ids), special, 1000, rng, shuffle_seed=0)
     assert np.array_equal(with_types.token_type_ids, types) and without.token_type_ids is None
 
@@ -342,8 +378,10 @@ def test_load_sequences_with_segments_on_the_shipped_corpus(tokenizer_json):
     assert ids.shape == types.shape and ids.shape[1] == 128 and len(ids) > 100
     assert set(np.unique(types).tolist()) == {0, 1}
     # no row crosses documents: the corpus packs exactly as its documents do one by one
-    alone = [tokenize_and_pack([text], tokenizer_json, 128, "segments")
-             for text in iter_documents(cfg.path, cfg.text_column, "eval", cfg.eval_fraction)]
+    alone = [
+        tokenize_and_pack([text], tokenizer_json, 128, "segments")
+        for text in iter_documents(cfg.path, cfg.text_column, "eval", cfg.eval_fraction)
+    ]
     assert len(alone) > 5
     assert np.array_equal(ids, np.concatenate([a["input_ids"] for a in alone]))
     assert np.array_equal(types, np.concatenate([a["token_type_ids"] for a in alone]))

@@ -15,8 +15,7 @@ def test_roc_auc_is_the_probability_a_positive_outranks_a_negative():
     rng = np.random.default_rng(0)
     labels = rng.random(200) < 0.3
     scores = rng.integers(0, 10, 200).astype(float)  # many ties: each counts one half
-    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0)
-             for p, n in itertools.product(scores[labels], scores[~labels])]
+    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0) for p, n in itertools.product(scores[labels], scores[~labels])]
     assert roc_auc(labels, scores) == pytest.approx(np.mean(pairs))
     assert roc_auc(labels, labels.astype(float)) == 1.0 and roc_auc(labels, -labels.astype(float)) == 0.0
 
@@ -57,14 +56,16 @@ def test_fixed_corruption_replaces_real_tokens_only_and_is_reproducible(uniform)
 
 # -- what evaluate accepts as an export (issue 16) -------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def untrained_export(small_corpus, tokenizer_dir, tmp_path_factory):
     """An export of a freshly initialised tiny ELECTRA: the files evaluate reads, without training."""
+    from test_pretrain import tiny_config
+
     from electra_ray.data import tokenizer_from_json
     from electra_ray.export import write_export
     from electra_ray.model import build_model
     from electra_ray.tokenizer import read_tokenizer_json
-    from test_pretrain import tiny_config
 
     directory = tmp_path_factory.mktemp("export") / "export"
     cfg = tiny_config(small_corpus, tokenizer_dir, directory.parent)
@@ -90,7 +91,7 @@ def test_not_an_export_is_a_one_line_error(tmp_path):
     (tmp_path / "model" / "electra_ray.json").write_text('{"config": {"train": {"lr": "fast"}}}')
     with pytest.raises(ExportError, match=r"model/electra_ray.json: config key 'train.lr' expects float"):
         evaluate_export(str(tmp_path / "model"))
-    (tmp_path / "model" / "electra_ray.json").write_text('[1, 2]')
+    (tmp_path / "model" / "electra_ray.json").write_text("[1, 2]")
     with pytest.raises(ExportError, match=r"model/electra_ray.json holds no 'config' mapping"):
         evaluate_export(str(tmp_path / "model"))
 
@@ -127,8 +128,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     from electra_ray.evaluate import main
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, "-m", "electra_ray.evaluate", str(tmp_path / "nowhere")],
-                         capture_output=True, text=True, cwd=root, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "electra_ray.evaluate", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [f"error: export not found: {tmp_path}/nowhere"]
     for value, shown in (("0", "0"), ("many", "'many'")):  # in this process: run_cli's path, no new interpreter

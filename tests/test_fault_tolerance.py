@@ -15,15 +15,21 @@ import time
 import pytest
 import ray
 import torch
+from test_pretrain import tiny_config, tiny_overrides
 
 from electra_ray.export import consolidated_state_dict
 from electra_ray.pretrain import pretrain
-from test_pretrain import tiny_config, tiny_overrides
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 
-STEPS = {"train.max_steps": 24, "train.checkpoint_every": 8, "train.log_every": 4, "train.keep_checkpoints": 2,
-         "train.zero_stage": 2, "model.dropout": 0.1}
+STEPS = {
+    "train.max_steps": 24,
+    "train.checkpoint_every": 8,
+    "train.log_every": 4,
+    "train.keep_checkpoints": 2,
+    "train.zero_stage": 2,
+    "model.dropout": 0.1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +101,11 @@ def test_a_killed_worker_costs_steps_not_the_run(reference, small_corpus, tokeni
     assert steps[:2] == [4, 8] and steps.count(4) == steps.count(8) == 1 and steps[-1] == 24
     assert_same_weights(discriminator_weights(result.checkpoint), reference[1])
     after = [h for h in result.history if h["time"] > killed["time"]]
-    print(f"\nworker killed at the step-8 report; first report after the restart: step {after[0]['step']} "
-          f"{after[0]['time'] - killed['time']:.1f}s later; step time "
-          f"{(after[-1]['time'] - after[0]['time']) / max(1, after[-1]['step'] - after[0]['step']):.2f}s; reports {steps}")
+    print(
+        f"\nworker killed at the step-8 report; first report after the restart: step {after[0]['step']} "
+        f"{after[0]['time'] - killed['time']:.1f}s later; step time "
+        f"{(after[-1]['time'] - after[0]['time']) / max(1, after[-1]['step'] - after[0]['step']):.2f}s; reports {steps}"
+    )
 
 
 def stop_a_driver(sig: signal.Signals, overrides: list[str]) -> str:
@@ -105,8 +113,12 @@ def stop_a_driver(sig: signal.Signals, overrides: list[str]) -> str:
     then, on the main thread, Ray Train would have put its own SIGINT handler in place of ours),
     and return all it printed once it has exited with status 0. The workers, seconds from their
     first step then, stop at their first logging step however fast this machine runs 24 steps."""
-    driver = subprocess.Popen([sys.executable, "-m", "electra_ray.pretrain", "--set", *overrides],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "electra_ray.pretrain", "--set", *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
 
     def read_output():
@@ -116,8 +128,11 @@ def stop_a_driver(sig: signal.Signals, overrides: list[str]) -> str:
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
     try:
-        wait_for(lambda: driver.poll() is not None or any("(TrainController pid=" in line for line in lines), 600,
-                 "Ray Train's controller to start")
+        wait_for(
+            lambda: driver.poll() is not None or any("(TrainController pid=" in line for line in lines),
+            600,
+            "Ray Train's controller to start",
+        )
         assert driver.poll() is None, "".join(lines)[-3000:]
         driver.send_signal(sig)
         driver.wait(timeout=600)
@@ -136,8 +151,9 @@ def test_driver_stopped_then_resumed_ends_with_the_same_weights(reference, small
     output = stop_a_driver(signal.SIGTERM, tiny_overrides(small_corpus, tokenizer_dir, tmp_path, **STEPS))
     assert f"stopped at step 4; continue with: python -m electra_ray.pretrain --resume {run_dir}" in output
 
-    resumed = subprocess.run([sys.executable, "-m", "electra_ray.pretrain", "--resume", run_dir],
-                             capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "electra_ray.pretrain", "--resume", run_dir], capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from step 4" in resumed.stdout + resumed.stderr
     final = os.path.join(run_dir, registered_checkpoints(run_dir)[-1])
@@ -168,16 +184,21 @@ def test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous(reference, smal
     cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{**STEPS, "train.max_steps": 32})
     result = pretrain(cfg, export_and_evaluate=False)
     steps = [h["step"] for h in result.history]
-    assert steps[steps.index(24) + 1:] == [20, 24, 28, 32]  # after the reference's reports: from step 16 again
+    assert steps[steps.index(24) + 1 :] == [20, 24, 28, 32]  # after the reference's reports: from step 16 again
     logs = ray._private.worker.global_worker.node.get_logs_dir_path()
-    warnings = [line for path in glob.glob(os.path.join(logs, "worker-*.out")) for line in open(path, errors="replace")
-                if "cannot be read" in line and os.path.basename(newest) in line]
+    warnings = [
+        line
+        for path in glob.glob(os.path.join(logs, "worker-*.out"))
+        for line in open(path, errors="replace")
+        if "cannot be read" in line and os.path.basename(newest) in line
+    ]
     assert warnings, "no warning naming the corrupt checkpoint in the workers' logs"
 
 
 def test_a_nan_loss_is_skipped_and_counted(reference, small_corpus, tokenizer_dir, tmp_path):
-    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{**STEPS, "train.max_steps": 12,
-                                                                "train.inject_nan_steps": "[6, 10]"})
+    cfg = tiny_config(
+        small_corpus, tokenizer_dir, tmp_path, **{**STEPS, "train.max_steps": 12, "train.inject_nan_steps": "[6, 10]"}
+    )
     result = pretrain(cfg, export_and_evaluate=False)
     assert [(h["step"], h["skipped_steps"]) for h in result.history] == [(4, 0), (8, 1), (12, 2)]
     assert all(torch.isfinite(v).all() for v in discriminator_weights(result.checkpoint).values())
@@ -186,21 +207,36 @@ def test_a_nan_loss_is_skipped_and_counted(reference, small_corpus, tokenizer_di
 def test_persistent_non_finite_loss_stops_naming_the_last_good_checkpoint(small_corpus, tokenizer_dir, tmp_path):
     from electra_ray.errors import UserError
 
-    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{
-        "train.max_steps": 30, "train.log_every": 1, "train.checkpoint_every": 1, "train.lr": 1e12,
-        "train.warmup_steps": 1, "train.grad_clip": 0, "train.max_bad_steps": 3, "scaling.num_workers": 1})
-    with pytest.raises(UserError, match=r"training stopped: loss is (nan|inf) at step (\d+) for 4 steps in a row;"
-                                        r".*last good checkpoint: (step \d+|none yet); lower train.lr .*\(run .*run\)"):
+    cfg = tiny_config(
+        small_corpus,
+        tokenizer_dir,
+        tmp_path,
+        **{
+            "train.max_steps": 30,
+            "train.log_every": 1,
+            "train.checkpoint_every": 1,
+            "train.lr": 1e12,
+            "train.warmup_steps": 1,
+            "train.grad_clip": 0,
+            "train.max_bad_steps": 3,
+            "scaling.num_workers": 1,
+        },
+    )
+    with pytest.raises(
+        UserError,
+        match=r"training stopped: loss is (nan|inf) at step (\d+) for 4 steps in a row;"
+        r".*last good checkpoint: (step \d+|none yet); lower train.lr .*\(run .*run\)",
+    ):
         pretrain(cfg)
 
 
-def test_resume_refuses_a_code_running_checkpoint_without_running_it(reference, small_corpus, tokenizer_dir,
-                                                                     tmp_path):
+def test_resume_refuses_a_code_running_checkpoint_without_running_it(reference, small_corpus, tokenizer_dir, tmp_path):
     """A tampered file in the newest checkpoint stops the run with one error (every rank refuses it
     before loading anything; no retry, no fall-back to an older checkpoint an attacker left alone)."""
     import shutil
 
     from conftest import write_code_running_pickle
+
     from electra_ray.errors import UserError
 
     first, _ = reference
@@ -211,8 +247,11 @@ def test_resume_refuses_a_code_running_checkpoint_without_running_it(reference, 
     write_code_running_pickle(os.path.join(newest, "model", "mp_rank_00_model_states.pt"), str(marker))
 
     cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{**STEPS, "train.max_steps": 32})
-    with pytest.raises(UserError, match=r"training stopped: refusing to load .*mp_rank_00_model_states.pt: it needs "
-                                        r"objects a checkpoint never holds \(Unsupported global: GLOBAL exec\)"):
+    with pytest.raises(
+        UserError,
+        match=r"training stopped: refusing to load .*mp_rank_00_model_states.pt: it needs "
+        r"objects a checkpoint never holds \(Unsupported global: GLOBAL exec\)",
+    ):
         pretrain(cfg, export_and_evaluate=False)
     assert not marker.exists()
     assert checkpoints_in(run_dir)[-1] == newest  # nothing trained, nothing saved

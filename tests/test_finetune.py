@@ -13,11 +13,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_pretrain import tiny_config
 
 from electra_ray.finetune import FinetuneConfig, build_optimizer, finetune, load_classifier, model_directory
 from electra_ray.pretrain import pretrain
 from electra_ray.tasks import TaskDataError, movie_reviews
-from test_pretrain import tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,9 +27,18 @@ def pretrained(objective, corpus, tokenizer_dir, out):
     # lr 5e-4 (tiny.yaml's): at test_pretrain's 2e-3, 20 ELECTRA steps leave the discriminator in
     # its early collapse (every token "original", [CLS] the same for every input), which no
     # fine-tuning of 100 steps undoes.
-    cfg = tiny_config(corpus, tokenizer_dir, out, **{"train.objective": objective, "train.max_steps": 20,
-                                                     "train.lr": 5e-4, "train.checkpoint_every": 20,
-                                                     "scaling.num_workers": 1})
+    cfg = tiny_config(
+        corpus,
+        tokenizer_dir,
+        out,
+        **{
+            "train.objective": objective,
+            "train.max_steps": 20,
+            "train.lr": 5e-4,
+            "train.checkpoint_every": 20,
+            "scaling.num_workers": 1,
+        },
+    )
     return pretrain(cfg)
 
 
@@ -52,8 +61,17 @@ def test_rotten_tomatoes_beats_the_majority_class(electra_export, rotten_tomatoe
     train, dev = rotten_tomatoes
     # A 20-step pre-trained 2-layer encoder needs a larger step than ELECTRA-Small's 1e-4, and 5
     # epochs: in 3, some seeds have not yet left the constant-prediction plateau.
-    cfg = FinetuneConfig(model=electra_export, train=train, eval=dev, lr=3e-3, epochs=5, seeds=[0, 1],
-                         num_workers=0, threads=1, out=str(tmp_path / "ft"))
+    cfg = FinetuneConfig(
+        model=electra_export,
+        train=train,
+        eval=dev,
+        lr=3e-3,
+        epochs=5,
+        seeds=[0, 1],
+        num_workers=0,
+        threads=1,
+        out=str(tmp_path / "ft"),
+    )
     result = finetune(cfg)
 
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
@@ -72,13 +90,13 @@ def test_rotten_tomatoes_beats_the_majority_class(electra_export, rotten_tomatoe
     model = ElectraForSequenceClassification.from_pretrained(tmp_path / "ft" / "seed-1").eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "ft" / "seed-1")
     with torch.no_grad():
-        logits = model(**tokenizer(["a gorgeous, moving film", "a dull mess"], return_tensors="pt",
-                                   padding=True)).logits
+        logits = model(
+            **tokenizer(["a gorgeous, moving film", "a dull mess"], return_tensors="pt", padding=True)
+        ).logits
     assert logits.shape == (2, 2) and model.config.id2label == {0: "0", 1: "1"}
 
 
-def test_mlm_baseline_exports_its_encoder_and_fine_tunes_on_ray(small_corpus, tokenizer_dir, rotten_tomatoes,
-                                                                tmp_path):
+def test_mlm_baseline_exports_its_encoder_and_fine_tunes_on_ray(small_corpus, tokenizer_dir, rotten_tomatoes, tmp_path):
     result = pretrained("mlm", small_corpus, tokenizer_dir, tmp_path)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0] and all(h["rtd_loss"] == 0 for h in result.history)
@@ -96,8 +114,19 @@ def test_mlm_baseline_exports_its_encoder_and_fine_tunes_on_ray(small_corpus, to
         assert torch.equal(tensor, weights[f"mlm.{name}"]), name  # the pre-trained encoder, as trained
 
     train, dev = rotten_tomatoes
-    tuned = finetune(FinetuneConfig(model=result.export, train=train, eval=dev, max_train_examples=128, epochs=1,
-                                    seeds=[3], num_workers=2, batch_size=16, out=str(tmp_path / "ft")))
+    tuned = finetune(
+        FinetuneConfig(
+            model=result.export,
+            train=train,
+            eval=dev,
+            max_train_examples=128,
+            epochs=1,
+            seeds=[3],
+            num_workers=2,
+            batch_size=16,
+            out=str(tmp_path / "ft"),
+        )
+    )
     run = tuned.metrics["runs"][0]
     assert os.path.exists(os.path.join(run["model"], "model.safetensors")) and np.isfinite(run["train_loss"])
     assert sorted(os.listdir(tmp_path / "ft")) == ["metrics.json", "seed-3"]  # Ray's run directory removed
@@ -118,10 +147,22 @@ def test_pair_classification_from_tsv(electra_export, tmp_path):
     for name, rows in (("train", slice(0, 64)), ("dev", slice(64, 96))):
         lines = [f"{a}\t{b}\t{y}" for a, b, y in zip(first[rows], second[rows], labels[rows])]
         (tmp_path / f"{name}.tsv").write_text("s1\ts2\tquality\n" + "\n".join(lines) + "\n")
-    result = finetune(FinetuneConfig(model=electra_export, train=str(tmp_path / "train.tsv"),
-                                     eval=str(tmp_path / "dev.tsv"), text_column="s1", pair_column="s2",
-                                     label_column="quality", metric="f1", epochs=1, seeds=[0], num_workers=0,
-                                     threads=1, out=str(tmp_path / "ft")))
+    result = finetune(
+        FinetuneConfig(
+            model=electra_export,
+            train=str(tmp_path / "train.tsv"),
+            eval=str(tmp_path / "dev.tsv"),
+            text_column="s1",
+            pair_column="s2",
+            label_column="quality",
+            metric="f1",
+            epochs=1,
+            seeds=[0],
+            num_workers=0,
+            threads=1,
+            out=str(tmp_path / "ft"),
+        )
+    )
     assert result.metrics["labels"] == ["different", "equivalent"] and result.metrics["metric"] == "f1"
     assert set(result.metrics["runs"][0]["metrics"]) == {"accuracy", "f1", "mcc"}
     from transformers import AutoConfig
@@ -133,12 +174,25 @@ def test_regression_from_jsonl(electra_export, tmp_path):
     first, second, same = synthetic_pairs(96, seed=1)
     score = [float(len(set(a.split()) & set(b.split()))) for a, b in zip(first, second)]
     for name, rows in (("train", range(0, 64)), ("dev", range(64, 96))):
-        (tmp_path / f"{name}.jsonl").write_text("".join(
-            json.dumps({"sentence1": first[i], "sentence2": second[i], "score": score[i]}) + "\n" for i in rows))
-    result = finetune(FinetuneConfig(model=electra_export, train=str(tmp_path / "train.jsonl"),
-                                     eval=str(tmp_path / "dev.jsonl"), task="regression",
-                                     text_column="sentence1", pair_column="sentence2", label_column="score",
-                                     epochs=1, seeds=[0], num_workers=0, threads=1, out=str(tmp_path / "ft")))
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"sentence1": first[i], "sentence2": second[i], "score": score[i]}) + "\n" for i in rows)
+        )
+    result = finetune(
+        FinetuneConfig(
+            model=electra_export,
+            train=str(tmp_path / "train.jsonl"),
+            eval=str(tmp_path / "dev.jsonl"),
+            task="regression",
+            text_column="sentence1",
+            pair_column="sentence2",
+            label_column="score",
+            epochs=1,
+            seeds=[0],
+            num_workers=0,
+            threads=1,
+            out=str(tmp_path / "ft"),
+        )
+    )
     metrics = result.metrics
     assert metrics["metric"] == "spearman" and metrics["labels"] is None and metrics["majority_baseline"] is None
     assert set(metrics["runs"][0]["metrics"]) == {"pearson", "spearman", "mse"}
@@ -157,9 +211,19 @@ def test_layer_wise_lr_decay_gives_each_layer_its_rate():
 
     layers, lr, decay = 12, 1e-3, 0.8
     torch.manual_seed(0)
-    model = ElectraForSequenceClassification(ElectraConfig(
-        vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model = ElectraForSequenceClassification(
+        ElectraConfig(
+            vocab_size=50,
+            embedding_size=8,
+            hidden_size=16,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
     settings = FinetuneConfig(lr=lr, layer_decay=decay, warmup=0.0, weight_decay=0.0, adam_eps=1e-12)
     optimizer, _ = build_optimizer(model, settings, total_steps=10)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -188,18 +252,42 @@ def test_layer_wise_lr_decay_gives_each_layer_its_rate():
 
 def test_bad_task_input_is_a_one_line_error(electra_export, tmp_path):
     pq.write_table(pa.table({"text": ["good", "bad"], "sentiment": [1, 0]}), tmp_path / "train.parquet")
-    run = subprocess.run([sys.executable, "-m", "electra_ray.finetune", "--model", electra_export,
-                          "--train", str(tmp_path / "train.parquet"), "--eval", str(tmp_path / "train.parquet")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "electra_ray.finetune",
+            "--model",
+            electra_export,
+            "--train",
+            str(tmp_path / "train.parquet"),
+            "--eval",
+            str(tmp_path / "train.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines()[-1] == (f"error: task file {tmp_path}/train.parquet has no column 'label' "
-                                                   f"(columns: text, sentiment)")
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: task file {tmp_path}/train.parquet has no column 'label' (columns: text, sentiment)"
+    )
     pq.write_table(pa.table({"text": ["good", "bad"], "label": ["pos", "neg"]}), tmp_path / "train2.parquet")
     pq.write_table(pa.table({"text": ["good", "so-so"], "label": ["pos", "meh"]}), tmp_path / "dev.parquet")
-    with pytest.raises(TaskDataError, match=r"dev.parquet: row 2 has label 'meh', which is not one of the task's "
-                                            r"labels \['neg', 'pos'\]"):
-        finetune(FinetuneConfig(model=electra_export, train=str(tmp_path / "train2.parquet"),
-                                eval=str(tmp_path / "dev.parquet"), num_workers=0))
+    with pytest.raises(
+        TaskDataError,
+        match=r"dev.parquet: row 2 has label 'meh', which is not one of the task's "
+        r"labels \['neg', 'pos'\]",
+    ):
+        finetune(
+            FinetuneConfig(
+                model=electra_export,
+                train=str(tmp_path / "train2.parquet"),
+                eval=str(tmp_path / "dev.parquet"),
+                num_workers=0,
+            )
+        )
 
 
 def test_an_export_and_task_files_on_s3(electra_export, rotten_tomatoes, rclone_s3, tmp_path):
@@ -214,9 +302,17 @@ def test_an_export_and_task_files_on_s3(electra_export, rotten_tomatoes, rclone_
     client.upload_file(train, "electra", "tasks/train.parquet")
     client.upload_file(str(tmp_path / "dev.csv"), "electra", "tasks/dev.csv")
 
-    cfg = FinetuneConfig(model="s3://electra/exports/tiny", train="s3://electra/tasks/train.parquet",
-                         eval="s3://electra/tasks/dev.csv", seeds=[0], epochs=1, max_train_examples=200,
-                         num_workers=0, threads=1, out=str(tmp_path / "ft"))
+    cfg = FinetuneConfig(
+        model="s3://electra/exports/tiny",
+        train="s3://electra/tasks/train.parquet",
+        eval="s3://electra/tasks/dev.csv",
+        seeds=[0],
+        epochs=1,
+        max_train_examples=200,
+        num_workers=0,
+        threads=1,
+        out=str(tmp_path / "ft"),
+    )
     metrics = finetune(cfg).metrics
     assert (metrics["train_examples"], metrics["eval_examples"]) == (200, 400)
     assert metrics["model"] == str(tmp_path / "ft" / "pretrained" / "discriminator")
@@ -230,30 +326,36 @@ def test_an_export_and_task_files_on_s3(electra_export, rotten_tomatoes, rclone_
 
 # -- settings and labels refused before any work (issue 16) ---------------------------------------
 
-@pytest.mark.parametrize("changes, message", [
-    ({"lr": float("nan")}, "--lr must be a finite number > 0, got nan"),
-    ({"lr": 0.0}, "--lr must be a finite number > 0, got 0.0"),
-    ({"epochs": 0}, "--epochs must be an integer >= 1, got 0"),
-    ({"batch_size": -4}, "--batch-size must be an integer >= 1, got -4"),
-    ({"max_seq_len": 2}, "--max-seq-len must be an integer >= 3, got 2"),
-    ({"dropout": 1.0}, "--dropout must be a number in [0, 1), got 1.0"),
-    ({"warmup": -0.1}, "--warmup must be a number in [0, 1), got -0.1"),
-    ({"layer_decay": 0.0}, "--layer-decay must be a number in (0, 1], got 0.0"),
-    ({"weight_decay": float("inf")}, "--weight-decay must be a finite number >= 0, got inf"),
-    ({"adam_eps": 0.0}, "--adam-eps must be a finite number > 0, got 0.0"),
-    ({"grad_clip": -1.0}, "--grad-clip must be a finite number >= 0 (0: off), got -1.0"),
-    ({"num_workers": -1}, "--num-workers must be an integer >= 0 (0: in this process), got -1"),
-    ({"threads": -2}, "--threads must be an integer >= 0 (0: the default), got -2"),
-    ({"max_train_examples": -5}, "--max-train-examples must be an integer >= 0 (0: all), got -5"),
-    ({"seeds": []}, "--seeds must list one or more integers, got []"),
-    ({"seeds": [0, "one"]}, "--seeds must list one or more integers, got [0, 'one']"),
-    ({"seeds": [1, 1]}, "--seeds lists a seed twice: [1, 1]"),
-    ({"labels": [0, 1], "task": "regression"}, "--labels lists the classes of a classification task; --task is "
-                                               "regression"),
-    ({"labels": [[0, 1]]}, "--labels must list single values (strings or numbers), got [[0, 1]]"),
-    ({"labels": ["pos", "neg", "pos"]}, "--labels lists a class twice: ['pos', 'neg', 'pos']"),
-    ({"train": ""}, "--train is required: a path (local or s3://)"),
-])
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"lr": float("nan")}, "--lr must be a finite number > 0, got nan"),
+        ({"lr": 0.0}, "--lr must be a finite number > 0, got 0.0"),
+        ({"epochs": 0}, "--epochs must be an integer >= 1, got 0"),
+        ({"batch_size": -4}, "--batch-size must be an integer >= 1, got -4"),
+        ({"max_seq_len": 2}, "--max-seq-len must be an integer >= 3, got 2"),
+        ({"dropout": 1.0}, "--dropout must be a number in [0, 1), got 1.0"),
+        ({"warmup": -0.1}, "--warmup must be a number in [0, 1), got -0.1"),
+        ({"layer_decay": 0.0}, "--layer-decay must be a number in (0, 1], got 0.0"),
+        ({"weight_decay": float("inf")}, "--weight-decay must be a finite number >= 0, got inf"),
+        ({"adam_eps": 0.0}, "--adam-eps must be a finite number > 0, got 0.0"),
+        ({"grad_clip": -1.0}, "--grad-clip must be a finite number >= 0 (0: off), got -1.0"),
+        ({"num_workers": -1}, "--num-workers must be an integer >= 0 (0: in this process), got -1"),
+        ({"threads": -2}, "--threads must be an integer >= 0 (0: the default), got -2"),
+        ({"max_train_examples": -5}, "--max-train-examples must be an integer >= 0 (0: all), got -5"),
+        ({"seeds": []}, "--seeds must list one or more integers, got []"),
+        ({"seeds": [0, "one"]}, "--seeds must list one or more integers, got [0, 'one']"),
+        ({"seeds": [1, 1]}, "--seeds lists a seed twice: [1, 1]"),
+        (
+            {"labels": [0, 1], "task": "regression"},
+            "--labels lists the classes of a classification task; --task is regression",
+        ),
+        ({"labels": [[0, 1]]}, "--labels must list single values (strings or numbers), got [[0, 1]]"),
+        ({"labels": ["pos", "neg", "pos"]}, "--labels lists a class twice: ['pos', 'neg', 'pos']"),
+        ({"train": ""}, "--train is required: a path (local or s3://)"),
+    ],
+)
 def test_settings_out_of_range_name_the_flag(changes, message):
     from electra_ray.finetune import FinetuneError, validate
 
@@ -268,15 +370,36 @@ def test_continuous_labels_ask_for_regression(tmp_path):
 
     pq.write_table(pa.table({"text": ["a", "b", "c"], "label": [0.1, 0.9, 0.5]}), tmp_path / "sts.parquet")
     cfg = FinetuneConfig(model="m", train=str(tmp_path / "sts.parquet"), eval=str(tmp_path / "sts.parquet"))
-    with pytest.raises(TaskDataError, match=r"sts.parquet: label column 'label' holds non-integer numbers \(row 1: "
-                                            r"0.1\); use --task regression"):
+    with pytest.raises(
+        TaskDataError,
+        match=r"sts.parquet: label column 'label' holds non-integer numbers \(row 1: "
+        r"0.1\); use --task regression",
+    ):
         load_task(cfg, tokenizer=None, max_len=16)  # refused before anything is tokenized
 
 
 def test_a_bad_flag_is_a_one_line_error(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "electra_ray.finetune", "--model", str(tmp_path), "--train", "t.csv",
-                          "--eval", "e.csv", "--lr", "nan", "--out", str(tmp_path / "ft")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "electra_ray.finetune",
+            "--model",
+            str(tmp_path),
+            "--train",
+            "t.csv",
+            "--eval",
+            "e.csv",
+            "--lr",
+            "nan",
+            "--out",
+            str(tmp_path / "ft"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == ["error: --lr must be a finite number > 0, got nan"]
     assert not (tmp_path / "ft").exists()

@@ -4,16 +4,17 @@ import dataclasses
 
 import pytest
 import torch
+from test_objective import TINY, VOCAB, make_batch  # the same tiny shapes and masked batch
 
 from electra_ray.model import build_model
 from electra_ray.objective import sampling_temperature
-from test_objective import TINY, VOCAB, make_batch  # the same tiny shapes and masked batch
 
 
 def model_with(disentangled=False, corrective_weight=0.0, seed=0):
     torch.manual_seed(seed)
-    return build_model(dataclasses.replace(TINY, disentangled_embeddings=disentangled), VOCAB,
-                       corrective_weight=corrective_weight)
+    return build_model(
+        dataclasses.replace(TINY, disentangled_embeddings=disentangled), VOCAB, corrective_weight=corrective_weight
+    )
 
 
 def test_disentangled_embeddings_keep_rtd_gradients_off_the_shared_matrix():
@@ -56,7 +57,8 @@ def test_disentangled_delta_starts_at_zero_and_the_discriminator_reads_shared_pl
     mask = torch.ones_like(ids)
     with torch.no_grad():
         trained = model.discriminator.discriminator_predictions(
-            discriminator_hidden(model.discriminator, ids, mask, embedding_delta=model.embedding_delta))
+            discriminator_hidden(model.discriminator, ids, mask, embedding_delta=model.embedding_delta)
+        )
         plain = exported(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(trained, plain, atol=1e-5)
 
@@ -89,19 +91,29 @@ def test_corrective_loss_is_the_discriminators_cross_entropy_at_the_selected_pos
     # Recompute by hand from the same sample (same generator seed -> same corruption).
     plain = model_with(corrective_weight=0.5)
     plain.load_state_dict(model.state_dict())
-    from electra_ray.objective import discriminator_hidden, gather_positions, generator_logits, sample_tokens
-    from electra_ray.objective import replace_tokens
+    from electra_ray.objective import (
+        discriminator_hidden,
+        gather_positions,
+        generator_logits,
+        replace_tokens,
+        sample_tokens,
+    )
 
     with torch.no_grad():
         logits = generator_logits(plain.generator, batch["input_ids"], batch["attention_mask"], batch["positions"])
         sampled = sample_tokens(logits, 1.0, torch.Generator().manual_seed(0))
-        corrupted, _ = replace_tokens(batch["input_ids"], batch["original_ids"], batch["positions"], batch["weights"],
-                                      sampled)
-        hidden = gather_positions(discriminator_hidden(plain.discriminator, corrupted, batch["attention_mask"]),
-                                  batch["positions"])
+        corrupted, _ = replace_tokens(
+            batch["input_ids"], batch["original_ids"], batch["positions"], batch["weights"], sampled
+        )
+        hidden = gather_positions(
+            discriminator_hidden(plain.discriminator, corrupted, batch["attention_mask"]), batch["positions"]
+        )
         head = plain.corrective
-        vocab_logits = head.layer_norm(torch.nn.functional.gelu(head.dense(hidden))) @ \
-            plain.generator.electra.embeddings.word_embeddings.weight.T + head.bias
+        vocab_logits = (
+            head.layer_norm(torch.nn.functional.gelu(head.dense(hidden)))
+            @ plain.generator.electra.embeddings.word_embeddings.weight.T
+            + head.bias
+        )
         targets = torch.gather(batch["original_ids"], 1, batch["positions"])
         per_slot = torch.nn.functional.cross_entropy(vocab_logits.flatten(0, 1), targets.flatten(), reduction="none")
         expected = (per_slot * batch["weights"].flatten()).sum() / batch["weights"].sum()

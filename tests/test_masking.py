@@ -19,9 +19,17 @@ def packed_rows(rng, n=2000, seq_len=128, pad_tail=0):
 
 
 def mask(ids, rng, mask_token_prob=0.85, random_token_prob=0.0, mask_prob=0.15):
-    return mask_tokens(ids, rng, mask_prob=mask_prob, mask_token_prob=mask_token_prob,
-                       random_token_prob=random_token_prob, mask_id=MASK, pad_id=PAD, special_ids=SPECIALS,
-                       vocab_size=VOCAB)
+    return mask_tokens(
+        ids,
+        rng,
+        mask_prob=mask_prob,
+        mask_token_prob=mask_token_prob,
+        random_token_prob=random_token_prob,
+        mask_id=MASK,
+        pad_id=PAD,
+        special_ids=SPECIALS,
+        vocab_size=VOCAB,
+    )
 
 
 def selected_mask(batch):
@@ -82,8 +90,7 @@ def test_slots_are_static_and_consistent():
 
 def test_short_rows_select_at_least_one_and_never_exceed_candidates():
     rng = np.random.default_rng(4)
-    ids = np.array([[CLS, 7, SEP, PAD, PAD, PAD, PAD, PAD],
-                    [CLS, SEP, PAD, PAD, PAD, PAD, PAD, PAD]])
+    ids = np.array([[CLS, 7, SEP, PAD, PAD, PAD, PAD, PAD], [CLS, SEP, PAD, PAD, PAD, PAD, PAD, PAD]])
     batch = mask(ids, rng)
     assert batch.weights[0].sum() == 1 and batch.positions[0, 0] == 1
     assert batch.weights[1].sum() == 0  # nothing to select

@@ -6,14 +6,21 @@ from electra_ray.metrics import read_history, training_error
 
 
 def test_a_truncated_or_garbled_line_is_skipped_with_a_warning(tmp_path, capsys):
-    lines = [json.dumps({"step": 5, "loss": 3.0}), "", "not json at all", json.dumps([1, 2]),
-             json.dumps({"step": 10, "loss": 2.5}), json.dumps({"training_error": "NaN loss"})]
+    lines = [
+        json.dumps({"step": 5, "loss": 3.0}),
+        "",
+        "not json at all",
+        json.dumps([1, 2]),
+        json.dumps({"step": 10, "loss": 2.5}),
+        json.dumps({"training_error": "NaN loss"}),
+    ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 15, "lo')  # the last write, cut short
     assert read_history(str(tmp_path)) == [{"step": 5, "loss": 3.0}, {"step": 10, "loss": 2.5}]
     assert capsys.readouterr().err.splitlines() == [
         "warning: metrics.jsonl line 3 is not JSON (truncated?); skipped",
         "warning: metrics.jsonl line 4 is not JSON (truncated?); skipped",
-        "warning: metrics.jsonl line 7 is not JSON (truncated?); skipped"]
+        "warning: metrics.jsonl line 7 is not JSON (truncated?); skipped",
+    ]
     assert training_error(str(tmp_path)) == "NaN loss"  # the last complete record
 
 

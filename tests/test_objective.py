@@ -4,21 +4,51 @@ import torch
 
 from electra_ray.config import ModelConfig
 from electra_ray.masking import mask_tokens
-from electra_ray.model import ATTENTION, Dropout, attention, build_model, fast_dropout, flops_per_token, generator_config
-from electra_ray.objective import (cross_entropy_with_probs, electra_loss, generator_logits, replace_tokens,
-                                   sample_tokens, summarize)
+from electra_ray.model import (
+    ATTENTION,
+    Dropout,
+    attention,
+    build_model,
+    fast_dropout,
+    flops_per_token,
+    generator_config,
+)
+from electra_ray.objective import (
+    cross_entropy_with_probs,
+    generator_logits,
+    replace_tokens,
+    sample_tokens,
+    summarize,
+)
 
 VOCAB = 300
-TINY = ModelConfig(num_layers=2, hidden_size=64, embedding_size=32, num_heads=4, intermediate_size=128,
-                   generator_size=0.25, max_position_embeddings=64, dropout=0.0)
+TINY = ModelConfig(
+    num_layers=2,
+    hidden_size=64,
+    embedding_size=32,
+    num_heads=4,
+    intermediate_size=128,
+    generator_size=0.25,
+    max_position_embeddings=64,
+    dropout=0.0,
+)
 
 
 def make_batch(seed=0, batch=4, seq_len=32):
     rng = np.random.default_rng(seed)
     ids = rng.integers(5, VOCAB, size=(batch, seq_len))
     ids[:, 0], ids[:, -1] = 2, 3
-    masked = mask_tokens(ids, rng, mask_prob=0.15, mask_token_prob=0.85, random_token_prob=0.0, mask_id=4,
-                         pad_id=0, special_ids=[0, 1, 2, 3, 4], vocab_size=VOCAB)
+    masked = mask_tokens(
+        ids,
+        rng,
+        mask_prob=0.15,
+        mask_token_prob=0.85,
+        random_token_prob=0.0,
+        mask_id=4,
+        pad_id=0,
+        special_ids=[0, 1, 2, 3, 4],
+        vocab_size=VOCAB,
+    )
     return {k: torch.from_numpy(v) for k, v in vars(masked).items() if v is not None}
 
 
@@ -99,8 +129,7 @@ def test_sampling_follows_the_softmax(temperature):
     expected = torch.softmax(logits[0] / temperature, -1)
     draws = {"logits": sample_tokens(logits, temperature, torch.Generator().manual_seed(0))}
     if temperature == 1.0:  # the loss's softmax, reused
-        draws["probs"] = sample_tokens(logits, 1.0, torch.Generator().manual_seed(1),
-                                       probs=torch.softmax(logits, -1))
+        draws["probs"] = sample_tokens(logits, 1.0, torch.Generator().manual_seed(1), probs=torch.softmax(logits, -1))
     for samples in draws.values():
         frequencies = torch.bincount(samples, minlength=5).float() / len(samples)
         assert torch.allclose(frequencies, expected, atol=0.005), frequencies
@@ -122,7 +151,9 @@ def test_cross_entropy_with_probs_matches_torch(dtype):
     (token_loss * weights).sum().backward()
     (expected * weights).sum().backward()
     assert logits.grad.dtype == dtype
-    assert torch.allclose(logits.grad.float(), reference_logits.grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
+    assert torch.allclose(
+        logits.grad.float(), reference_logits.grad.float(), atol=1e-6 if dtype == torch.float32 else 1e-2
+    )
 
 
 def test_fast_dropout_is_dropout():

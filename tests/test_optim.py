@@ -157,8 +157,13 @@ def test_the_config_switches_deepspeed_to_the_client_optimizer():
     from electra_ray.model import build_model
     from electra_ray.train import client_optimizer, deepspeed_config, lr_lambda
 
-    small = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
-             "model.embedding_size=16"]
+    small = [
+        "model.num_layers=1",
+        "model.hidden_size=32",
+        "model.num_heads=2",
+        "model.intermediate_size=64",
+        "model.embedding_size=16",
+    ]
     cfg = load_config(None, small)
     assert cfg.train.optimizer == "adamw" and "optimizer" in deepspeed_config(cfg, False)
     model = build_model(cfg.model, vocab_size=100)
@@ -178,18 +183,27 @@ def test_the_config_switches_deepspeed_to_the_client_optimizer():
 def test_a_bad_optimizer_name_is_a_one_line_config_error():
     from electra_ray.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match=r"^config key 'train.optimizer' must be one of \['adamw', 'electra'\], "
-                                          r"got 'adam'$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config key 'train.optimizer' must be one of \['adamw', 'electra'\], "
+        r"got 'adam'$",
+    ):
         load_config(None, ["train.optimizer=adam"])
-    run = subprocess.run([sys.executable, "-m", "electra_ray.pretrain", "--set", "train.optimizer=bad"],
-                         capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run(
+        [sys.executable, "-m", "electra_ray.pretrain", "--set", "train.optimizer=bad"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [
-        "error: config key 'train.optimizer' must be one of ['adamw', 'electra'], got 'bad'"]
+        "error: config key 'train.optimizer' must be one of ['adamw', 'electra'], got 'bad'"
+    ]
 
 
 # -- under DeepSpeed: ZeRO 0-3 on one gloo rank, in a subprocess (a process group is per process) ---
+
 
 class Toy(torch.nn.Module):
     def __init__(self):
@@ -212,15 +226,27 @@ def _deepspeed_check(stage: int) -> None:
     from electra_ray.train import client_optimizer, deepspeed_config, param_groups
 
     def engine_for():
-        cfg = load_config(None, [f"train.zero_stage={stage}", "train.optimizer=electra", "train.batch_size=4",
-                                 "train.warmup_steps=3", "train.max_steps=20", "train.lr=1e-2"])
+        cfg = load_config(
+            None,
+            [
+                f"train.zero_stage={stage}",
+                "train.optimizer=electra",
+                "train.batch_size=4",
+                "train.warmup_steps=3",
+                "train.max_steps=20",
+                "train.lr=1e-2",
+            ],
+        )
         torch.manual_seed(0)
         model = Toy()
         optimizer, schedule = client_optimizer(cfg, model)
         engine, _, _, scheduler = deepspeed.initialize(
-            model=model, model_parameters=param_groups(model, cfg.train.weight_decay), optimizer=optimizer,
+            model=model,
+            model_parameters=param_groups(model, cfg.train.weight_decay),
+            optimizer=optimizer,
             config=deepspeed_config(cfg, use_bf16=False),
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        )
         inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
         assert isinstance(inner, AdamWNoBiasCorrection), type(inner)
         return engine, inner
@@ -272,12 +298,25 @@ def test_under_deepspeed_zero_0_to_3_it_skips_saves_and_resumes_exactly():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                          os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, os.path.abspath(__file__), "0", "1", "2", "3"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "PYTHONPATH": os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    run = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "0", "1", "2", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert [line for line in run.stdout.splitlines() if line.endswith(" ok")] == [f"stage {s} ok" for s in range(4)]
 

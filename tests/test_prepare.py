@@ -47,11 +47,14 @@ def test_one_document_per_line_or_per_file(inputs, tmp_path):
     assert (by_line.documents, by_file.documents) == (4, 1)
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"text": "ok"}\n{"text": ', r"b.jsonl:2: not JSON"),
-    ('{"body": "no text field"}\n', r"b.jsonl:1: no field 'text' \(set --field\)"),
-    ('{"text": 7}\n', r"b.jsonl:1: field 'text' holds int, not text"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"text": "ok"}\n{"text": ', r"b.jsonl:2: not JSON"),
+        ('{"body": "no text field"}\n', r"b.jsonl:1: no field 'text' \(set --field\)"),
+        ('{"text": 7}\n', r"b.jsonl:1: field 'text' holds int, not text"),
+    ],
+)
 def test_bad_jsonl_names_file_and_line(tmp_path, line, message):
     (tmp_path / "b.jsonl").write_text(line)
     with pytest.raises(UserError, match=message):
@@ -80,6 +83,7 @@ def test_from_s3_to_s3(rclone_s3, inputs, tmp_path):
 
 # -- an output that is complete or visibly not (issue 16) -----------------------------------------
 
+
 def test_shards_are_renamed_into_place_and_success_is_written_last(inputs, tmp_path, monkeypatch):
     import os
     import re
@@ -107,16 +111,21 @@ def test_shards_are_renamed_into_place_and_success_is_written_last(inputs, tmp_p
     assert sorted(os.listdir(out)) == ["_SUCCESS", *shards]  # _PREPARING removed, no partial file left
     success = json.loads((out / "_SUCCESS").read_text())
     assert success["documents"] == result.documents == 23 and success["text_bytes"] == result.text_bytes
-    assert success["shards"] == [{"name": name, "rows": pq.read_metadata(out / name).num_rows,
-                                  "bytes": (out / name).stat().st_size} for name in shards]
+    assert success["shards"] == [
+        {"name": name, "rows": pq.read_metadata(out / name).num_rows, "bytes": (out / name).stat().st_size}
+        for name in shards
+    ]
     assert sum(shard["rows"] for shard in success["shards"]) == 23
 
 
-@pytest.mark.parametrize("marker, message", [
-    ("_SUCCESS", r"already holds _SUCCESS \(a finished corpus\)"),
-    ("_PREPARING", r"already holds _PREPARING \(an unfinished prepare\)"),
-    ("part-00000.parquet.partial-0123456789ab", "already holds part-00000.parquet.partial-0123456789ab"),
-])
+@pytest.mark.parametrize(
+    "marker, message",
+    [
+        ("_SUCCESS", r"already holds _SUCCESS \(a finished corpus\)"),
+        ("_PREPARING", r"already holds _PREPARING \(an unfinished prepare\)"),
+        ("part-00000.parquet.partial-0123456789ab", "already holds part-00000.parquet.partial-0123456789ab"),
+    ],
+)
 def test_an_output_with_markers_is_refused_and_left_alone(inputs, tmp_path, marker, message):
     out = tmp_path / "out"
     out.mkdir()
@@ -147,8 +156,11 @@ def test_a_failed_run_removes_what_it_wrote_and_nothing_else(inputs, tmp_path):
 @pytest.mark.parametrize("name, codec", [("gz", "gzip"), ("bz2", "bz2"), ("zst", "zstd")])
 def test_corrupt_compressed_input_is_an_error_naming_the_file(tmp_path, name, codec):
     (tmp_path / f"bad.txt.{name}").write_bytes(b"this is not compressed data\n" * 10)
-    with pytest.raises(UserError, match=rf"^cannot read .*bad\.txt\.{name}: .* \(a corrupt or truncated {codec} "
-                                        rf"file\?\)$"):
+    with pytest.raises(
+        UserError,
+        match=rf"^cannot read .*bad\.txt\.{name}: .* \(a corrupt or truncated {codec} "
+        rf"file\?\)$",
+    ):
         prepare([str(tmp_path / f"bad.txt.{name}")], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
@@ -174,12 +186,22 @@ def test_cli_errors_are_one_line(inputs, tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (inputs / "z.txt.gz").write_bytes(b"not gzip")
-    for args, last in ((["--shard-mb", "0"], "error: --shard-mb must be a finite number > 0, got 0.0"),
-                       (["--shard-mb", "many"], "error: --shard-mb must be a finite number > 0, got 'many'"),
-                       ([], f"error: cannot read {inputs}/z.txt.gz: zlib inflate failed: incorrect header check "
-                            f"(a corrupt or truncated gzip file?)")):
-        run = subprocess.run([sys.executable, "-m", "electra_ray.prepare", str(inputs), str(tmp_path / "out"),
-                              "--field", "body", *args], capture_output=True, text=True, cwd=root, timeout=120)
+    for args, last in (
+        (["--shard-mb", "0"], "error: --shard-mb must be a finite number > 0, got 0.0"),
+        (["--shard-mb", "many"], "error: --shard-mb must be a finite number > 0, got 'many'"),
+        (
+            [],
+            f"error: cannot read {inputs}/z.txt.gz: zlib inflate failed: incorrect header check "
+            f"(a corrupt or truncated gzip file?)",
+        ),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "electra_ray.prepare", str(inputs), str(tmp_path / "out"), "--field", "body", *args],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=120,
+        )
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
         assert run.stderr.strip().splitlines() == [last]
         assert not (tmp_path / "out").exists()
@@ -196,8 +218,9 @@ def test_s3_shards_are_copied_into_place_and_a_failed_run_cleans_up(rclone_s3, i
     shards = [s.rpartition("/")[2] for s in result.shards]
     assert keys("staged/") == ["_SUCCESS", *shards]  # no partial object, no _PREPARING
     success = json.loads(client.get_object(Bucket="electra", Key="staged/_SUCCESS")["Body"].read())
-    sizes = {item["Key"]: item["Size"] for item in client.list_objects_v2(Bucket="electra",
-                                                                           Prefix="staged/")["Contents"]}
+    sizes = {
+        item["Key"]: item["Size"] for item in client.list_objects_v2(Bucket="electra", Prefix="staged/")["Contents"]
+    }
     assert [(s["name"], s["bytes"]) for s in success["shards"]] == [(n, sizes[f"staged/{n}"]) for n in shards]
     assert open_corpus("s3://electra/staged").count_rows() == 23
     with pytest.raises(UserError, match="already holds Parquet files"):

@@ -20,19 +20,36 @@ def tiny_config(corpus, tokenizer_dir, out, **overrides):
 def tiny_overrides(corpus, tokenizer_dir, out, **overrides) -> list[str]:
     """`--set` arguments of a 2-layer, 64-wide model trained with 2 workers."""
     values = {
-        "model.num_layers": 2, "model.hidden_size": 64, "model.embedding_size": 64, "model.num_heads": 4,
-        "model.intermediate_size": 128, "model.max_position_embeddings": 64,
-        "data.path": corpus, "data.tokenizer": tokenizer_dir, "data.seq_len": 64, "data.eval_fraction": 0.1,
-        "train.batch_size": 16, "train.lr": 2e-3, "train.warmup_steps": 5, "train.log_every": 5,
-        "scaling.num_workers": 2, "scaling.cpus_per_worker": 1, "output.dir": str(out), "output.name": "run",
+        "model.num_layers": 2,
+        "model.hidden_size": 64,
+        "model.embedding_size": 64,
+        "model.num_heads": 4,
+        "model.intermediate_size": 128,
+        "model.max_position_embeddings": 64,
+        "data.path": corpus,
+        "data.tokenizer": tokenizer_dir,
+        "data.seq_len": 64,
+        "data.eval_fraction": 0.1,
+        "train.batch_size": 16,
+        "train.lr": 2e-3,
+        "train.warmup_steps": 5,
+        "train.log_every": 5,
+        "scaling.num_workers": 2,
+        "scaling.cpus_per_worker": 1,
+        "output.dir": str(out),
+        "output.name": "run",
     }
     values.update(overrides)
     return [f"{k}={v}" for k, v in values.items()]
 
 
 def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_dir, tmp_path):
-    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **{"train.max_steps": 40, "train.zero_stage": 2,
-                                                                "train.checkpoint_every": 20})
+    cfg = tiny_config(
+        small_corpus,
+        tokenizer_dir,
+        tmp_path,
+        **{"train.max_steps": 40, "train.zero_stage": 2, "train.checkpoint_every": 20},
+    )
     result = pretrain(cfg)
 
     losses = [h["loss"] for h in result.history]
@@ -60,13 +77,18 @@ def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_d
         key = f"generator.{name}"
         if key in weights:
             assert torch.equal(tensor, weights[key]), name
-    assert torch.equal(generator.electra.embeddings.word_embeddings.weight,
-                       discriminator.electra.embeddings.word_embeddings.weight)  # shared when trained
+    assert torch.equal(
+        generator.electra.embeddings.word_embeddings.weight, discriminator.electra.embeddings.word_embeddings.weight
+    )  # shared when trained
     with torch.no_grad():
         encoded = tokenizer("The state of the union is strong.", return_tensors="pt")
         assert torch.isfinite(discriminator(**encoded).logits).all()
-    assert set(result.evaluation) >= {"generator_mlm_loss", "auc_fixed_corruption", "auc_generator_replacements",
-                                      "auc_random_replacements"}
+    assert set(result.evaluation) >= {
+        "generator_mlm_loss",
+        "auc_fixed_corruption",
+        "auc_generator_replacements",
+        "auc_random_replacements",
+    }
 
 
 def test_zero3_with_accumulation_resumes_and_exports_full_weights(small_corpus, tokenizer_dir, tmp_path):
@@ -81,8 +103,7 @@ def test_zero3_with_accumulation_resumes_and_exports_full_weights(small_corpus, 
 
     from transformers import ElectraForPreTraining
 
-    model, info = ElectraForPreTraining.from_pretrained(os.path.join(again, "discriminator"),
-                                                        output_loading_info=True)
+    model, info = ElectraForPreTraining.from_pretrained(os.path.join(again, "discriminator"), output_loading_info=True)
     assert not info["missing_keys"] and not info["mismatched_keys"]
     query = model.electra.encoder.layer[0].attention.self.query.weight
     assert query.shape == (64, 64) and query.abs().sum() > 0

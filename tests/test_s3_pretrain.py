@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-
 from conftest import S3Server, environment, start_test_ray
+from test_pretrain import tiny_config
+
 from electra_ray import storage
 from electra_ray.export import export
 from electra_ray.prepare import prepare
 from electra_ray.pretrain import pretrain
-from test_pretrain import tiny_config
 
 pytestmark = pytest.mark.ray
 
@@ -42,9 +42,18 @@ def s3_run(moto_s3, small_corpus, tmp_path_factory):
             f.write(json.dumps({"text": text}) + "\n")
     prepared = prepare([str(texts)], "s3://electra/corpus", shard_mb=0.3)
     local = tmp_path_factory.mktemp("local")
-    cfg = tiny_config("s3://electra/corpus", "", "s3://electra/runs", **{
-        "data.vocab_size": 1500, "train.max_steps": 10, "train.checkpoint_every": 5,
-        "train.keep_checkpoints": 1, "output.local_dir": str(local / "run")})
+    cfg = tiny_config(
+        "s3://electra/corpus",
+        "",
+        "s3://electra/runs",
+        **{
+            "data.vocab_size": 1500,
+            "train.max_steps": 10,
+            "train.checkpoint_every": 5,
+            "train.keep_checkpoints": 1,
+            "output.local_dir": str(local / "run"),
+        },
+    )
     result = pretrain(cfg)
     # a local copy for the export tests: the resume test below rotates this checkpoint away
     checkpoint = storage.download_directory(result.checkpoint, str(local / "checkpoint"))
@@ -83,8 +92,11 @@ def test_pretrain_checkpoint_and_export_through_s3(s3_run, tmp_path, capfd):
     # No credential in anything written: local run directory, checkpoint, export.
     secret = S3Server.SECRET_KEY.encode()
     with storage.local_directory(result.checkpoint) as checkpoint_dir:
-        written = glob.glob(f"{checkpoint_dir}/**", recursive=True) + glob.glob(f"{result.run_dir}/**", recursive=True) \
+        written = (
+            glob.glob(f"{checkpoint_dir}/**", recursive=True)
+            + glob.glob(f"{result.run_dir}/**", recursive=True)
             + glob.glob(f"{local_export}/**", recursive=True)
+        )
         leaks = [path for path in written if os.path.isfile(path) and secret in open(path, "rb").read()]
     assert len(written) > 20 and not leaks
 

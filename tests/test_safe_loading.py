@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import write_code_running_pickle
+
 from electra_ray import checkpoint as checkpoints
 from electra_ray.export import export
 
@@ -34,12 +34,18 @@ def test_export_refuses_a_code_running_checkpoint_without_running_it(stage0_chec
     marker = tmp_path / "ran"
     write_code_running_pickle(os.path.join(checkpoint, tampered), str(marker))
 
-    run = subprocess.run([sys.executable, "-m", "electra_ray.export", checkpoint, str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "electra_ray.export", checkpoint, str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2, run.stderr[-2000:]
     assert run.stderr.strip().splitlines() == [run.stderr.strip()]
-    assert run.stderr.startswith(f"error: refusing to load {os.path.join(checkpoint, tampered)}: it needs objects "
-                                 f"a checkpoint never holds (Unsupported global: GLOBAL exec); was it tampered with?")
+    assert run.stderr.startswith(
+        f"error: refusing to load {os.path.join(checkpoint, tampered)}: it needs objects "
+        f"a checkpoint never holds (Unsupported global: GLOBAL exec); was it tampered with?"
+    )
     assert not marker.exists() and not os.path.exists(tmp_path / "out")
     with pytest.raises(checkpoints.UnsafeCheckpointError):
         checkpoints.verify_pickles(checkpoint)

@@ -8,8 +8,8 @@ import sys
 import threading
 
 import pytest
-
 from conftest import _free_port
+
 from electra_ray import storage
 
 
@@ -34,8 +34,9 @@ def read_tree(root) -> dict[str, str]:
 def test_publish_replaces_the_previous_copy_and_fetch_gets_exactly_it(rclone_s3, tmp_path):
     url = "s3://electra/published/model"
     written = []
-    storage.publish_directory(write_tree(tmp_path / "v1", {"a.txt": "one", "sub/b.txt": "two"}), url,
-                              progress=written.append)
+    storage.publish_directory(
+        write_tree(tmp_path / "v1", {"a.txt": "one", "sub/b.txt": "two"}), url, progress=written.append
+    )
     assert written == ["a.txt", "sub/b.txt"]  # each uploaded once, to its own version prefix
     storage.publish_directory(write_tree(tmp_path / "v2", {"a.txt": "uno", "c.txt": "tres"}), url, overwrite=True)
 
@@ -73,42 +74,87 @@ def test_tokenizer_verb_writes_to_and_pipeline_reads_from_s3(rclone_s3, small_co
 
     from electra_ray.tokenizer import read_tokenizer_json
 
-    result = run_verb(["electra_ray.tokenizer", "--input", small_corpus, "--vocab-size", "2000",
-                       "--out", "s3://electra/tokenizers/sotu"], {})
+    result = run_verb(
+        [
+            "electra_ray.tokenizer",
+            "--input",
+            small_corpus,
+            "--vocab-size",
+            "2000",
+            "--out",
+            "s3://electra/tokenizers/sotu",
+        ],
+        {},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     local = storage.fetch_directory("s3://electra/tokenizers/sotu", str(tmp_path))  # published whole
     assert read_tokenizer_json("s3://electra/tokenizers/sotu") == read_tokenizer_json(local)
     tokenizer = AutoTokenizer.from_pretrained(local)
     assert len(tokenizer) == 2000
-    assert tokenizer.decode(tokenizer("The Congress of the United States")["input_ids"],
-                            skip_special_tokens=True) == "the congress of the united states"
+    assert (
+        tokenizer.decode(tokenizer("The Congress of the United States")["input_ids"], skip_special_tokens=True)
+        == "the congress of the united states"
+    )
 
 
 def run_verb(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
 
 
-NO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-                  "AWS_CONFIG_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
+NO_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "",
+    "AWS_SECRET_ACCESS_KEY": "",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    "AWS_CONFIG_FILE": "/nonexistent",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
-@pytest.mark.parametrize("case, args, env, message", [
-    ("missing bucket", ["electra_ray.pretrain", "--set", "data.path=s3://no-such-bucket/corpus"], {},
-     "error: bucket 'no-such-bucket' does not exist at endpoint http://127.0.0.1:{port} (s3://no-such-bucket/corpus)"),
-    ("missing output bucket", ["electra_ray.pretrain", "--set", "output.dir=s3://no-such-bucket/runs"], {},
-     "error: bucket 'no-such-bucket' does not exist at endpoint http://127.0.0.1:{port} (s3://no-such-bucket/runs)"),
-    ("access denied", ["electra_ray.pretrain", "--set", "data.path=s3://electra/corpus"],
-     {"AWS_SECRET_ACCESS_KEY": "not-the-secret"},
-     "error: access denied to s3://electra/corpus at endpoint http://127.0.0.1:{port}: check the credentials"),
-    ("no credentials", ["electra_ray.export", "/nonexistent", "s3://electra/models/m"], NO_CREDENTIALS,
-     "error: no AWS credentials found for s3://electra/models/m: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
-    ("unreachable endpoint", ["electra_ray.pretrain", "--set", "data.tokenizer=s3://electra/tokenizer"],
-     {"AWS_ENDPOINT_URL": "http://127.0.0.1:{closed}"},
-     "error: cannot reach the S3 endpoint http://127.0.0.1:{closed} for s3://electra/tokenizer: check AWS_ENDPOINT_URL"),
-    ("unsupported scheme", ["electra_ray.prepare", "gs://bucket/texts", "out"], {},
-     "error: unsupported URL scheme 'gs://' in gs://bucket/texts"),
-])
+@pytest.mark.parametrize(
+    "case, args, env, message",
+    [
+        (
+            "missing bucket",
+            ["electra_ray.pretrain", "--set", "data.path=s3://no-such-bucket/corpus"],
+            {},
+            "error: bucket 'no-such-bucket' does not exist at endpoint http://127.0.0.1:{port} (s3://no-such-bucket/corpus)",
+        ),
+        (
+            "missing output bucket",
+            ["electra_ray.pretrain", "--set", "output.dir=s3://no-such-bucket/runs"],
+            {},
+            "error: bucket 'no-such-bucket' does not exist at endpoint http://127.0.0.1:{port} (s3://no-such-bucket/runs)",
+        ),
+        (
+            "access denied",
+            ["electra_ray.pretrain", "--set", "data.path=s3://electra/corpus"],
+            {"AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+            "error: access denied to s3://electra/corpus at endpoint http://127.0.0.1:{port}: check the credentials",
+        ),
+        (
+            "no credentials",
+            ["electra_ray.export", "/nonexistent", "s3://electra/models/m"],
+            NO_CREDENTIALS,
+            "error: no AWS credentials found for s3://electra/models/m: "
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            "unreachable endpoint",
+            ["electra_ray.pretrain", "--set", "data.tokenizer=s3://electra/tokenizer"],
+            {"AWS_ENDPOINT_URL": "http://127.0.0.1:{closed}"},
+            "error: cannot reach the S3 endpoint http://127.0.0.1:{closed} for s3://electra/tokenizer: "
+            "check AWS_ENDPOINT_URL",
+        ),
+        (
+            "unsupported scheme",
+            ["electra_ray.prepare", "gs://bucket/texts", "out"],
+            {},
+            "error: unsupported URL scheme 'gs://' in gs://bucket/texts",
+        ),
+    ],
+)
 def test_each_s3_failure_is_one_clear_line(rclone_s3, case, args, env, message):
     closed = str(_free_port())
     env = {key: value.format(closed=closed) for key, value in env.items()}
@@ -120,6 +166,7 @@ def test_each_s3_failure_is_one_clear_line(rclone_s3, case, args, env, message):
 
 
 # -- the output rule: nothing of the user's is replaced or removed --------------------------------
+
 
 def test_local_publish_refuses_a_directory_that_is_not_an_earlier_output(tmp_path):
     home = write_tree(tmp_path / "home", {"notes.txt": "mine", "runs/x/checkpoint_0/weights": "w"})
@@ -146,7 +193,9 @@ def test_local_overwrite_removes_only_what_the_old_manifest_lists(tmp_path):
     write_tree(dest, {"my-notes.txt": "keep"})  # a file of the user's inside the export
     with storage.staging_directory(dest) as staging:
         write_tree(staging, {"a.bin": "three"})
-        with pytest.raises(storage.StorageError, match=r"holds files its _MANIFEST.json does not list \(my-notes.txt\)"):
+        with pytest.raises(
+            storage.StorageError, match=r"holds files its _MANIFEST.json does not list \(my-notes.txt\)"
+        ):
             storage.publish_directory(staging, dest, overwrite=True)
     assert read_tree(dest)["my-notes.txt"] == "keep" and read_tree(dest)["a.bin"] == "uno"
     assert sorted(os.listdir(tmp_path)) == ["export"]
@@ -179,8 +228,7 @@ def test_s3_publish_refuses_a_prefix_of_other_objects_and_keeps_them(rclone_s3, 
 def test_fetch_refuses_a_manifest_naming_a_path_outside_the_target(rclone_s3, tmp_path, name):
     client = storage._client()
     client.put_object(Bucket="electra", Key="evil/_versions/v1/ok.txt", Body=b"ok")
-    manifest = {"format": 2, "kind": "export", "version": "v1",
-                "files": {"ok.txt": {"size": 2}, name: {"size": 5}}}
+    manifest = {"format": 2, "kind": "export", "version": "v1", "files": {"ok.txt": {"size": 2}, name: {"size": 5}}}
     client.put_object(Bucket="electra", Key="evil/_MANIFEST.json", Body=json.dumps(manifest).encode())
     target = tmp_path / "deep" / "er" / "target"
     with pytest.raises(storage.StorageError, match="names an unsafe file"):
@@ -231,7 +279,9 @@ def test_publishers_killed_at_random_points_never_expose_a_mix(rclone_s3, tmp_pa
     try:
         for round_ in range(5):
             first, second = ("b", "a") if round_ % 2 == 0 else ("a", "b")
-            publishers = [subprocess.Popen([sys.executable, "-c", PUBLISH, trees[name][0], url]) for name in (first, second)]
+            publishers = [
+                subprocess.Popen([sys.executable, "-c", PUBLISH, trees[name][0], url]) for name in (first, second)
+            ]
             time.sleep(rng.uniform(0.3, 2.0))  # import time plus part of the upload, or past its end
             publishers[0].send_signal(signal.SIGKILL)
             publishers[0].wait()
@@ -248,7 +298,9 @@ def test_publishers_killed_at_random_points_never_expose_a_mix(rclone_s3, tmp_pa
 
 def test_a_manifest_that_is_not_json_is_one_clear_error(rclone_s3, tmp_path):
     storage._client().put_object(Bucket="electra", Key="garbled/_MANIFEST.json", Body=b"{not json")
-    with pytest.raises(storage.StorageError, match=r"s3://electra/garbled/_MANIFEST.json is not a valid _MANIFEST.json"):
+    with pytest.raises(
+        storage.StorageError, match=r"s3://electra/garbled/_MANIFEST.json is not a valid _MANIFEST.json"
+    ):
         storage.fetch_directory("s3://electra/garbled", str(tmp_path / "got"))
     assert not os.path.exists(tmp_path / "got")
 
@@ -259,7 +311,9 @@ def test_messages_never_echo_credentials_in_an_endpoint_url(rclone_s3, monkeypat
     with pytest.raises(storage.StorageError) as refused:
         storage.check("s3://electra/x")
     assert "hunter2" not in str(refused.value) and f"http://***@127.0.0.1:{closed}" in str(refused.value)
-    assert storage.redact("s3://key:secret@bucket/p") == "s3://***@bucket/p" and storage.redact("s3://b/p") == "s3://b/p"
+    assert (
+        storage.redact("s3://key:secret@bucket/p") == "s3://***@bucket/p" and storage.redact("s3://b/p") == "s3://b/p"
+    )
 
 
 def test_overwrite_never_follows_a_symbolic_link_out_of_the_export(tmp_path):

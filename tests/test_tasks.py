@@ -7,10 +7,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from electra_ray.tasks import (TaskDataError, class_labels, classification_metrics, examples, movie_reviews,
-                               read_task_file, regression_metrics)
+from electra_ray.tasks import (
+    TaskDataError,
+    class_labels,
+    classification_metrics,
+    examples,
+    movie_reviews,
+    read_task_file,
+    regression_metrics,
+)
 
-ROWS = [("a \"quoted\" film", "so good", 1), ("dull", "very dull", 0), ("12", "34", 1)]
+ROWS = [('a "quoted" film', "so good", 1), ("dull", "very dull", 0), ("12", "34", 1)]
 
 
 def write(path, rows=ROWS):
@@ -22,8 +29,9 @@ def write(path, rows=ROWS):
     else:
         sep = "\t" if path.suffix == ".tsv" else ","
         quote = (lambda s: s) if sep == "\t" else (lambda s: '"' + s.replace('"', '""') + '"')
-        path.write_text(f"sentence1{sep}sentence2{sep}label\n" +
-                        "".join(f"{quote(t)}{sep}{quote(p)}{sep}{y}\n" for t, p, y in rows))
+        path.write_text(
+            f"sentence1{sep}sentence2{sep}label\n" + "".join(f"{quote(t)}{sep}{quote(p)}{sep}{y}\n" for t, p, y in rows)
+        )
     return str(path)
 
 
@@ -38,8 +46,11 @@ def test_every_format_reads_the_same_pairs_and_labels(tmp_path, suffix):
 
 def test_missing_label_column_is_a_clear_error(tmp_path):
     path = write(tmp_path / "task.csv")
-    with pytest.raises(TaskDataError, match=r"task file .*task.csv has no column 'label_x' "
-                                            r"\(columns: sentence1, sentence2, label\)"):
+    with pytest.raises(
+        TaskDataError,
+        match=r"task file .*task.csv has no column 'label_x' "
+        r"\(columns: sentence1, sentence2, label\)",
+    ):
         read_task_file(path, ["sentence1", "label_x"])
 
 
@@ -93,7 +104,7 @@ def test_classification_metrics_match_hand_counts():
 
 def test_regression_metrics():
     x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
-    m = regression_metrics(x, x ** 3)  # monotonic, not linear
+    m = regression_metrics(x, x**3)  # monotonic, not linear
     assert m["spearman"] == pytest.approx(1.0) and 0.9 < m["pearson"] < 1.0
     assert regression_metrics(x, -x)["pearson"] == pytest.approx(-1.0)
     ties = regression_metrics(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0, 4.0]))
@@ -102,6 +113,7 @@ def test_regression_metrics():
 
 
 # -- labels and files that cannot make a task (issue 16) ------------------------------------------
+
 
 def test_list_valued_labels_are_refused(tmp_path):
     path = tmp_path / "multi.jsonl"
@@ -118,8 +130,11 @@ def test_list_valued_labels_are_refused(tmp_path):
 def test_continuous_labels_are_not_classes(tmp_path):
     path = write(tmp_path / "sts.csv", [("a", "b", 0.0), ("c", "d", 0.37), ("e", "f", 4.5)])
     table = read_task_file(path, ["sentence1", "label"])
-    with pytest.raises(TaskDataError, match=r"sts.csv: label column 'label' holds non-integer numbers \(row 2: "
-                                            r"0.37\); use --task regression, or list the classes with --labels"):
+    with pytest.raises(
+        TaskDataError,
+        match=r"sts.csv: label column 'label' holds non-integer numbers \(row 2: "
+        r"0.37\); use --task regression, or list the classes with --labels",
+    ):
         class_labels(table, "label", path)
     data = examples(table, path, "sentence1", "", "label", labels=[0.0, 0.37, 4.5])  # listed: classes after all
     assert data.labels.tolist() == [0, 1, 2]
@@ -131,8 +146,11 @@ def test_continuous_labels_are_not_classes(tmp_path):
 def test_regression_targets_must_be_finite(tmp_path, bad):
     path = write(tmp_path / "sts.csv", [("a", "b", "0.5"), ("c", "d", bad), ("e", "f", "2")])
     table = read_task_file(path, ["sentence1", "label"])
-    with pytest.raises(TaskDataError, match=rf"sts.csv: row 2 has label {bad} in column 'label'; a regression "
-                                            rf"target must be a finite number"):
+    with pytest.raises(
+        TaskDataError,
+        match=rf"sts.csv: row 2 has label {bad} in column 'label'; a regression "
+        rf"target must be a finite number",
+    ):
         examples(table, path, "sentence1", "", "label", labels=None)
     # CSV reads "nan" as a missing value ("row 2 has no label"); Parquet keeps NaN a number
     pq.write_table(pa.table({"text": ["a", "b"], "score": [1.0, float("nan")]}), tmp_path / "sts.parquet")
@@ -147,20 +165,26 @@ def test_regression_targets_must_be_finite(tmp_path, bad):
 def test_labels_that_miss_a_class_of_the_data_name_the_row(tmp_path):
     path = write(tmp_path / "train.tsv", ROWS + [("fine", "ok", 2)])
     table = read_task_file(path, ["sentence1", "label"])
-    with pytest.raises(TaskDataError, match=r"train.tsv: row 4 has label 2, which is not one of the task's labels "
-                                            r"\[0, 1\]"):
+    with pytest.raises(
+        TaskDataError,
+        match=r"train.tsv: row 4 has label 2, which is not one of the task's labels "
+        r"\[0, 1\]",
+    ):
         examples(table, path, "sentence1", "", "label", labels=[0, 1])
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty.csv", "", r"cannot read task file .*empty.csv: Empty CSV file"),
-    ("header.csv", "text,label\n", r"task file .*header.csv is empty \(no rows\)"),
-    ("empty.tsv", "text\tlabel\n", r"task file .*empty.tsv is empty \(no rows\)"),
-    ("empty.jsonl", "", r"cannot read task file .*empty.jsonl: Empty JSON file"),
-    ("bad.jsonl", '{"text": "a", "label": 1}\n{"text": ', r"^cannot read task file .*bad.jsonl: .*"),
-    ("bad.parquet", "PAR1 not parquet", r"^cannot read task file .*bad.parquet: .*"),
-    ("task.xlsx", "x", r"unknown format '\.xlsx' \(expected \.parquet, \.csv, \.tsv or \.jsonl\)"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.csv", "", r"cannot read task file .*empty.csv: Empty CSV file"),
+        ("header.csv", "text,label\n", r"task file .*header.csv is empty \(no rows\)"),
+        ("empty.tsv", "text\tlabel\n", r"task file .*empty.tsv is empty \(no rows\)"),
+        ("empty.jsonl", "", r"cannot read task file .*empty.jsonl: Empty JSON file"),
+        ("bad.jsonl", '{"text": "a", "label": 1}\n{"text": ', r"^cannot read task file .*bad.jsonl: .*"),
+        ("bad.parquet", "PAR1 not parquet", r"^cannot read task file .*bad.parquet: .*"),
+        ("task.xlsx", "x", r"unknown format '\.xlsx' \(expected \.parquet, \.csv, \.tsv or \.jsonl\)"),
+    ],
+)
 def test_empty_unreadable_or_unsupported_files(tmp_path, name, content, message):
     (tmp_path / name).write_text(content)
     with pytest.raises(TaskDataError, match=message) as error:
@@ -169,8 +193,9 @@ def test_empty_unreadable_or_unsupported_files(tmp_path, name, content, message)
 
 
 def test_an_empty_parquet_file_or_a_directory(tmp_path):
-    pq.write_table(pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())}),
-                   tmp_path / "none.parquet")
+    pq.write_table(
+        pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())}), tmp_path / "none.parquet"
+    )
     with pytest.raises(TaskDataError, match=r"none.parquet is empty \(no rows\)"):
         read_task_file(str(tmp_path / "none.parquet"), ["text", "label"])
     with pytest.raises(TaskDataError, match=r"task file .* is a directory: pass a Parquet, CSV, TSV or JSONL file"):

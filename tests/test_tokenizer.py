@@ -2,8 +2,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from electra_ray.tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,16 +32,43 @@ def test_cjk_characters_are_one_token_each(tmp_path):
 
 
 def test_cli_trains_and_saves(small_corpus, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "electra_ray.tokenizer", "--input", small_corpus,
-                          "--vocab-size", "500", "--out", str(tmp_path / "tok")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "electra_ray.tokenizer",
+            "--input",
+            small_corpus,
+            "--vocab-size",
+            "500",
+            "--out",
+            str(tmp_path / "tok"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "500 tokens" in run.stdout
     assert os.path.exists(tmp_path / "tok" / "tokenizer.json")
 
 
 def test_cli_bad_corpus_is_one_line_error(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "electra_ray.tokenizer", "--input", str(tmp_path / "none"),
-                          "--out", str(tmp_path / "tok")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "electra_ray.tokenizer",
+            "--input",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "tok"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip() == f"error: corpus path not found: {tmp_path / 'none'}"

