@@ -82,8 +82,8 @@ def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
     """Mean step time of a plain PyTorch loop (our model and objective, or the naive one)."""
     from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
     from electra_ray.model import build_model
+    from electra_ray.optim import lr_lambda, param_groups
     from electra_ray.tokenizer import read_tokenizer_json
-    from electra_ray.train import lr_lambda, param_groups
 
     tokenizer_json = read_tokenizer_json(cfg.data.tokenizer)
     tokenizer, special = tokenizer_from_json(tokenizer_json)
@@ -280,10 +280,11 @@ def run_bench(args) -> dict:
     import ray
 
     from electra_ray.data import iter_documents, tokenizer_from_json
+    from electra_ray.driver import start_local_ray
+    from electra_ray.meter import measure_matmul_flops, peak_flops
     from electra_ray.model import build_model, flops_per_token
-    from electra_ray.pretrain import pretrain, start_local_ray
+    from electra_ray.pretrain import pretrain
     from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
-    from electra_ray.train import cpu_matmul_flops, peak_flops
 
     started = time.perf_counter()
     work = tempfile.mkdtemp(prefix="electra-bench-")
@@ -336,7 +337,7 @@ def run_bench(args) -> dict:
         runs["naive"].append(run_measure("naive", "small", tokenizer_dir, args.batch_size, args.steps))
         # The peak as the highest of several readings: one taken while the shared machine is busy
         # would inflate every MFU.
-        peak = max(peak, cpu_matmul_flops.__wrapped__(cores))
+        peak = max(peak, measure_matmul_flops(cores))
         print(
             f"round {round_index + 1}: "
             + ", ".join(f"{k} {v[-1]['tokens_per_s']:,.0f} tok/s" for k, v in runs.items()),

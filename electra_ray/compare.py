@@ -279,8 +279,9 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     import ray
 
     from electra_ray.data import tokenizer_from_json
+    from electra_ray.driver import prepare_tokenizer
     from electra_ray.evaluate import evaluate_export
-    from electra_ray.pretrain import prepare_tokenizer, pretrain
+    from electra_ray.pretrain import pretrain
     from electra_ray.tasks import write_movie_reviews
 
     out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("compare-%Y%m%d-%H%M%S")))

@@ -5,20 +5,13 @@ data.packing=concatenate `[CLS] ... [SEP]` rows of documents concatenated, a [SE
 with data.packing=segments google-research/electra's build_pretraining_dataset examples,
 `[CLS] A [SEP] B [SEP]` from whole sentences of one document, with token types. Worker side,
 `masked_batches` iterates the worker's shard and masks each batch afresh, so every epoch sees new
-masks. The held-out split is chosen by a hash of each document's text: stable across runs, file
-layouts and worker counts.
-
-Parquet does not check that a string column holds UTF-8: text with invalid bytes is decoded with
-replacement characters (U+FFFD), as `electra_ray.prepare` decodes its input, and a warning names
-the file (or the corpus) once per process.
+masks. Reading the corpus itself (and choosing the held-out split) is electra_ray.documents'.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import json
-import posixpath
 import re
 import sys
 import zlib
@@ -26,137 +19,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
+from tokenizers import Tokenizer
 
 from electra_ray import storage
-from electra_ray.errors import UserError
+from electra_ray.documents import DataError, decode_texts, is_eval_document, iter_documents, open_corpus
 from electra_ray.masking import MaskedBatch, mask_tokens
-
-
-class DataError(UserError):
-    """The corpus cannot be used: missing, empty, unreadable or without the text column."""
-
-
-def open_corpus(path: str, column: str = "text") -> pads.Dataset:
-    """Open and check a Parquet corpus; every problem is a DataError (StorageError for S3) naming the path."""
-    filesystem, inner = storage.resolve(path)
-    storage.check(path)
-    with storage.s3_errors(path):
-        info = filesystem.get_file_info(inner)
-    if info.type == pafs.FileType.NotFound:
-        raise DataError(f"corpus path not found: {path}")
-    if info.type == pafs.FileType.Directory:
-        check_finished(path)
-    try:
-        dataset = pads.dataset(inner, format="parquet", filesystem=filesystem, exclude_invalid_files=False)
-        if not dataset.files:
-            raise DataError(f"no Parquet files under corpus path {path}")
-        rows = dataset.count_rows()  # reads every file's footer: finds corrupt files up front
-    except (pa.ArrowInvalid, OSError) as error:
-        if storage.is_remote(path) and not isinstance(error, pa.ArrowInvalid):
-            raise storage.StorageError(storage.explain(error, path)) from None
-        raise DataError(f"cannot read Parquet corpus {path}: {error}") from None
-    names = dataset.schema.names
-    if column not in names:
-        raise DataError(
-            f"corpus {path} has no column '{column}' (columns: {', '.join(names) or 'none'}); set data.text_column"
-        )
-    if not pa.types.is_string(dataset.schema.field(column).type) and not pa.types.is_large_string(
-        dataset.schema.field(column).type
-    ):
-        raise DataError(f"column '{column}' of corpus {path} holds {dataset.schema.field(column).type}, not text")
-    if rows == 0:
-        raise DataError(f"corpus {path} is empty (0 rows)")
-    return dataset
-
-
-def check_finished(path: str) -> None:
-    """A corpus directory that electra_ray.prepare was writing is complete: no `_PREPARING` without
-    `_SUCCESS`, no `.partial` file (a shard being written), and every shard its `_SUCCESS` lists
-    present with the bytes it lists. Directories written by anything else (no markers; Spark's
-    empty `_SUCCESS`) pass."""
-    from electra_ray.prepare import PREPARING, SUCCESS
-
-    filesystem, inner = storage.resolve(path)
-    with storage.s3_errors(path):
-        found = [
-            f
-            for f in filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
-            if f.type == pafs.FileType.File
-        ]
-    sizes = {posixpath.relpath(f.path, inner): f.size for f in found}
-    unfinished = f"corpus {path} was not finished by electra_ray.prepare: it has"
-    again = "run prepare again (into an empty output path)"
-    if PREPARING in sizes and SUCCESS not in sizes:
-        raise DataError(f"{unfinished} {PREPARING} and no {SUCCESS}; {again}")
-    partial = sorted(name for name in sizes if ".partial" in posixpath.basename(name))
-    if partial:
-        raise DataError(f"{unfinished} {partial[0]}; {again}")
-    if SUCCESS not in sizes or not sizes[SUCCESS]:
-        return
-    with (
-        storage.s3_errors(path),
-        filesystem.open_input_stream(posixpath.join(inner, SUCCESS), compression=None) as stream,
-    ):
-        text = stream.read()
-    try:
-        summary = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return  # not prepare's (another tool's marker): nothing to verify
-    if not isinstance(summary, dict) or not isinstance(summary.get("shards"), list):
-        return
-    for shard in summary["shards"]:
-        if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
-            continue
-        name, size = shard["name"], shard.get("bytes")
-        if name not in sizes:
-            raise DataError(f"corpus {path} is incomplete: its {SUCCESS} lists {name}, which is missing; {again}")
-        if isinstance(size, int) and sizes[name] != size:
-            raise DataError(
-                f"corpus {path} has changed since prepare wrote it: {name} has {sizes[name]} bytes, "
-                f"its {SUCCESS} says {size}; {again}"
-            )
-
-
-_warned_invalid_utf8: set[str] = set()
-
-
-def decode_texts(column: pa.Array | pa.ChunkedArray, where: str) -> list[str | None]:
-    """The values of a string column as Python strings. Invalid UTF-8 (Parquet does not check it;
-    to_pylist would raise UnicodeDecodeError) is decoded with replacement characters, with one
-    warning per `where` (the file or corpus) and process."""
-    try:
-        column.validate(full=True)  # a C++ pass over the bytes: cheap beside tokenizing them
-    except pa.ArrowInvalid:
-        if where not in _warned_invalid_utf8:
-            _warned_invalid_utf8.add(where)
-            print(
-                f"warning: {where} holds text that is not valid UTF-8; decoded with replacement characters",
-                file=sys.stderr,
-                flush=True,
-            )
-        binary = pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()
-        return [
-            None if value is None else value.decode("utf-8", errors="replace")
-            for value in column.cast(binary).to_pylist()
-        ]
-    return column.to_pylist()
-
-
-def is_eval_document(text: str, eval_fraction: float) -> bool:
-    return zlib.crc32(text.encode("utf-8")) % 10_000 < eval_fraction * 10_000
-
-
-def iter_documents(path: str, column: str, split: str, eval_fraction: float) -> Iterator[str]:
-    """Documents of one split ("train" or "eval"), streamed with pyarrow (no Ray)."""
-    want_eval = split == "eval"
-    for fragment in open_corpus(path, column).get_fragments():
-        where = f"column '{column}' of {fragment.path}"
-        for batch in fragment.to_batches(columns=[column], batch_size=256):
-            for text in decode_texts(batch.column(0), where):
-                if text and is_eval_document(text, eval_fraction) == want_eval:
-                    yield text
+from electra_ray.tokenizer import special_ids
 
 
 def pack(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> np.ndarray:
@@ -320,11 +188,8 @@ def pack_segments(
 
 
 @functools.lru_cache(maxsize=4)
-def tokenizer_from_json(tokenizer_json: str):
-    from tokenizers import Tokenizer
-
-    from electra_ray.tokenizer import special_ids
-
+def tokenizer_from_json(tokenizer_json: str) -> tuple[Tokenizer, dict[str, int]]:
+    """The tokenizer and its special tokens' ids (cached: every batch of a worker asks)."""
     tokenizer = Tokenizer.from_str(tokenizer_json)
     return tokenizer, special_ids(tokenizer)
 

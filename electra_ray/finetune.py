@@ -34,6 +34,7 @@ import yaml
 from electra_ray import storage
 from electra_ray.config import _f, apply_values
 from electra_ray.errors import UserError
+from electra_ray.optim import lr_lambda, param_groups
 from electra_ray.tasks import (
     Examples,
     TaskDataError,
@@ -338,8 +339,6 @@ def layer_param_groups(model, lr: float, layer_decay: float, weight_decay: float
     """AdamW groups with layer-wise LR decay (ELECTRA's fine-tuning; the intended rates of
     google-research/electra#51): depth d gets lr x layer_decay^(num_layers + 1 - d). Weight decay
     as in pre-training (none on biases and LayerNorm)."""
-    from electra_ray.train import param_groups
-
     num_layers = model.config.num_hidden_layers
     names = {id(p): n for n, p in model.named_parameters()}
     groups = []
@@ -361,8 +360,6 @@ def layer_param_groups(model, lr: float, layer_decay: float, weight_decay: float
 def build_optimizer(model, cfg: FinetuneConfig, total_steps: int):
     """AdamW over the layer-wise groups, and the schedule: warm-up for `warmup` of the steps, then
     linear decay to 0 (the pre-training schedule)."""
-    from electra_ray.train import lr_lambda
-
     optimizer = torch.optim.AdamW(
         layer_param_groups(model, cfg.lr, cfg.layer_decay, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps
     )
@@ -384,9 +381,9 @@ def train_worker(loop_config: dict) -> list[dict]:
         import ray.train
         import ray.train.torch
 
-        from electra_ray.train import _quiet_report_logging
+        from electra_ray.train import quiet_report_logging
 
-        _quiet_report_logging()
+        quiet_report_logging()
         rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
         device = ray.train.torch.get_device() if cfg.use_gpu else device
     if loop_config["num_threads"]:
@@ -589,12 +586,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     os.makedirs(out, exist_ok=True)
     num_threads = cfg.threads
     if cfg.num_workers:
-        from electra_ray.config import Config, ScalingConfig
-        from electra_ray.pretrain import init_ray
+        from electra_ray.config import ScalingConfig
+        from electra_ray.driver import connect_ray
 
-        num_threads = cfg.threads or init_ray(
-            Config(scaling=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu))
-        )
+        num_threads = cfg.threads or connect_ray(ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu))
     print(
         f"fine-tuning {model_dir} on {len(train.lengths)} examples ({cfg.train}), evaluating on "
         f"{len(evaluation.lengths)} ({cfg.eval}); seeds {list(cfg.seeds)}",

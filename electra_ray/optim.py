@@ -1,4 +1,6 @@
-"""google-research/electra's optimizer and learning-rate schedule (`train.optimizer=electra`).
+"""Optimizers and learning-rate schedules: parameter groups, the default linear warm-up/decay
+(`train.optimizer=adamw`, torch's AdamW), and google-research/electra's own optimizer and
+schedule (`train.optimizer=electra`).
 
 ELECTRA was pre-trained with BERT's `AdamWeightDecayOptimizer` (model/optimization.py), which is
 not torch's AdamW: it has no bias correction. m and v are plain exponential moving averages,
@@ -23,6 +25,26 @@ v still move).
 from __future__ import annotations
 
 import torch
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and LayerNorm weights (as google-research/electra's AdamW)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():  # shared embeddings appear once
+        (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup_steps: int, max_steps: int):
+    """Linear warm-up to the peak, then linear decay to 0 at max_steps (ELECTRA's schedule, with
+    warm-up and decay one after the other)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+
+    return factor
 
 
 def electra_lr_lambda(warmup_steps: int, max_steps: int):

@@ -41,6 +41,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from electra_ray import storage
+from electra_ray.documents import PREPARING, SUCCESS
 from electra_ray.errors import UserError
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -48,7 +49,6 @@ COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 # The markers of an output directory (electra_ray.data reads them too): _PREPARING while prepare
 # runs, _SUCCESS (written last) once every shard is in place. Their leading "_" keeps them out of
 # Parquet readers' file discovery.
-PREPARING, SUCCESS = "_PREPARING", "_SUCCESS"
 PARTIAL = ".partial-"  # a shard being written: part-00000.parquet.partial-<hex>
 
 

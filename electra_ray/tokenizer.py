@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from electra_ray.documents import iter_documents
 from electra_ray.errors import UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -93,14 +94,6 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
     return {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
 
 
-def iter_texts(path: str, column: str = "text", batch_rows: int = 256) -> Iterator[str]:
-    from electra_ray.data import decode_texts, open_corpus
-
-    dataset = open_corpus(path, column)
-    for batch in dataset.to_batches(columns=[column], batch_size=batch_rows):
-        yield from (t for t in decode_texts(batch.column(0), path) if t)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m electra_ray.tokenizer",
@@ -125,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.vocab_size < len(SPECIAL_TOKENS) + 1:
             raise UserError(f"--vocab-size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {args.vocab_size}")
         storage.check_output(args.out, "tokenizer", args.overwrite)  # before training: a refusal costs nothing
-        tokenizer = train_tokenizer(iter_texts(args.input, args.column), args.vocab_size)
+        tokenizer = train_tokenizer(iter_documents(args.input, args.column, "train", 0.0), args.vocab_size)  # all of it
         with storage.staging_directory(args.out) as staging:
             save_tokenizer(tokenizer, staging)
             storage.publish_directory(staging, args.out, "tokenizer", args.overwrite)

@@ -267,7 +267,7 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
     import ray
     from ray import tune
 
-    from electra_ray.pretrain import init_ray, prepare_tokenizer, start_local_ray
+    from electra_ray.driver import connect_ray, prepare_tokenizer, start_local_ray
     from electra_ray.tasks import write_movie_reviews
 
     if resume:
@@ -311,7 +311,7 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
         # Room for the trials' workers plus 2 CPUs for their Ray Data tasks and fine-tunes (on 2
         # cores, training workers holding every CPU would starve the data pipeline).
         start_local_ray(int(concurrent * per_trial_cpus) + 2)
-    if init_ray(pre) and concurrent:  # a single-node Ray: the cores shared among the trials running at once
+    if connect_ray(pre.scaling) and concurrent:  # a single-node Ray: the cores shared among the trials running at once
         settings["threads"] = max(1, (os.cpu_count() or 1) // (concurrent * pre.scaling.num_workers))
 
     # The trial function itself holds (almost) nothing; its TorchTrainer asks for the workers.

@@ -45,7 +45,7 @@ def tokenizer_json(tokenizer_dir) -> str:
 @pytest.fixture(scope="module")
 def local_ray():
     """A real local Ray for one test module (modules that start Ray use it: pytestmark). Ray's
-    default worker niceness (15), not pretrain.start_local_ray's 0: the tests' own process does
+    default worker niceness (15), not driver.start_local_ray's 0: the tests' own process does
     much of the work (tokenizers, exports, evaluation) and keeps its priority over the workers."""
     import ray
 

@@ -306,7 +306,7 @@ def test_autoscaler_answers_training_with_gpu_nodes_and_ray_data_with_cpu_nodes(
     from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
 
     from electra_ray.config import load_config
-    from electra_ray.pretrain import scaling_config
+    from electra_ray.driver import scaling_config
 
     config = autoscaler_config(load(name))
     types, head = config["available_node_types"], config["head_node_type"]
@@ -323,7 +323,7 @@ def test_autoscaler_answers_training_with_gpu_nodes_and_ray_data_with_cpu_nodes(
         return dict(added)
 
     cfg = load_config(os.path.join(ROOT, "configs", preset), ["scaling.data_resource=data_node"])
-    scaling = scaling_config(cfg)
+    scaling = scaling_config(cfg.scaling)
     assert plan([scaling._resources_per_worker_not_none] * scaling.num_workers) == {
         gpu_type: cfg.scaling.num_workers // types[gpu_type]["resources"]["GPU"]
     }

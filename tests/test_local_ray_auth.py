@@ -8,7 +8,7 @@ import sys
 PROBE = """
 import json, os, urllib.error, urllib.request
 import ray._private.worker
-from electra_ray.pretrain import start_local_ray
+from electra_ray.driver import start_local_ray
 
 start_local_ray(1)
 dashboard = ray._private.worker.global_worker.node.address_info["webui_url"]

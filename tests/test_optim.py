@@ -154,8 +154,9 @@ def test_a_bf16_parameter_keeps_float32_state():
 
 def test_the_config_switches_deepspeed_to_the_client_optimizer():
     from electra_ray.config import load_config
+    from electra_ray.engine import client_optimizer, deepspeed_config
     from electra_ray.model import build_model
-    from electra_ray.train import client_optimizer, deepspeed_config, lr_lambda
+    from electra_ray.optim import lr_lambda
 
     small = [
         "model.num_layers=1",
@@ -223,7 +224,8 @@ def _deepspeed_check(stage: int) -> None:
     import deepspeed
 
     from electra_ray.config import load_config
-    from electra_ray.train import client_optimizer, deepspeed_config, param_groups
+    from electra_ray.engine import client_optimizer, deepspeed_config
+    from electra_ray.optim import param_groups
 
     def engine_for():
         cfg = load_config(

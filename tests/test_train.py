@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from electra_ray.config import load_config
+from electra_ray.engine import deepspeed_config
 from electra_ray.model import build_model
-from electra_ray.train import deepspeed_config, lr_lambda, param_groups
+from electra_ray.optim import lr_lambda, param_groups
 
 
 def test_warmup_then_linear_decay_to_zero():

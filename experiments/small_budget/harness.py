@@ -28,8 +28,8 @@ from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json  # 
 from electra_ray.evaluate import detection_auc, fixed_corruption, held_out_metrics  # noqa: E402
 from electra_ray.model import build_pretraining_model  # noqa: E402
 from electra_ray.objective import sampling_temperature, summarize  # noqa: E402
+from electra_ray.optim import lr_lambda, param_groups  # noqa: E402
 from electra_ray.tokenizer import train_tokenizer  # noqa: E402
-from electra_ray.train import lr_lambda, param_groups  # noqa: E402
 
 CACHE = os.environ.get("SMALL_BUDGET_CACHE", "/tmp/small-budget-cache")
 
