@@ -5,8 +5,9 @@ A checkpoint is one directory, written by every rank and persisted by Ray Train 
 
     model/             DeepSpeed's checkpoint: each rank's ZeRO shard of weights and optimizer
                        state, the LR scheduler, DeepSpeed's step counters
-    electra_ray.json   config, step, epoch, `consumed` (micro-batches of the epoch already trained
+    run_state.json     config, step, epoch, `consumed` (micro-batches of the epoch already trained
                        on: the data position), vocabulary size, ZeRO stage, world size
+                       (`electra_ray.json` in checkpoints of earlier versions: still read)
     rng_rank{r}.pt     rank r's random streams: masking (numpy), sampling (torch generator), and
                        torch's global one (dropout)
     tokenizer/         tokenizer.json
@@ -39,7 +40,9 @@ import torch
 from electra_ray.errors import TrainingError, UserError
 
 CHECKPOINT_TAG = "model"  # DeepSpeed's tag directory inside a checkpoint
-RUN_STATE = "electra_ray.json"  # config, step, data position, vocabulary: what export and resume read
+RUN_STATE = "run_state.json"  # config, step, data position, vocabulary: what export and resume read
+# The run state's name before exports took `electra_ray.json` for their metadata (another schema).
+LEGACY_RUN_STATE = "electra_ray.json"
 TOKENIZER_DIR = "tokenizer"
 # What DeepSpeed pickles into its ZeRO 1-3 optimizer states beyond tensors and plain containers
 # (found by torch.serialization.get_unsafe_globals_in_checkpoint on checkpoints of every stage).
@@ -106,6 +109,13 @@ def verify_pickles(directory: str) -> None:
         # the caller treats it as such (resume falls back to the previous checkpoint).
 
 
+def run_state_file(directory: str) -> str:
+    """The path of a checkpoint's run state: RUN_STATE, or LEGACY_RUN_STATE in an older checkpoint."""
+    legacy = os.path.join(directory, LEGACY_RUN_STATE)
+    current = os.path.join(directory, RUN_STATE)
+    return legacy if not os.path.exists(current) and os.path.exists(legacy) else current
+
+
 def load_rng_state(path: str) -> dict:
     with safe_loading():
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -154,7 +164,7 @@ def restore(engine, latest, rank: int, world: int, device: torch.device) -> dict
             with candidate.as_directory() as directory:
                 # Every rank checks every file, so all agree to refuse (an error, never a retry).
                 verify_pickles(directory)
-                with open(os.path.join(directory, RUN_STATE)) as f:
+                with open(run_state_file(directory)) as f:
                     state = json.load(f)
                 state["rng"] = load_rng_state(os.path.join(directory, f"rng_rank{rank}.pt"))
                 with safe_loading():

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from electra_ray.config import Config, ConfigError, _f, apply_file_and_overrides, apply_objective_masking, validate
+from electra_ray.config import Config, ConfigError, apply_file_and_overrides, apply_objective_masking, option, validate
 from electra_ray.errors import UserError
 from electra_ray.finetune import FinetuneConfig, finetune_metrics
 from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
@@ -47,12 +47,12 @@ class CompareConfig:
     pretrain: Config = field(default_factory=Config)  # train.max_steps: ELECTRA's steps, the FLOPs budget
     # model/train/eval/out are set here; each checkpoint's fine-tunes run in one Ray task (num_workers 0)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    task: str = _f("rotten_tomatoes", "labeled data: a source of the movie-reviews package", MOVIE_REVIEWS_SOURCES)
-    dev_fraction: float = _f(0.1, "fraction of the labeled data held out as dev (by text hash)")
-    points: int = _f(
+    task: str = option("rotten_tomatoes", "labeled data: a source of the movie-reviews package", MOVIE_REVIEWS_SOURCES)
+    dev_fraction: float = option(0.1, "fraction of the labeled data held out as dev (by text hash)")
+    points: int = option(
         3, "checkpoints of each pre-training run that are fine-tuned, evenly spaced; the last is the full budget"
     )
-    budgets: list = _f(
+    budgets: list = option(
         [1],
         "multiples of pretrain.train.max_steps: per budget both objectives pre-train from "
         "scratch, ELECTRA round(budget x max_steps) steps and the MLM baseline the same FLOPs, "
@@ -60,12 +60,12 @@ class CompareConfig:
         bounds="> 0",
         items=float,
     )
-    from_scratch: bool = _f(
+    from_scratch: bool = option(
         True,
         "also fine-tune the encoder with no pre-training (0 FLOPs): the random-init "
         "control the verdict measures both objectives against",
     )
-    out: str = _f("", "output directory; empty: runs/compare-<date>-<time>")
+    out: str = option("", "output directory; empty: runs/compare-<date>-<time>")
 
 
 def load_compare_config(path: str | None, overrides: list[str]) -> tuple[CompareConfig, set[str]]:

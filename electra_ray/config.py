@@ -5,7 +5,7 @@ and a help text; `load_config(path, overrides)` reads a YAML file, applies `sect
 overrides last, and rejects unknown keys and ill-typed values with an error naming the key.
 Defaults are ELECTRA-Small's (Clark et al. 2020, table 6) unless a field says otherwise.
 
-Ranges are declared next to the help text (`_f(..., bounds="> 0")`) and checked generically by
+Ranges are declared next to the help text (`option(..., bounds="> 0")`) and checked generically by
 `check_bounds`; `validate` runs it, then the few checks that involve two keys. Every violation is a
 ConfigError naming the key, the value and the allowed range, raised before Ray starts.
 """
@@ -80,7 +80,7 @@ class Bounds:
         return self.text if self.text[0] in "<>" else f"in {self.text}"
 
 
-def _f(
+def option(
     default,
     help: str,
     choices: tuple | None = None,
@@ -105,19 +105,19 @@ def _f(
 
 @dataclass
 class ModelConfig:
-    num_layers: int = _f(12, "transformer layers, discriminator and generator alike", bounds=">= 1")
-    hidden_size: int = _f(256, "discriminator hidden size", bounds=">= 1")
-    embedding_size: int = _f(128, "token/position embedding size, shared by both networks", bounds=">= 1")
-    num_heads: int = _f(4, "discriminator attention heads", bounds=">= 1")
-    intermediate_size: int = _f(1024, "discriminator feed-forward size", bounds=">= 1")
-    generator_size: float = _f(
+    num_layers: int = option(12, "transformer layers, discriminator and generator alike", bounds=">= 1")
+    hidden_size: int = option(256, "discriminator hidden size", bounds=">= 1")
+    embedding_size: int = option(128, "token/position embedding size, shared by both networks", bounds=">= 1")
+    num_heads: int = option(4, "discriminator attention heads", bounds=">= 1")
+    intermediate_size: int = option(1024, "discriminator feed-forward size", bounds=">= 1")
+    generator_size: float = option(
         0.25,
         "generator width (hidden, heads, FFN) as a fraction of the discriminator's; the paper finds 1/4-1/2 best",
         bounds="(0, 1]",
     )
-    max_position_embeddings: int = _f(512, "longest sequence the position embeddings cover", bounds=">= 8")
-    dropout: float = _f(0.1, "dropout on hidden states and attention probabilities", bounds="[0, 1)")
-    generator_layers: int = _f(
+    max_position_embeddings: int = option(512, "longest sequence the position embeddings cover", bounds=">= 8")
+    dropout: float = option(0.1, "dropout on hidden states and attention probabilities", bounds="[0, 1)")
+    generator_layers: int = option(
         0,
         "the generator is the discriminator's bottom N layers, shared, with its own "
         "MLM head (TEAMS, Shen et al. 2021; N = num_layers: the paper's all-weights "
@@ -126,7 +126,7 @@ class ModelConfig:
         "generator_size width (the paper's recipe)",
         bounds=">= 0",
     )
-    disentangled_embeddings: bool = _f(
+    disentangled_embeddings: bool = option(
         False,
         "gradient-disentangled embedding sharing (DeBERTaV3, arXiv "
         "2111.09543): the discriminator reads stop-gradient(shared token "
@@ -137,34 +137,38 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = _f(SHIPPED_CORPUS, "Parquet file or directory / s3:// prefix of Parquet files, one document per row")
-    text_column: str = _f("text", "column holding the document text")
-    tokenizer: str = _f("", "directory (or s3:// prefix) of a saved tokenizer; empty: train one on the corpus")
+    path: str = option(
+        SHIPPED_CORPUS, "Parquet file or directory / s3:// prefix of Parquet files, one document per row"
+    )
+    text_column: str = option("text", "column holding the document text")
+    tokenizer: str = option("", "directory (or s3:// prefix) of a saved tokenizer; empty: train one on the corpus")
     # The WordPiece trainer accepts any size (it always keeps the 5 specials and every character of the
     # corpus: 108 tokens on the shipped one, even at vocab_size 0), so 16 is a floor against typos, not a need.
-    vocab_size: int = _f(30522, "vocabulary size when the tokenizer is trained here", bounds=">= 16")
-    seq_len: int = _f(
+    vocab_size: int = option(30522, "vocabulary size when the tokenizer is trained here", bounds=">= 16")
+    seq_len: int = option(
         128,
         "tokens per packed sequence, [CLS] and [SEP] included; at most model.max_position_embeddings",
         bounds=">= 8",
     )
-    mask_prob: float = _f(0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)", bounds="(0, 1)")
-    mask_token_prob: float = _f(
+    mask_prob: float = option(
+        0.15, "fraction of non-special tokens selected for prediction (Large: 0.25)", bounds="(0, 1)"
+    )
+    mask_token_prob: float = option(
         0.85,
         "of the selected tokens, fraction replaced by [MASK] "
         "(ELECTRA 0.85; BERT 0.8, the default with train.objective=mlm)",
         bounds="[0, 1]",
     )
-    random_token_prob: float = _f(
+    random_token_prob: float = option(
         0.0,
         "of the selected tokens, fraction replaced by a random token "
         "(ELECTRA 0; BERT 0.1, the default with train.objective=mlm); "
         "the rest stay unchanged; mask_token_prob + random_token_prob <= 1",
         bounds="[0, 1]",
     )
-    eval_fraction: float = _f(0.02, "fraction of documents held out for evaluation (by text hash)", bounds="[0, 1)")
-    docs_per_block: int = _f(64, "documents tokenized and packed together by one Ray Data task", bounds=">= 1")
-    packing: str = _f(
+    eval_fraction: float = option(0.02, "fraction of documents held out for evaluation (by text hash)", bounds="[0, 1)")
+    docs_per_block: int = option(64, "documents tokenized and packed together by one Ray Data task", bounds=">= 1")
+    packing: str = option(
         "concatenate",
         "how documents become sequences: concatenate (documents joined with [SEP] "
         "and cut into [CLS] ... [SEP] rows that cross documents; token types all 0) "
@@ -172,7 +176,7 @@ class DataConfig:
         "document, split into [CLS] A [SEP] B [SEP] with token types 0 / 1)",
         ("concatenate", "segments"),
     )
-    short_seq_prob: float = _f(
+    short_seq_prob: float = option(
         0.05,
         "packing=segments: probability that an example aims at a random length in "
         "[5, seq_len] instead of seq_len (google-research/electra: 0.05)",
@@ -182,45 +186,47 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    objective: str = _f(
+    objective: str = option(
         "electra",
         "pre-training objective: electra (generator + discriminator, "
         "replaced-token detection) or mlm (BERT's masked LM on the "
         "discriminator-sized encoder: the equal-compute baseline)",
         ("electra", "mlm"),
     )
-    max_steps: int = _f(1_000_000, "optimizer steps", bounds=">= 1")
-    batch_size: int = _f(
+    max_steps: int = option(1_000_000, "optimizer steps", bounds=">= 1")
+    batch_size: int = option(
         128,
         "sequences per optimizer step, summed over workers and accumulation; a multiple "
         "of scaling.num_workers x train.grad_accum",
         bounds=">= 1",
     )
-    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step on each worker", bounds=">= 1")
-    lr: float = _f(5e-4, "peak learning rate", bounds="> 0")
-    warmup_steps: int = _f(10_000, "linear warm-up steps; then linear decay to 0 at max_steps", bounds=">= 0")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)", bounds=">= 0")
-    adam_betas: list = _f([0.9, 0.999], "AdamW betas", bounds="[0, 1)", items=float, length=2)
-    adam_eps: float = _f(1e-6, "AdamW epsilon", bounds="> 0")
-    optimizer: str = _f(
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step on each worker", bounds=">= 1")
+    lr: float = option(5e-4, "peak learning rate", bounds="> 0")
+    warmup_steps: int = option(10_000, "linear warm-up steps; then linear decay to 0 at max_steps", bounds=">= 0")
+    weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and LayerNorm)", bounds=">= 0")
+    adam_betas: list = option([0.9, 0.999], "AdamW betas", bounds="[0, 1)", items=float, length=2)
+    adam_eps: float = option(1e-6, "AdamW epsilon", bounds="> 0")
+    optimizer: str = option(
         "adamw",
         "adamw: torch AdamW (bias-corrected), linear warm-up then linear decay; electra: "
         "google-research/electra's optimization.py (no bias correction, warm-up and "
         "linear decay applied together)",
         ("adamw", "electra"),
     )
-    grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)", bounds=">= 0")
-    rtd_weight: float = _f(50.0, "lambda: weight of the replaced-token-detection loss", bounds=">= 0")
-    temperature: float = _f(1.0, "generator sampling temperature (after any schedule)", bounds="> 0")
-    temperature_start: float = _f(
+    grad_clip: float = option(1.0, "gradient-norm clipping (0: off)", bounds=">= 0")
+    rtd_weight: float = option(50.0, "lambda: weight of the replaced-token-detection loss", bounds=">= 0")
+    temperature: float = option(1.0, "generator sampling temperature (after any schedule)", bounds="> 0")
+    temperature_start: float = option(
         1.0,
         "sampling temperature at step 0, lowered linearly to train.temperature "
         "over train.temperature_steps (a descending schedule as in Fast-ELECTRA, "
         "arXiv 2310.07347: flatter samples, easier replacements early)",
         bounds="> 0",
     )
-    temperature_steps: int = _f(0, "steps of the temperature schedule; 0: train.temperature throughout", bounds=">= 0")
-    corrective_weight: float = _f(
+    temperature_steps: int = option(
+        0, "steps of the temperature schedule; 0: train.temperature throughout", bounds=">= 0"
+    )
+    corrective_weight: float = option(
         0.0,
         "mu: weight of the discriminator's corrective LM loss, which also predicts "
         "the original token at the selected positions from the corrupted input "
@@ -228,10 +234,10 @@ class TrainConfig:
         "discriminator read context early; 0: off (the paper's recipe)",
         bounds=">= 0",
     )
-    zero_stage: int = _f(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
-    precision: str = _f("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
-    log_every: int = _f(50, "optimizer steps between progress lines / metric reports", bounds=">= 1")
-    eval_every: int = _f(
+    zero_stage: int = option(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
+    precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
+    log_every: int = option(50, "optimizer steps between progress lines / metric reports", bounds=">= 1")
+    eval_every: int = option(
         0,
         "optimizer steps between measurements of heldout_auc, the discriminator's ROC-AUC "
         "on held-out text under one fixed corruption (evaluate.fixed_corruption): unlike the "
@@ -239,38 +245,44 @@ class TrainConfig:
         "A multiple of train.log_every; 0: off",
         bounds=">= 0",
     )
-    eval_sequences: int = _f(64, "held-out sequences heldout_auc is measured on", bounds=">= 1")
-    checkpoint_every: int = _f(10_000, "optimizer steps between checkpoints (and one at the end)", bounds=">= 1")
-    keep_checkpoints: int = _f(
+    eval_sequences: int = option(64, "held-out sequences heldout_auc is measured on", bounds=">= 1")
+    checkpoint_every: int = option(
+        10_000,
+        "optimizer steps between checkpoints (and one at the end); a checkpoint step also reports metrics",
+        bounds=">= 1",
+    )
+    keep_checkpoints: int = option(
         2, "checkpoints kept (newest first); the newest complete one is never deleted", bounds=">= 1"
     )
-    max_failures: int = _f(
+    max_failures: int = option(
         3, "worker-group restarts from the latest checkpoint after a worker dies (-1: no limit)", bounds=">= -1"
     )
-    max_bad_steps: int = _f(
+    max_bad_steps: int = option(
         20, "steps skipped in a row for a non-finite loss before the run stops with an error", bounds=">= 0"
     )
-    inject_nan_steps: list = _f(
+    inject_nan_steps: list = option(
         [],
         "fault injection for testing the divergence guard: optimizer steps whose first micro-batch gets a NaN loss",
         bounds=">= 1",
         items=int,
     )
     # At most 2**32 - 1: search=optuna seeds numpy's RandomState with it, which takes no more.
-    seed: int = _f(0, "random seed (model init, masking, sampling)", bounds="[0, 4294967295]")
+    seed: int = option(0, "random seed (model init, masking, sampling)", bounds="[0, 4294967295]")
 
 
 @dataclass
 class ScalingConfig:
-    num_workers: int = _f(1, "Ray Train workers (data-parallel ranks)", bounds=">= 1")
-    use_gpu: bool = _f(False, "one GPU per worker")
-    cpus_per_worker: float = _f(
+    num_workers: int = option(1, "Ray Train workers (data-parallel ranks)", bounds=">= 1")
+    use_gpu: bool = option(False, "one GPU per worker")
+    cpus_per_worker: float = option(
         0.0,
         "CPUs reserved per worker; 0: on a local Ray, the machine's cores divided among the workers, else 1",
         bounds=">= 0",
     )
-    ray_address: str = _f("", "Ray cluster to join ('auto', ray://...); empty: RAY_ADDRESS or an in-process local Ray")
-    data_resource: str = _f(
+    ray_address: str = option(
+        "", "Ray cluster to join ('auto', ray://...); empty: RAY_ADDRESS or an in-process local Ray"
+    )
+    data_resource: str = option(
         "",
         "custom Ray resource that Ray Data's read/tokenize tasks require: the cluster "
         "configs in cluster/ give 'data_node' to CPU nodes only, which keeps "
@@ -280,15 +292,15 @@ class ScalingConfig:
 
 @dataclass
 class OutputConfig:
-    dir: str = _f(
+    dir: str = option(
         "runs", "where runs are written, a local path or s3://bucket/prefix: checkpoints and the export in DIR/NAME"
     )
-    name: str = _f(
+    name: str = option(
         "",
         "run name; the run lives in DIR/NAME. Empty: run-<date>-<time>. Naming an "
         "existing run continues it from its latest checkpoint",
     )
-    local_dir: str = _f(
+    local_dir: str = option(
         "",
         "local directory for the run's logs (metrics.jsonl, TensorBoard), trained "
         "tokenizer and a copy of the export; empty: DIR/NAME, or runs/NAME when "
@@ -328,7 +340,7 @@ class Config:
         return config
 
 
-def _convert(key: str, value, kind):
+def convert_value(key: str, value, kind):
     """Coerce a YAML / command-line value to the field's type, or raise naming the key."""
     if kind is bool:
         if isinstance(value, bool):
@@ -409,7 +421,7 @@ def apply_values(obj, values: dict, prefix: str = "") -> None:
             if value is not None:  # `train:` with every key commented out is an empty section
                 apply_values(getattr(obj, key), value, prefix=f"{name}.")
         else:
-            setattr(obj, key, _convert(name, value, hints[key]))
+            setattr(obj, key, convert_value(name, value, hints[key]))
 
 
 def set_nested(tree: dict, key: str, value) -> dict:
@@ -465,7 +477,7 @@ def _allowed(kind, bounds: Bounds | None, items=None, length: int | None = None)
 
 def check_bounds(obj, prefix: str = "", bounds: dict[str, str] | None = None) -> None:
     """Every number of a config dataclass (and of its sections) within its field's `bounds`
-    (`_f(..., bounds=...)`), every float finite, every list with `items` / `length` metadata of
+    (`option(..., bounds=...)`), every float finite, every list with `items` / `length` metadata of
     that shape; a violation is a BoundsError naming the key, the value and the range. `bounds`
     adds ranges by key ({"num_samples": ">= 1"}) for dataclasses whose fields do not declare them."""
     hints = typing.get_type_hints(type(obj))

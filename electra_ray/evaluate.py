@@ -35,6 +35,7 @@ from electra_ray import storage
 from electra_ray.config import Config
 from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
 from electra_ray.errors import UserError
+from electra_ray.export import EXPORT_METADATA
 from electra_ray.objective import discriminator_hidden, generator_logits, replace_tokens, sample_tokens
 
 
@@ -159,10 +160,10 @@ def read_export_config(export_dir: str, shown: str = "") -> Config:
         raise ExportError(f"export not found: {shown}")
     if not os.path.isdir(export_dir):
         raise ExportError(f"{shown} is a file, not an export directory")
-    path = os.path.join(export_dir, "electra_ray.json")
+    path = os.path.join(export_dir, EXPORT_METADATA)
     if not os.path.isfile(path):
         raise ExportError(
-            f"{shown} is not an electra-ray export (no electra_ray.json): pass the directory "
+            f"{shown} is not an electra-ray export (no {EXPORT_METADATA}): pass the directory "
             f"written by electra_ray.export (a pre-training run's export/)"
         )
     try:
@@ -170,16 +171,16 @@ def read_export_config(export_dir: str, shown: str = "") -> Config:
             record = json.load(f)
     except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
         raise ExportError(
-            f"{storage.join(shown, 'electra_ray.json')} is not valid JSON ({error}): export the checkpoint again"
+            f"{storage.join(shown, EXPORT_METADATA)} is not valid JSON ({error}): export the checkpoint again"
         ) from None
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise ExportError(
-            f"{storage.join(shown, 'electra_ray.json')} holds no 'config' mapping: export the checkpoint again"
+            f"{storage.join(shown, EXPORT_METADATA)} holds no 'config' mapping: export the checkpoint again"
         )
     try:
         return Config.from_dict(record["config"])
     except UserError as error:
-        raise ExportError(f"{storage.join(shown, 'electra_ray.json')}: {error}") from None
+        raise ExportError(f"{storage.join(shown, EXPORT_METADATA)}: {error}") from None
 
 
 def check_max_sequences(max_sequences) -> None:

@@ -26,13 +26,23 @@ from collections.abc import Callable
 import torch
 
 from electra_ray import storage
-from electra_ray.checkpoint import CHECKPOINT_TAG, RUN_STATE, TOKENIZER_DIR, safe_loading, verify_pickles
+from electra_ray.checkpoint import (
+    CHECKPOINT_TAG,
+    RUN_STATE,
+    TOKENIZER_DIR,
+    run_state_file,
+    safe_loading,
+    verify_pickles,
+)
 from electra_ray.config import Config
 from electra_ray.errors import UserError
 
+# An export's own record: the checkpoint it came from and the pre-training config (evaluate reads it).
+EXPORT_METADATA = "electra_ray.json"
+
 
 def read_run_state(checkpoint_dir: str) -> dict:
-    path = os.path.join(checkpoint_dir, RUN_STATE)
+    path = run_state_file(checkpoint_dir)
     if not os.path.isfile(path):
         raise UserError(f"{checkpoint_dir} is not an electra-ray checkpoint (no {RUN_STATE})")
     try:
@@ -120,7 +130,7 @@ def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, direc
     for name, network in model.exported_networks().items():
         network.save_pretrained(os.path.join(directory, name))
         save_tokenizer(tokenizer, os.path.join(directory, name), model_max_length=cfg.model.max_position_embeddings)
-    with open(os.path.join(directory, "electra_ray.json"), "w") as f:
+    with open(os.path.join(directory, EXPORT_METADATA), "w") as f:
         json.dump({"checkpoint": checkpoint, "config": cfg.to_dict()}, f, indent=1)
 
 

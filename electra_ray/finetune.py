@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from electra_ray import storage
-from electra_ray.config import _f, apply_values
+from electra_ray.config import apply_values, option
 from electra_ray.errors import UserError
 from electra_ray.optim import lr_lambda, param_groups
 from electra_ray.tasks import (
@@ -54,51 +54,51 @@ class FinetuneError(UserError):
 
 @dataclass
 class FinetuneConfig:
-    model: str = _f(
+    model: str = option(
         "",
         "pre-trained model: an export directory or s3:// prefix (its discriminator/, or mlm/ "
         "for the MLM baseline) or any Hugging Face ELECTRA model directory",
     )
-    train: str = _f("", "training file (local or s3://): Parquet, CSV, TSV or JSONL, one example per row")
-    eval: str = _f("", "evaluation file, laid out as the training file")
-    task: str = _f(
+    train: str = option("", "training file (local or s3://): Parquet, CSV, TSV or JSONL, one example per row")
+    eval: str = option("", "evaluation file, laid out as the training file")
+    task: str = option(
         "classification",
         "classification (a class per example) or regression (a number per example, as STS-B)",
         ("classification", "regression"),
     )
-    text_column: str = _f("text", "column of the text (the first sentence of a pair)")
-    pair_column: str = _f("", "column of the second sentence of a pair; empty: single sentences")
-    label_column: str = _f("label", "column of the label")
-    labels: list = _f([], "the classes in index order; empty: the sorted distinct labels of the training file")
-    metric: str = _f(
+    text_column: str = option("text", "column of the text (the first sentence of a pair)")
+    pair_column: str = option("", "column of the second sentence of a pair; empty: single sentences")
+    label_column: str = option("label", "column of the label")
+    labels: list = option([], "the classes in index order; empty: the sorted distinct labels of the training file")
+    metric: str = option(
         "",
         "the metric of the summary line; empty: accuracy (classification), spearman "
         "(regression). All of accuracy/f1/mcc or pearson/spearman/mse are measured",
     )
-    max_seq_len: int = _f(128, "tokens per example, [CLS] and [SEP] included; longer examples are truncated")
-    lr: float = _f(1e-4, "peak learning rate (ELECTRA: 1e-4; Large 5e-5)")
-    layer_decay: float = _f(
+    max_seq_len: int = option(128, "tokens per example, [CLS] and [SEP] included; longer examples are truncated")
+    lr: float = option(1e-4, "peak learning rate (ELECTRA: 1e-4; Large 5e-5)")
+    layer_decay: float = option(
         0.8,
         "layer-wise LR decay: the task head gets lr, the top layer lr x decay, ..., "
         "the embeddings lr x decay^(layers+1) (ELECTRA: 0.8; Large 0.9)",
     )
-    warmup: float = _f(0.1, "fraction of the steps of linear warm-up; then linear decay to 0")
-    epochs: int = _f(3, "passes over the training data (ELECTRA: 3; 10 for RTE and STS-B)")
-    batch_size: int = _f(32, "examples per optimizer step, summed over workers")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
-    adam_eps: float = _f(1e-6, "AdamW epsilon")
-    grad_clip: float = _f(1.0, "gradient-norm clipping (0: off)")
-    dropout: float = _f(0.1, "dropout in the encoder and the task head while fine-tuning")
-    seeds: list = _f([0, 1, 2], "one fine-tuning run per seed (head initialisation, example order, dropout)")
-    max_train_examples: int = _f(0, "fine-tune on the first N training examples only (0: all)")
-    num_workers: int = _f(1, "Ray Train workers (data-parallel); 0: train in this process, without Ray")
-    threads: int = _f(
+    warmup: float = option(0.1, "fraction of the steps of linear warm-up; then linear decay to 0")
+    epochs: int = option(3, "passes over the training data (ELECTRA: 3; 10 for RTE and STS-B)")
+    batch_size: int = option(32, "examples per optimizer step, summed over workers")
+    weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
+    adam_eps: float = option(1e-6, "AdamW epsilon")
+    grad_clip: float = option(1.0, "gradient-norm clipping (0: off)")
+    dropout: float = option(0.1, "dropout in the encoder and the task head while fine-tuning")
+    seeds: list = option([0, 1, 2], "one fine-tuning run per seed (head initialisation, example order, dropout)")
+    max_train_examples: int = option(0, "fine-tune on the first N training examples only (0: all)")
+    num_workers: int = option(1, "Ray Train workers (data-parallel); 0: train in this process, without Ray")
+    threads: int = option(
         0,
         "torch threads of each worker (or of this process); 0: on a local Ray the machine's "
         "cores divided among the workers, in this process torch's default",
     )
-    use_gpu: bool = _f(False, "one GPU per worker (in this process: the first GPU)")
-    out: str = _f("", "output directory; empty: runs/finetune-<date>-<time>")
+    use_gpu: bool = option(False, "one GPU per worker (in this process: the first GPU)")
+    out: str = option("", "output directory; empty: runs/finetune-<date>-<time>")
 
 
 @dataclass(frozen=True)

@@ -199,28 +199,53 @@ def electra_loss(
         corrective_loss = (token_loss * weights.flatten()).sum() / n_masked
         loss = loss + corrective_weight * corrective_loss
 
-    with torch.no_grad():
-        predicted = (disc_logits > 0).long() * attention_mask
-        stats = (
-            torch.stack(
-                [
-                    mlm_loss * n_masked,
-                    rtd_loss * n_tokens,
-                    n_masked,
-                    ((logits.argmax(-1) == targets).float() * weights).sum(),
-                    n_tokens,
-                    ((predicted == labels).float() * token_mask).sum(),
-                    labels.sum().float(),
-                    predicted.sum().float(),
-                    (predicted * labels).sum().float(),
-                    torch.ones((), device=n_tokens.device),
-                    corrective_loss * n_masked,
-                ]
-            )
-            .detach()
-            .float()
-        )
+    stats = electra_counters(
+        mlm_loss,
+        rtd_loss,
+        corrective_loss,
+        n_masked,
+        n_tokens,
+        logits,
+        targets,
+        weights,
+        disc_logits,
+        labels,
+        attention_mask,
+    )
     return ObjectiveOutput(loss=loss, mlm_loss=mlm_loss, rtd_loss=rtd_loss, stats=stats)
+
+
+@torch.no_grad()
+def electra_counters(
+    mlm_loss,
+    rtd_loss,
+    corrective_loss,
+    n_masked,
+    n_tokens,
+    logits,
+    targets,
+    weights,
+    disc_logits,
+    labels,
+    attention_mask,
+) -> torch.Tensor:
+    """The step's counters, in STAT_NAMES order (summed over micro-batches and workers, then summarized)."""
+    predicted = (disc_logits > 0).long() * attention_mask
+    token_mask = attention_mask.float()
+    counters = [
+        mlm_loss * n_masked,
+        rtd_loss * n_tokens,
+        n_masked,
+        ((logits.argmax(-1) == targets).float() * weights).sum(),
+        n_tokens,
+        ((predicted == labels).float() * token_mask).sum(),
+        labels.sum().float(),
+        predicted.sum().float(),
+        (predicted * labels).sum().float(),
+        torch.ones((), device=n_tokens.device),
+        corrective_loss * n_masked,
+    ]
+    return torch.stack(counters).detach().float()
 
 
 def masked_lm_loss(

