@@ -15,7 +15,7 @@
    against theory, and peak resident memory.
 
 Writes OUT/results.json and prints a table. Each single measurement can also be run alone:
-`python -m electra_ray.bench --measure plain|naive --config configs/small.yaml`.
+`python -m electra_ray.bench --measure plain|naive --model small --tokenizer DIR`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,20 @@ import tempfile
 import time
 
 import numpy as np
+import ray
 import torch
 import torch.nn.functional as F
 
-from electra_ray.config import Config, load_config
+from electra_ray.cli import verb_parser
+from electra_ray.config import Config, ScalingConfig, load_config
+from electra_ray.data import iter_documents, load_sequences, mask_batch, tokenize_and_pack, tokenizer_from_json
+from electra_ray.driver import build_trainer, start_local_ray
+from electra_ray.meter import measure_matmul_flops, peak_flops
+from electra_ray.model import build_model, flops_per_token
+from electra_ray.optim import lr_lambda, param_groups
+from electra_ray.pretrain import pretrain
+from electra_ray.report import markdown_table
+from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {name: os.path.join(ROOT, "configs", f"{name}.yaml") for name in ("tiny", "small")}
@@ -80,11 +90,6 @@ def naive_loss(model, batch: dict, rtd_weight: float) -> torch.Tensor:
 
 def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
     """Mean step time of a plain PyTorch loop (our model and objective, or the naive one)."""
-    from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
-    from electra_ray.model import build_model
-    from electra_ray.optim import lr_lambda, param_groups
-    from electra_ray.tokenizer import read_tokenizer_json
-
     tokenizer_json = read_tokenizer_json(cfg.data.tokenizer)
     tokenizer, special = tokenizer_from_json(tokenizer_json)
     vocab_size = tokenizer.get_vocab_size()
@@ -119,8 +124,6 @@ def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
 
 def measure_ours(cfg: Config, warmup: int) -> dict:
     """Our full path: Ray Data -> Ray Train -> DeepSpeed; tokens/s of the steady intervals."""
-    from electra_ray.pretrain import pretrain
-
     started = time.perf_counter()
     result = pretrain(cfg, export_and_evaluate=False)
     wall_s = time.perf_counter() - started
@@ -142,28 +145,20 @@ def measure_ours(cfg: Config, warmup: int) -> dict:
 def measure_loop_in_ray_train(cfg: Config, steps: int, work: str, name: str) -> dict:
     """The plain loop run as the train function of a 1-worker Ray Train run (no Ray Data, no
     DeepSpeed): what Ray alone costs that loop, the floor under our path's overhead."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     threads, out = os.cpu_count() or 1, os.path.join(work, f"{name}.json")
 
     def train_fn() -> None:
-        torch.set_num_threads(threads)  # as init_ray gives a single local worker
+        torch.set_num_threads(threads)  # as connect_ray gives a single local worker
         result = measure_loop(cfg, steps, warmup=3, naive=False)
         with open(out, "w") as f:  # same machine: a file is the shortest way back
             json.dump(result, f)
 
-    TorchTrainer(
-        train_fn,
-        scaling_config=ray.train.ScalingConfig(num_workers=1),
-        torch_config=TorchConfig(backend="gloo"),
-        run_config=ray.train.RunConfig(name=name, storage_path=work),
-    ).fit()
+    build_trainer(train_fn, {}, ScalingConfig(num_workers=1), name=name, storage_dir=work).fit()
     with open(out) as f:
         return json.load(f)
 
 
-def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
+def run_measure(kind: str, model: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
     """One plain/naive measurement in a fresh process, so runs do not share warm state."""
     out = subprocess.run(
         [
@@ -172,8 +167,8 @@ def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int
             "electra_ray.bench",
             "--measure",
             kind,
-            "--config",
-            config_name,
+            "--model",
+            model,
             "--tokenizer",
             tokenizer_dir,
             "--batch-size",
@@ -195,8 +190,6 @@ def run_measure(kind: str, config_name: str, tokenizer_dir: str, batch_size: int
 
 
 def measure_data(cfg: Config, tokenizer_json: str) -> dict:
-    from electra_ray.data import iter_documents, mask_batch, tokenize_and_pack, tokenizer_from_json
-
     texts = list(iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction))[:60]
     start = time.perf_counter()
     rows = tokenize_and_pack(texts, tokenizer_json, cfg.data.seq_len, cfg.data.packing, cfg.data.short_seq_prob)[
@@ -237,6 +230,8 @@ def deepspeed_state_bytes(model: torch.nn.Module, zero_stage: int, workers: int)
       is done (they differ during the backward pass: ZeRO-1 holds the full gradients until its end);
     - ZeRO-3 keeps every parameter of at most stage3_param_persistence_threshold elements (our
       config leaves DeepSpeed's default) whole on every rank."""
+    # Here: importing DeepSpeed detects the accelerator and loads its ops (seconds); only this
+    # section needs it, as in the worker loop (engine.build_engine).
     from deepspeed.runtime.config_utils import get_config_default
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
@@ -252,7 +247,7 @@ def deepspeed_state_bytes(model: torch.nn.Module, zero_stage: int, workers: int)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = verb_parser("bench", __doc__)
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the step comparison")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=15, help="steps of our path left out before timing")
@@ -264,38 +259,28 @@ def main(argv: list[str] | None = None) -> None:
         help="also time the plain loop inside a 1-worker Ray Train run after each of our "
         "runs (what Ray alone costs; adds ~45 s a round)",
     )
+    # One measurement in a process of its own (run_measure): the loop, the model (a config of
+    # configs/: tiny or small) and the tokenizer directory.
     parser.add_argument("--measure", choices=["plain", "naive"], help=argparse.SUPPRESS)
-    parser.add_argument("--config", default="small", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="small", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.measure:
-        cfg = bench_config(args.config, args.tokenizer, args.batch_size)
+        cfg = bench_config(args.model, args.tokenizer, args.batch_size)
         print(json.dumps(measure_loop(cfg, args.steps, warmup=3, naive=args.measure == "naive")))
         return
     run_bench(args)
 
 
 def run_bench(args) -> dict:
-    import ray
-
-    from electra_ray.data import iter_documents, tokenizer_from_json
-    from electra_ray.driver import start_local_ray
-    from electra_ray.meter import measure_matmul_flops, peak_flops
-    from electra_ray.model import build_model, flops_per_token
-    from electra_ray.pretrain import pretrain
-    from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
-
+    """Every section in turn (see the module's docstring); writes OUT/results.json and results.md."""
     started = time.perf_counter()
     work = tempfile.mkdtemp(prefix="electra-bench-")
     small = load_config(CONFIGS["small"])
     tokenizer_dir = os.path.join(work, "tokenizer")
-    save_tokenizer(
-        train_tokenizer(
-            iter_documents(small.data.path, "text", "train", small.data.eval_fraction), small.data.vocab_size
-        ),
-        tokenizer_dir,
-    )
+    texts = iter_documents(small.data.path, "text", "train", small.data.eval_fraction)
+    save_tokenizer(train_tokenizer(texts, small.data.vocab_size), tokenizer_dir)
     tokenizer_json = read_tokenizer_json(tokenizer_dir)
     vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
     cores = os.cpu_count() or 1
@@ -312,8 +297,38 @@ def run_bench(args) -> dict:
     results["data"]["tiny_trainer_tokens_per_s"] = tiny_plain["tokens_per_s"]
     print(f"data: {results['data']}", flush=True)
 
-    # 2. training step: ours / plain / naive, alternated. Ray runs only during our path's
-    # measurement (as it would for a user of each), not behind the single-process loops.
+    # 2. training step: ours / plain / naive, alternated
+    runs, peak = compare_steps(args, tokenizer_dir, work, peak)
+    results["machine"]["peak_flops_fp32"] = peak
+    results["step"] = step_ratios(runs)
+    median = results["step"]["median_tokens_per_s"]
+    results["data"]["small_trainer_tokens_per_s"] = median["ours"]
+    for name in ("tiny", "small"):
+        consumed = results["data"][f"{name}_trainer_tokens_per_s"]
+        results["data"][f"{name}_data_over_trainer"] = results["data"]["tokenize_pack_tokens_per_s_per_core"] / consumed
+
+    # 3. MFU (analytic FLOPs, generator included)
+    flops = flops_per_token(small.model, vocab_size, small.data.seq_len, small.data.mask_prob)
+    results["mfu"] = {
+        "flops_per_token": flops,
+        "ours": flops * median["ours"] / peak,
+        "plain": flops * median["plain"] / peak,
+        "naive_useful": flops * median["naive"] / peak,
+    }
+
+    # 4. memory per worker under ZeRO 0-3
+    results["memory"] = measure_memory(small, vocab_size, tokenizer_dir, work, args.batch_size)
+    results["wall_s"] = time.perf_counter() - started
+    write_results(results, args.out)
+    return results
+
+
+def compare_steps(args, tokenizer_dir: str, work: str, peak: float) -> tuple[dict[str, list[dict]], float]:
+    """`args.rounds` rounds of our path, (with --floor) the plain loop in Ray Train, the plain loop
+    and the naive loop, alternated. Ray runs only during our path's measurement (as it would for a
+    user of each), not behind the single-process loops. Returns (each kind's measurements, the
+    peak FLOP/s: the highest of `peak` and a reading after each round)."""
+    cores = os.cpu_count() or 1
     runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": [], **({"floor": []} if args.floor else {})}
     log_every = math.gcd(args.warmup, args.steps)
     for round_index in range(args.rounds):
@@ -329,10 +344,12 @@ def run_bench(args) -> dict:
             ],
         )
         start_local_ray(cores + 2)
-        runs["ours"].append(measure_ours(cfg, args.warmup))
-        if args.floor:
-            runs["floor"].append(measure_loop_in_ray_train(cfg, args.steps, work, f"floor-{round_index}"))
-        ray.shutdown()
+        try:
+            runs["ours"].append(measure_ours(cfg, args.warmup))
+            if args.floor:
+                runs["floor"].append(measure_loop_in_ray_train(cfg, args.steps, work, f"floor-{round_index}"))
+        finally:
+            ray.shutdown()
         runs["plain"].append(run_measure("plain", "small", tokenizer_dir, args.batch_size, args.steps))
         runs["naive"].append(run_measure("naive", "small", tokenizer_dir, args.batch_size, args.steps))
         # The peak as the highest of several readings: one taken while the shared machine is busy
@@ -343,116 +360,115 @@ def run_bench(args) -> dict:
             + ", ".join(f"{k} {v[-1]['tokens_per_s']:,.0f} tok/s" for k, v in runs.items()),
             flush=True,
         )
-    results["machine"]["peak_flops_fp32"] = peak
+    return runs, peak
+
+
+def step_ratios(runs: dict[str, list[dict]]) -> dict:
+    """The step comparison's medians and ratios (of the alternated pairs)."""
     ratio_plain = [o["tokens_per_s"] / p["tokens_per_s"] for o, p in zip(runs["ours"], runs["plain"])]
     ratio_naive = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
-    median = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
-    results["step"] = {
+    step = {
         "runs": runs,
-        "median_tokens_per_s": median,
+        "median_tokens_per_s": {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()},
         "ours_over_plain": statistics.median(ratio_plain),
         "ours_over_naive": statistics.median(ratio_naive),
     }
-    if args.floor:
-        results["step"]["floor_over_plain"] = statistics.median(
+    if "floor" in runs:
+        step["floor_over_plain"] = statistics.median(
             f["tokens_per_s"] / p["tokens_per_s"] for f, p in zip(runs["floor"], runs["plain"])
         )
-        results["step"]["ours_over_floor"] = statistics.median(
+        step["ours_over_floor"] = statistics.median(
             o["tokens_per_s"] / f["tokens_per_s"] for o, f in zip(runs["ours"], runs["floor"])
         )
-    results["data"]["small_trainer_tokens_per_s"] = median["ours"]
-    for name in ("tiny", "small"):
-        consumed = results["data"][f"{name}_trainer_tokens_per_s"]
-        results["data"][f"{name}_data_over_trainer"] = results["data"]["tokenize_pack_tokens_per_s_per_core"] / consumed
+    return step
 
-    # 3. MFU (analytic FLOPs, generator included)
-    flops = flops_per_token(small.model, vocab_size, small.data.seq_len, small.data.mask_prob)
-    results["mfu"] = {
-        "flops_per_token": flops,
-        "ours": flops * median["ours"] / peak,
-        "plain": flops * median["plain"] / peak,
-        "naive_useful": flops * median["naive"] / peak,
-    }
 
-    # 4. memory: model state per worker, ZeRO 0-3, 2 workers, small config. Measured at step 2:
-    # AdamW creates its moments at the first step.
+def measure_memory(small: Config, vocab_size: int, tokenizer_dir: str, work: str, batch_size: int) -> dict:
+    """Model state per worker under ZeRO stages 0-3, 2 workers, small config, against theory.
+    Measured at step 2: AdamW creates its moments at the first step."""
     memory = {}
-    start_local_ray(cores + 2)
     model = build_model(small.model, vocab_size)
     n_params = sum(p.numel() for p in model.parameters())
-    for stage in (0, 1, 2, 3):
-        cfg = bench_config(
-            "small",
-            tokenizer_dir,
-            args.batch_size,
-            [
-                "train.max_steps=2",
-                "train.log_every=2",
-                f"train.zero_stage={stage}",
-                "scaling.num_workers=2",
-                f"output.dir={work}",
-                f"output.name=zero{stage}",
-            ],
-        )
-        history = pretrain(cfg, export_and_evaluate=False).history
-        memory[stage] = {
-            "model_state_mb": history[-1]["model_state_mb"],
-            "peak_rss_mb": history[-1]["peak_rss_mb"],
-            "zero_paper_mb": theoretical_state(stage, 2) * n_params / 2**20,
-            "deepspeed_mb": deepspeed_state_bytes(model, stage, 2) / 2**20,
-        }
+    start_local_ray((os.cpu_count() or 1) + 2)
+    try:
+        for stage in (0, 1, 2, 3):
+            cfg = bench_config(
+                "small",
+                tokenizer_dir,
+                batch_size,
+                [
+                    "train.max_steps=2",
+                    "train.log_every=2",
+                    f"train.zero_stage={stage}",
+                    "scaling.num_workers=2",
+                    f"output.dir={work}",
+                    f"output.name=zero{stage}",
+                ],
+            )
+            history = pretrain(cfg, export_and_evaluate=False).history
+            memory[stage] = {
+                "model_state_mb": history[-1]["model_state_mb"],
+                "peak_rss_mb": history[-1]["peak_rss_mb"],
+                "zero_paper_mb": theoretical_state(stage, 2) * n_params / 2**20,
+                "deepspeed_mb": deepspeed_state_bytes(model, stage, 2) / 2**20,
+            }
+    finally:
+        ray.shutdown()
     for stage in memory:
         memory[stage]["measured_vs_zero0"] = memory[stage]["model_state_mb"] / memory[0]["model_state_mb"]
         memory[stage]["zero_paper_vs_zero0"] = theoretical_state(stage, 2) / theoretical_state(0, 2)
         memory[stage]["deepspeed_vs_zero0"] = memory[stage]["deepspeed_mb"] / memory[0]["deepspeed_mb"]
-    results["memory"] = {"config": "small", "parameters": n_params, "workers": 2, "stages": memory}
-    ray.shutdown()
-    results["wall_s"] = time.perf_counter() - started
+    return {"config": "small", "parameters": n_params, "workers": 2, "stages": memory}
 
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+
+def write_results(results: dict, out: str) -> None:
+    """OUT/results.json and the table, in OUT/results.md and on stdout."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     table = format_table(results)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table + "\n")
     print(table)
-    return results
 
 
 def format_table(r: dict) -> str:
     d, s, m = r["data"], r["step"], r["mfu"]
     med = s["median_tokens_per_s"]
-    lines = [
-        "| measure | value |",
-        "|---|---|",
-        f"| tokenize+pack, 1 core | {d['tokenize_pack_tokens_per_s_per_core']:,.0f} tokens/s |",
-        f"| masking, 1 core | {d['mask_tokens_per_s_per_core']:,.0f} tokens/s |",
-        f"| data / trainer, tiny | {d['tiny_data_over_trainer']:.1f}x |",
-        f"| data / trainer, small | {d['small_data_over_trainer']:.1f}x |",
-        f"| step, small seq 128 batch {r['batch_size']}: ours / plain / naive | {med['ours']:,.0f} / "
-        f"{med['plain']:,.0f} / {med['naive']:,.0f} tokens/s |",
-        f"| ours / plain (median of alternated pairs) | {s['ours_over_plain']:.3f}x |",
-        f"| ours / naive transformers loop | {s['ours_over_naive']:.2f}x |",
-        *(
-            [
-                "| plain loop inside a 1-worker Ray Train run / plain (Ray's own cost) | "
-                f"{s['floor_over_plain']:.3f}x |",
-                f"| ours / that loop (our code's cost on top of Ray) | {s['ours_over_floor']:.3f}x |",
-            ]
-            if "floor_over_plain" in s
-            else []
+    rows = [
+        ("tokenize+pack, 1 core", f"{d['tokenize_pack_tokens_per_s_per_core']:,.0f} tokens/s"),
+        ("masking, 1 core", f"{d['mask_tokens_per_s_per_core']:,.0f} tokens/s"),
+        ("data / trainer, tiny", f"{d['tiny_data_over_trainer']:.1f}x"),
+        ("data / trainer, small", f"{d['small_data_over_trainer']:.1f}x"),
+        (
+            f"step, small seq 128 batch {r['batch_size']}: ours / plain / naive",
+            f"{med['ours']:,.0f} / {med['plain']:,.0f} / {med['naive']:,.0f} tokens/s",
         ),
-        f"| MFU ours / plain (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s) | "
-        f"{m['ours']:.1%} / {m['plain']:.1%} |",
+        ("ours / plain (median of alternated pairs)", f"{s['ours_over_plain']:.3f}x"),
+        ("ours / naive transformers loop", f"{s['ours_over_naive']:.2f}x"),
     ]
-    for stage, v in r["memory"]["stages"].items():
-        lines.append(
-            f"| ZeRO-{stage}, 2 workers, small: model state per worker | {v['model_state_mb']:.1f} MB "
-            f"= {v['measured_vs_zero0']:.3f} of ZeRO-0 (DeepSpeed's layout {v['deepspeed_vs_zero0']:.3f}, "
-            f"ZeRO paper {v['zero_paper_vs_zero0']:.3f}); peak RSS {v['peak_rss_mb']:.0f} MB |"
+    if "floor_over_plain" in s:
+        rows += [
+            ("plain loop inside a 1-worker Ray Train run / plain (Ray's own cost)", f"{s['floor_over_plain']:.3f}x"),
+            ("ours / that loop (our code's cost on top of Ray)", f"{s['ours_over_floor']:.3f}x"),
+        ]
+    rows.append(
+        (
+            f"MFU ours / plain (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s)",
+            f"{m['ours']:.1%} / {m['plain']:.1%}",
         )
-    lines.append(f"| bench wall time | {r['wall_s']:.0f} s |")
-    return "\n".join(lines)
+    )
+    for stage, v in r["memory"]["stages"].items():
+        rows.append(
+            (
+                f"ZeRO-{stage}, 2 workers, small: model state per worker",
+                f"{v['model_state_mb']:.1f} MB = {v['measured_vs_zero0']:.3f} of ZeRO-0 (DeepSpeed's layout "
+                f"{v['deepspeed_vs_zero0']:.3f}, ZeRO paper {v['zero_paper_vs_zero0']:.3f}); peak RSS "
+                f"{v['peak_rss_mb']:.0f} MB",
+            )
+        )
+    rows.append(("bench wall time", f"{r['wall_s']:.0f} s"))
+    return markdown_table(("measure", "value"), rows)
 
 
 if __name__ == "__main__":

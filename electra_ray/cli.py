@@ -5,7 +5,9 @@ config-driven verb, and a `UserError` as one line on stderr with exit status 2."
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Callable
 
 from electra_ray.errors import UserError
@@ -50,6 +52,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | None, h
         action="extend",
         help="override config keys, e.g. --set train.max_steps=200 (repeatable)",
     )
+
+
+def run_name(kind: str) -> str:
+    """`<kind>-<date>-<time>`: the default name of a run of a verb."""
+    return time.strftime(f"{kind}-%Y%m%d-%H%M%S")
+
+
+def output_directory(out: str, kind: str) -> str:
+    """The absolute output directory of a local verb: `out`, or runs/<kind>-<date>-<time>."""
+    return os.path.abspath(out or os.path.join("runs", run_name(kind)))
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -17,9 +17,9 @@ OUT/auc.png (ELECTRA's held-out ROC-AUCs against FLOPs) and OUT/results.json.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -27,11 +27,37 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow.parquet as pq
+import ray
+import torch
+import transformers
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer, ElectraModel
 
-from electra_ray.config import Config, ConfigError, apply_file_and_overrides, apply_objective_masking, option, validate
+from electra_ray.cli import add_config_arguments, output_directory, run_cli, verb_parser
+from electra_ray.config import (
+    Config,
+    ConfigError,
+    apply_file_and_overrides,
+    apply_objective_masking,
+    check_bounds,
+    check_choices,
+    option,
+    validate,
+)
+from electra_ray.data import tokenizer_from_json
+from electra_ray.driver import shared_tokenizer
 from electra_ray.errors import UserError
-from electra_ray.finetune import FinetuneConfig, finetune_metrics
-from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
+from electra_ray.evaluate import evaluate_export
+from electra_ray.export import export, read_run_state
+from electra_ray.finetune import FinetuneConfig, finetune_task, model_directory
+from electra_ray.metrics import read_history
+from electra_ray.model import build_model, flops_per_token
+from electra_ray.pretrain import pretrain
+from electra_ray.report import markdown_table, pyplot
+from electra_ray.scoring import binary_entropy
+from electra_ray.tasks import MOVIE_REVIEWS_SOURCES, write_movie_reviews
+from electra_ray.tokenizer import save_tokenizer
 
 OBJECTIVES = {"electra": "ELECTRA", "mlm": "MLM (BERT)"}
 EVAL_SEQUENCES = 256  # held-out sequences evaluate_export measures each checkpoint on
@@ -69,8 +95,6 @@ class CompareConfig:
 
 
 def load_compare_config(path: str | None, overrides: list[str]) -> tuple[CompareConfig, set[str]]:
-    from electra_ray.config import check_bounds, check_choices
-
     cfg = CompareConfig()
     given = apply_file_and_overrides(cfg, path, overrides)
     check_choices(cfg)
@@ -125,8 +149,6 @@ def electra_steps(max_steps: int, points: int, budget: float = 1.0) -> int:
 def equal_compute_steps(cfg: Config, vocab_size: int, points: int, budget: float = 1.0) -> dict[str, dict]:
     """Steps and training FLOPs of each objective: ELECTRA runs `budget` x train.max_steps, the MLM
     baseline the steps that cost the same (both rounded to a multiple of `points`)."""
-    from electra_ray.model import flops_per_token
-
     tokens = cfg.train.batch_size * cfg.data.seq_len
     corrective = cfg.train.corrective_weight > 0  # ELECTRA's discriminator with its corrective LM head
     step_flops = {
@@ -147,10 +169,6 @@ def run_name(objective: str, budget: float) -> str:
 
 def export_checkpoints(run_dir: str, step_flops: float) -> list[dict]:
     """Every checkpoint of a pre-training run exported (HF format), with its step and FLOPs."""
-    import glob
-
-    from electra_ray.export import export, read_run_state
-
     points = []
     for checkpoint in filter(os.path.isdir, glob.glob(os.path.join(run_dir, "checkpoint_*"))):
         step = read_run_state(checkpoint)["step"]
@@ -166,12 +184,6 @@ def export_checkpoints(run_dir: str, step_flops: float) -> list[dict]:
 
 def untrained_export(cfg: Config, tokenizer_json: str, out: str) -> str:
     """The discriminator as initialised (seed train.seed), saved like an export: the 0-FLOPs point."""
-    import torch
-    from tokenizers import Tokenizer
-
-    from electra_ray.model import build_model
-    from electra_ray.tokenizer import save_tokenizer
-
     tokenizer = Tokenizer.from_str(tokenizer_json)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, tokenizer.get_vocab_size(), tokenizer.token_to_id("[PAD]"))
@@ -198,12 +210,6 @@ def cls_spread(vectors: np.ndarray) -> float:
 def cls_vectors(export_dir: str, texts: list[str], max_len: int, batch_size: int = 64) -> np.ndarray:
     """The final-layer [CLS] vectors of `texts` under the encoder that fine-tuning starts from
     (finetune.model_directory: the discriminator's, or the MLM baseline's `mlm.electra`), in eval mode."""
-    import torch
-    import transformers
-    from transformers import AutoTokenizer, ElectraModel
-
-    from electra_ray.finetune import model_directory
-
     model_dir = model_directory(export_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     verbosity = transformers.logging.get_verbosity()
@@ -234,8 +240,6 @@ def rtd_drop(history: list[dict]) -> tuple[float, int | None]:
     """(nats, step): the largest amount by which a logged training RTD loss fell below the constant
     predictor's (the binary entropy of that interval's replaced fraction), and its step. Negative
     when it never fell below; (nan, None) without a logged RTD loss."""
-    from electra_ray.evaluate import binary_entropy
-
     best, at = math.nan, None
     for record in history:
         if "rtd_loss" not in record or "replaced_fraction" not in record:
@@ -251,8 +255,6 @@ def discriminator_check(run_dir: str, evaluations: list[dict]) -> dict:
     and the held-out evaluations of its checkpoints: passes when the training RTD loss fell at least
     RTD_DROP_PASS nats below the constant predictor's, or a checkpoint's ROC-AUC on random
     replacements reached RANDOM_AUC_PASS."""
-    from electra_ray.metrics import read_history
-
     drop, step = rtd_drop(read_history(run_dir))
     aucs = [e.get("auc_random_replacements", math.nan) for e in evaluations]
     best_auc = max((a for a in aucs if math.isfinite(a)), default=math.nan)
@@ -267,8 +269,6 @@ def discriminator_check(run_dir: str, evaluations: list[dict]) -> dict:
 
 
 def dev_texts(dev_file: str, count: int) -> list[str]:
-    import pyarrow.parquet as pq
-
     return pq.read_table(dev_file, columns=["text"]).slice(0, count)["text"].to_pylist()  # a shuffled file
 
 
@@ -276,27 +276,45 @@ def dev_texts(dev_file: str, count: int) -> list[str]:
 
 
 def compare(cfg: CompareConfig, given: set[str]) -> dict:
-    import ray
-
-    from electra_ray.data import tokenizer_from_json
-    from electra_ray.driver import prepare_tokenizer
-    from electra_ray.evaluate import evaluate_export
-    from electra_ray.pretrain import pretrain
-    from electra_ray.tasks import write_movie_reviews
-
-    out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("compare-%Y%m%d-%H%M%S")))
+    """Run the experiment into cfg.out (default runs/compare-<date>-<time>): the task files, one
+    tokenizer for both objectives, each budget's pair of pre-training runs, every checkpoint (and
+    the random init) measured and fine-tuned, then results.json, the figures and report.md.
+    Returns results.json's content and "out"."""
+    out = output_directory(cfg.out, "compare")
     if os.path.exists(out) and os.listdir(out):
         raise UserError(f"output directory {out} is not empty; choose another (out=...)")
     arm_config(cfg, given, "mlm", 1, out)  # a bad pre-training setting stops here, before any work
     started = time.perf_counter()
-
-    train_file, dev_file = write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data"))
-
+    task_files = write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data"))
     base = arm_config(cfg, given, "electra", cfg.pretrain.train.max_steps, out)
-    tokenizer_json = prepare_tokenizer(base, out)  # one tokenizer for both objectives
-    if not base.data.tokenizer:
-        base.data.tokenizer = os.path.join(out, "tokenizer")
-    vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
+    tokenizer_json = shared_tokenizer(base, out)  # one tokenizer for both objectives
+    plans = budget_plans(cfg, base, tokenizer_from_json(tokenizer_json)[0].get_vocab_size())
+    points = [untrained_point(base, tokenizer_json, out)] if cfg.from_scratch else []
+    timings = {f"pretrain_{o}_s": 0.0 for o in OBJECTIVES}
+    runs = []
+    for plan in plans:
+        for objective in OBJECTIVES:
+            start = time.perf_counter()
+            run, checkpoints = pretrain_arm(cfg, given, plan, objective, base, out)
+            runs.append(run)
+            points += checkpoints
+            timings[f"pretrain_{objective}_s"] += time.perf_counter() - start
+    finetune_and_measure(cfg, points, runs, task_files, out, timings)
+    timings["total_s"] = time.perf_counter() - started
+    results = {
+        "config": dataclasses.asdict(cfg),
+        "budget": {o: plans[-1][o] for o in OBJECTIVES},
+        "budgets": plans,
+        "runs": runs,
+        "points": points,
+        "timings": timings,
+    }
+    write_results(results, out)
+    return {**results, "out": out}
+
+
+def budget_plans(cfg: CompareConfig, base: Config, vocab_size: int) -> list[dict]:
+    """Per budget (smallest first): {"budget", and per objective its steps, step_flops and flops}."""
     plans = [
         {"budget": b, **equal_compute_steps(base, vocab_size, cfg.points, b)} for b in sorted(map(float, cfg.budgets))
     ]
@@ -309,57 +327,59 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
             ),
             flush=True,
         )
+    return plans
 
-    points = []
-    if cfg.from_scratch:
-        points.append(
-            {
-                "objective": "none",
-                "budget": 0.0,
-                "step": 0,
-                "flops": 0.0,
-                "export": untrained_export(base, tokenizer_json, os.path.join(out, "untrained")),
-            }
-        )
-    runs = []
-    timings = {f"pretrain_{o}_s": 0.0 for o in OBJECTIVES}
-    for plan in plans:
-        for objective in OBJECTIVES:
-            start = time.perf_counter()
-            steps = plan[objective]["steps"]
-            # The schedule scales with the budget: warm-up the same share of the run at every budget.
-            arm = arm_config(
-                cfg,
-                given,
-                objective,
-                steps,
-                out,
-                round(plan["budget"] * cfg.pretrain.train.warmup_steps),
-                run_name(objective, plan["budget"]),
-            )
-            arm.data.tokenizer = base.data.tokenizer
-            result = pretrain(arm, export_and_evaluate=False)
-            points += [
-                {"objective": objective, "budget": plan["budget"], **p}
-                for p in export_checkpoints(result.run_dir, plan[objective]["step_flops"])
-            ]
-            runs.append(
-                {
-                    "objective": objective,
-                    "budget": plan["budget"],
-                    "steps": steps,
-                    "warmup_steps": arm.train.warmup_steps,
-                    "run_dir": result.run_dir,
-                }
-            )
-            timings[f"pretrain_{objective}_s"] += time.perf_counter() - start
 
+def untrained_point(base: Config, tokenizer_json: str, out: str) -> dict:
+    """The random-init control: 0 steps, 0 FLOPs."""
+    export_dir = untrained_export(base, tokenizer_json, os.path.join(out, "untrained"))
+    return {"objective": "none", "budget": 0.0, "step": 0, "flops": 0.0, "export": export_dir}
+
+
+def pretrain_arm(
+    cfg: CompareConfig, given: set[str], plan: dict, objective: str, base: Config, out: str
+) -> tuple[dict, list[dict]]:
+    """Pre-train one objective at one budget, from scratch, and export its checkpoints. Returns
+    (the run, its checkpoints' points)."""
+    steps = plan[objective]["steps"]
+    # The schedule scales with the budget: warm-up the same share of the run at every budget.
+    arm = arm_config(
+        cfg,
+        given,
+        objective,
+        steps,
+        out,
+        round(plan["budget"] * cfg.pretrain.train.warmup_steps),
+        run_name(objective, plan["budget"]),
+    )
+    arm.data.tokenizer = base.data.tokenizer
+    result = pretrain(arm, export_and_evaluate=False)
+    points = [
+        {"objective": objective, "budget": plan["budget"], **p}
+        for p in export_checkpoints(result.run_dir, plan[objective]["step_flops"])
+    ]
+    run = {
+        "objective": objective,
+        "budget": plan["budget"],
+        "steps": steps,
+        "warmup_steps": arm.train.warmup_steps,
+        "run_dir": result.run_dir,
+    }
+    return run, points
+
+
+def finetune_and_measure(
+    cfg: CompareConfig, points: list[dict], runs: list[dict], task_files: tuple[str, str], out: str, timings: dict
+) -> None:
+    """Every point fine-tuned (point["finetune"]), in Ray tasks side by side; meanwhile, here,
+    each measured before fine-tuning (cls_spread, held-out "evaluation") and each ELECTRA run's
+    discriminator checked (run["check"])."""
+    train_file, dev_file = task_files
     start = time.perf_counter()
-    # One Ray task per checkpoint, one CPU each: single-threaded fine-tunes side by side use the
-    # cores better than one multi-threaded fine-tune of such a small model.
-    task = ray.remote(num_cpus=1)(finetune_metrics)
+    # One Ray task per checkpoint, one CPU each (finetune.threads: 1): single-threaded fine-tunes
+    # side by side use the cores better than one multi-threaded fine-tune of such a small model.
     refs = [
-        task.remote(
+        finetune_task(
             dataclasses.replace(
                 cfg.finetune,
                 model=point["export"],
@@ -385,23 +405,16 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     for point, metrics in zip(points, ray.get(refs)):
         point["finetune"] = metrics
     timings["finetune_s"] = time.perf_counter() - start  # the evaluation above included: it ran alongside
-    timings["total_s"] = time.perf_counter() - started
 
-    results = {
-        "config": dataclasses.asdict(cfg),
-        "budget": {o: plans[-1][o] for o in OBJECTIVES},
-        "budgets": plans,
-        "runs": runs,
-        "points": points,
-        "timings": timings,
-    }
+
+def write_results(results: dict, out: str) -> None:
+    """OUT/results.json, curve.png, auc.png and report.md."""
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     plot_curve(results, os.path.join(out, "curve.png"))
     plot_auc(results, os.path.join(out, "auc.png"))
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(format_report(results))
-    return {**results, "out": out}
 
 
 def point_name(point: dict) -> str:
@@ -502,18 +515,9 @@ def _sanity_lines(results: dict) -> list[str]:
             f"nats below the constant predictor's (the binary entropy of the replaced fraction) at some logged "
             f"step, or a checkpoint's held-out ROC-AUC on random replacements reached {RANDOM_AUC_PASS}.",
             "",
-            "| run | steps | largest drop below the constant predictor (nats) | best AUC, random replacements "
-            "| check |",
-            "|---|---:|---:|---:|---|",
         ]
-        for run in checked:
-            c = run["check"]
-            at = f" (step {c['rtd_drop_step']})" if c["rtd_drop_step"] is not None else ""
-            lines.append(
-                f"| {_run_label(run['objective'], run['budget'])} | {run['steps']} | "
-                f"{c['rtd_drop_nats']:.4f}{at} | {c['best_auc_random_replacements']:.3f} | "
-                f"{'pass' if c['passed'] else 'FAIL'} |"
-            )
+        headers = ("run", "steps", "largest drop below the constant predictor (nats)", "best AUC, random replacements")
+        lines += markdown_table((*headers, "check"), map(_check_row, checked), "lrrrl").split("\n")
     if electra:
         e0 = electra[0]["evaluation"]
         lines += [
@@ -521,18 +525,10 @@ def _sanity_lines(results: dict) -> list[str]:
             f"Held-out ({e0['sequences']} sequences), each exported ELECTRA checkpoint; the RTD gap is the "
             f"constant predictor's loss minus the discriminator's on generator replacements:",
             "",
-            "| run | step | FLOPs | AUC fixed corruption | AUC generator replacements | AUC random replacements "
-            "| RTD gap (nats) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for p in electra:
-            e = p["evaluation"]
-            lines.append(
-                f"| {_run_label('electra', p['budget'])} | {p['step']} | {p['flops']:.3g} | "
-                f"{e['auc_fixed_corruption']:.3f} | {e['auc_generator_replacements']:.3f} | "
-                f"{e['auc_random_replacements']:.3f} | "
-                f"{e['rtd_loss_constant'] - e['rtd_loss_generator']:+.4f} |"
-            )
+        headers = ("run", "step", "FLOPs", "AUC fixed corruption", "AUC generator replacements")
+        headers += ("AUC random replacements", "RTD gap (nats)")
+        lines += markdown_table(headers, map(_electra_row, electra), "lrrrrrr").split("\n")
     mlm = sorted(
         (p for p in points if p["objective"] == "mlm" and "evaluation" in p), key=lambda p: (p["budget"], p["step"])
     )
@@ -541,15 +537,46 @@ def _sanity_lines(results: dict) -> list[str]:
             "",
             "## MLM baseline on held-out text",
             "",
-            "| run | step | FLOPs | MLM loss (nats) | unigram entropy (nats) |",
-            "|---|---:|---:|---:|---:|",
         ]
-        lines += [
-            f"| {_run_label('mlm', p['budget'])} | {p['step']} | {p['flops']:.3g} | "
-            f"{p['evaluation']['mlm_loss']:.3f} | {p['evaluation']['unigram_entropy']:.3f} |"
-            for p in mlm
-        ]
+        headers = ("run", "step", "FLOPs", "MLM loss (nats)", "unigram entropy (nats)")
+        lines += markdown_table(headers, map(_mlm_row, mlm), "lrrrr").split("\n")
     return lines + [""] if lines else []
+
+
+def _check_row(run: dict) -> list:
+    c = run["check"]
+    at = f" (step {c['rtd_drop_step']})" if c["rtd_drop_step"] is not None else ""
+    return [
+        _run_label(run["objective"], run["budget"]),
+        run["steps"],
+        f"{c['rtd_drop_nats']:.4f}{at}",
+        f"{c['best_auc_random_replacements']:.3f}",
+        "pass" if c["passed"] else "FAIL",
+    ]
+
+
+def _electra_row(p: dict) -> list:
+    e = p["evaluation"]
+    return [
+        _run_label("electra", p["budget"]),
+        p["step"],
+        f"{p['flops']:.3g}",
+        f"{e['auc_fixed_corruption']:.3f}",
+        f"{e['auc_generator_replacements']:.3f}",
+        f"{e['auc_random_replacements']:.3f}",
+        f"{e['rtd_loss_constant'] - e['rtd_loss_generator']:+.4f}",
+    ]
+
+
+def _mlm_row(p: dict) -> list:
+    e = p["evaluation"]
+    return [
+        _run_label("mlm", p["budget"]),
+        p["step"],
+        f"{p['flops']:.3g}",
+        f"{e['mlm_loss']:.3f}",
+        f"{e['unigram_entropy']:.3f}",
+    ]
 
 
 def format_report(results: dict) -> str:
@@ -587,20 +614,7 @@ def format_report(results: dict) -> str:
         + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v / 60:.1f} min" for k, v in results["timings"].items())
         + ".",
         "",
-        f"| objective | pre-training steps | pre-training FLOPs | dev {metric} mean ± std | median | seeds | budget "
-        f"| [CLS] spread |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for p in sorted(points, key=lambda p: (p["objective"] != "none", p["objective"], p["budget"], p["step"])):
-        s = _score(p)
-        spread = f"{p['cls_spread']:.3g}" if "cls_spread" in p else "—"  # a random init's is ~1e-4
-        budget = "—" if p["objective"] == "none" else f"x{p['budget']:g}"
-        lines.append(
-            f"| {OBJECTIVES.get(p['objective'], 'none (random init)')} | {p['step']} | {p['flops']:.3g} | "
-            f"{s['mean']:.4f} ± {s['std']:.4f} | {s['median']:.4f} | {len(s['values'])} | "
-            f"{budget} | {spread} |"
-        )
-    lines += [
+        _points_table(points, metric),
         "",
         "Earlier points are checkpoints of the same runs (their learning rate not yet decayed), not "
         "runs with smaller budgets; each budget is a run of its own, from scratch (in the figures, "
@@ -623,13 +637,25 @@ def format_report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
-    import matplotlib
+def _points_table(points: list[dict], metric: str) -> str:
+    """One row per point: random init first, then per objective by budget and step."""
+    headers = ("objective", "pre-training steps", "pre-training FLOPs", f"dev {metric} mean ± std", "median")
+    ordered = sorted(points, key=lambda p: (p["objective"] != "none", p["objective"], p["budget"], p["step"]))
+    return markdown_table((*headers, "seeds", "budget", "[CLS] spread"), map(_point_row, ordered), "lrrrrrrr")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def _point_row(p: dict) -> list:
+    s = _score(p)
+    return [
+        OBJECTIVES.get(p["objective"], "none (random init)"),
+        p["step"],
+        f"{p['flops']:.3g}",
+        f"{s['mean']:.4f} ± {s['std']:.4f}",
+        f"{s['median']:.4f}",
+        len(s["values"]),
+        "—" if p["objective"] == "none" else f"x{p['budget']:g}",
+        f"{p['cls_spread']:.3g}" if "cls_spread" in p else "—",  # a random init's is ~1e-4
+    ]
 
 
 def _plot_runs(axes, points: list[dict], value, color: str, marker: str, label: str) -> None:
@@ -651,7 +677,7 @@ def plot_curve(results: dict, path: str) -> None:
     """Dev score against pre-training FLOPs (log x): each seed a dot, the median a line per objective
     (through the budgets' full points; with one budget, through its checkpoints), random init a
     horizontal line with its ± std band."""
-    plt = _pyplot()
+    plt = pyplot()
     points = results["points"]
     metric = points[0]["finetune"]["metric"]
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
@@ -683,7 +709,7 @@ def plot_curve(results: dict, path: str) -> None:
 def plot_auc(results: dict, path: str) -> None:
     """ELECTRA's held-out ROC-AUCs (fixed corruption, generator replacements) against pre-training
     FLOPs (log x), lines as in plot_curve, chance at 0.5."""
-    plt = _pyplot()
+    plt = pyplot()
     electra = [p for p in results["points"] if p["objective"] == "electra" and "evaluation" in p]
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
     for index, (key, label) in enumerate(
@@ -702,25 +728,18 @@ def plot_auc(results: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m electra_ray.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = verb_parser(
+        "compare",
+        __doc__,
+        "e.g. --set points=2 finetune.seeds=[0,1,2,3,4] pretrain.train.max_steps=400 budgets=[0.25,0.5,1]",
     )
-    parser.add_argument(
-        "--config",
-        help="YAML file: sections pretrain (a pre-training config), finetune (its "
-        "settings), and task, dev_fraction, points, budgets, from_scratch, out",
-    )
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        action="extend",
-        help="override keys, e.g. --set points=2 finetune.seeds=[0,1,2,3,4] "
-        "pretrain.train.max_steps=400 budgets=[0.25,0.5,1]",
+    add_config_arguments(
+        parser,
+        default=None,
+        help="YAML file: sections pretrain (a pre-training config), finetune (its settings), and task, "
+        "dev_fraction, points, budgets, from_scratch, out",
     )
     args = parser.parse_args(argv)
-    from electra_ray.cli import run_cli
 
     def run():
         result = compare(*load_compare_config(args.config, args.set))

@@ -23,6 +23,7 @@ import yaml
 
 from electra_ray.errors import UserError
 
+CONFIG_FILE = "config.json"  # in a run directory: the config it was started with (what --resume reads)
 SHIPPED_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "sotu.parquet")
 # (data.mask_token_prob, data.random_token_prob) each objective implies where the config does not
 # set them: ELECTRA 85% [MASK], 15% kept; BERT 80% [MASK], 10% random, 10% kept.

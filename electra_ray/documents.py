@@ -9,6 +9,7 @@ the file (or the corpus) once per process.
 
 from __future__ import annotations
 
+import itertools
 import json
 import posixpath
 import sys
@@ -148,3 +149,16 @@ def iter_documents(path: str, column: str, split: str, eval_fraction: float) -> 
             for text in decode_texts(batch.column(0), where):
                 if text and is_eval_document(text, eval_fraction) == want_eval:
                     yield text
+
+
+def training_texts(data_cfg) -> Iterator[str]:
+    """The training split's documents of data_cfg (config.DataConfig); a corpus with none is an
+    error here, before anything is written."""
+    texts = iter_documents(data_cfg.path, data_cfg.text_column, "train", data_cfg.eval_fraction)
+    first = next(texts, None)
+    if first is None:
+        raise DataError(
+            f"corpus {data_cfg.path} has no text to train on: column '{data_cfg.text_column}' "
+            f"is empty in every row of the training split"
+        )
+    return itertools.chain([first], texts)

@@ -4,12 +4,11 @@ run of a multi-run verb) trains on. Verbs call these; none re-implements them.""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import ray
 import ray.train
@@ -17,7 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from electra_ray import storage
 from electra_ray.config import Config, ScalingConfig
-from electra_ray.data import DataError, iter_documents
+from electra_ray.documents import training_texts
 from electra_ray.errors import UserError
 from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
 
@@ -223,35 +222,13 @@ def fit_stoppable(trainer: TorchTrainer, stop_request=None) -> ray.train.Result:
 # -- run directories and the tokenizer -----------------------------------------------------------
 
 
-def run_name(kind: str) -> str:
-    """`<kind>-<date>-<time>`: the default name of a run of a verb."""
-    return time.strftime(f"{kind}-%Y%m%d-%H%M%S")
-
-
-def output_directory(out: str, kind: str) -> str:
-    """The absolute output directory of a local verb: `out`, or runs/<kind>-<date>-<time>."""
-    return os.path.abspath(out or os.path.join("runs", run_name(kind)))
-
-
-def training_texts(cfg: Config) -> Iterator[str]:
-    """The training split's documents; a corpus with none is an error here, before anything is written."""
-    texts = iter_documents(cfg.data.path, cfg.data.text_column, "train", cfg.data.eval_fraction)
-    first = next(texts, None)
-    if first is None:
-        raise DataError(
-            f"corpus {cfg.data.path} has no text to train on: column '{cfg.data.text_column}' "
-            f"is empty in every row of the training split"
-        )
-    return itertools.chain([first], texts)
-
-
 def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
     """The tokenizer's JSON text: loaded from data.tokenizer, or trained on the training split
     (into run_dir/tokenizer, or read from there if an earlier attempt trained it)."""
     directory = cfg.data.tokenizer or os.path.join(run_dir, "tokenizer")
     if not cfg.data.tokenizer and not os.path.exists(os.path.join(directory, "tokenizer.json")):
         start = time.perf_counter()
-        tokenizer = train_tokenizer(training_texts(cfg), cfg.data.vocab_size)
+        tokenizer = train_tokenizer(training_texts(cfg.data), cfg.data.vocab_size)
         save_tokenizer(tokenizer, directory, model_max_length=cfg.model.max_position_embeddings)
         print(
             f"tokenizer: trained {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - start:.1f}s "

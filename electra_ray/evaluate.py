@@ -19,8 +19,8 @@ EXPORT_DIR: a directory written by electra_ray.export (or pretrain's OUT/export)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -30,40 +30,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 from electra_ray import storage
+from electra_ray.cli import run_cli, verb_parser
 from electra_ray.config import Config
 from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
 from electra_ray.errors import UserError
 from electra_ray.export import EXPORT_METADATA
 from electra_ray.objective import discriminator_hidden, generator_logits, replace_tokens, sample_tokens
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of `values`; tied values share the average of their ranks."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney U statistic: P(score of a positive > score of a negative), ties counted half."""
-    labels = labels.astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = average_ranks(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def binary_entropy(p: float) -> float:
-    return 0.0 if p <= 0 or p >= 1 else float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
-
-
-def unigram_entropy(ids: np.ndarray) -> float:
-    _, counts = np.unique(ids, return_counts=True)
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
+from electra_ray.scoring import binary_entropy, roc_auc, unigram_entropy
 
 
 @dataclass
@@ -212,8 +188,6 @@ def evaluate_export(export_dir: str, max_sequences: int | None = 512, batch_size
 
 @torch.no_grad()
 def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batch_size: int, seed: int) -> dict:
-    from transformers import ElectraForMaskedLM, ElectraForPreTraining
-
     cfg = read_export_config(export_dir, shown)
     electra = cfg.train.objective == "electra"
     masked_lm_dir = os.path.join(export_dir, "generator" if electra else "mlm")
@@ -253,11 +227,59 @@ def held_out_metrics(
     """The measurements of `evaluate_export` on networks in memory (eval mode is the caller's);
     `discriminator` None: the MLM baseline's. `token_type_ids`: the sequences' segments
     (data.packing=segments)."""
+    special_ids = np.array(sorted(special.values()))
+    mlm_loss, gen_labels, gen_scores = masked_lm_pass(
+        generator, discriminator, sequences, cfg, special, batch_size, seed, token_type_ids
+    )
+    tokens = sequences[~np.isin(sequences, special_ids)]
+    metrics = {"sequences": int(len(sequences)), "unigram_entropy": unigram_entropy(tokens)}
+    if discriminator is None:
+        return {**metrics, "mlm_loss": mlm_loss}
+    rtd_loss = float(
+        F.binary_cross_entropy_with_logits(torch.from_numpy(gen_scores), torch.from_numpy(gen_labels).float())
+    )
+    corruption = functools.partial(
+        fixed_corruption,
+        sequences,
+        special_ids,
+        special["[PAD]"],
+        cfg.data.mask_prob,
+        seed,
+        token_type_ids=token_type_ids,
+    )
+    return {
+        **metrics,
+        "generator_mlm_loss": mlm_loss,
+        "rtd_loss_generator": rtd_loss,
+        "rtd_loss_constant": binary_entropy(float(gen_labels.mean())),
+        "replaced_fraction_generator": float(gen_labels.mean()),
+        "auc_generator_replacements": roc_auc(gen_labels, gen_scores),
+        "auc_fixed_corruption": detection_auc(discriminator, corruption(), batch_size),
+        "auc_random_replacements": detection_auc(
+            discriminator, corruption(uniform_over_vocab=generator.config.vocab_size), batch_size
+        ),
+    }
+
+
+@torch.no_grad()
+def masked_lm_pass(
+    generator,
+    discriminator,
+    sequences: np.ndarray,
+    cfg: Config,
+    special: dict[str, int],
+    batch_size: int,
+    seed: int,
+    token_type_ids: np.ndarray | None,
+) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """The sequences masked as in training (seeded), through the masked LM and, when there is one,
+    the discriminator on the generator's replacements. Returns (the MLM loss over the masked
+    positions, and at the real, non-special tokens the replaced labels and the discriminator's
+    logits; None without a discriminator)."""
     vocab_size = generator.config.vocab_size
     special_ids = np.array(sorted(special.values()))
     rng = np.random.default_rng(seed)
     torch_rng = torch.Generator().manual_seed(seed)
-
     mlm_loss_sum, n_masked = 0.0, 0
     gen_labels, gen_scores = [], []
     for start in range(0, len(sequences), batch_size):
@@ -286,43 +308,10 @@ def held_out_metrics(
         ).logits
         gen_labels.append(labels.numpy()[scored])
         gen_scores.append(scores.numpy()[scored])
-
-    tokens = sequences[~np.isin(sequences, special_ids)]
-    metrics = {"sequences": int(len(sequences)), "unigram_entropy": unigram_entropy(tokens)}
+    mlm_loss = mlm_loss_sum / max(n_masked, 1)
     if discriminator is None:
-        return {**metrics, "mlm_loss": mlm_loss_sum / max(n_masked, 1)}
-    gen_labels, gen_scores = np.concatenate(gen_labels), np.concatenate(gen_scores)
-    rtd_loss = float(
-        F.binary_cross_entropy_with_logits(torch.from_numpy(gen_scores), torch.from_numpy(gen_labels).float())
-    )
-    return {
-        **metrics,
-        "generator_mlm_loss": mlm_loss_sum / max(n_masked, 1),
-        "rtd_loss_generator": rtd_loss,
-        "rtd_loss_constant": binary_entropy(float(gen_labels.mean())),
-        "replaced_fraction_generator": float(gen_labels.mean()),
-        "auc_generator_replacements": roc_auc(gen_labels, gen_scores),
-        "auc_fixed_corruption": detection_auc(
-            discriminator,
-            fixed_corruption(
-                sequences, special_ids, special["[PAD]"], cfg.data.mask_prob, seed, token_type_ids=token_type_ids
-            ),
-            batch_size,
-        ),
-        "auc_random_replacements": detection_auc(
-            discriminator,
-            fixed_corruption(
-                sequences,
-                special_ids,
-                special["[PAD]"],
-                cfg.data.mask_prob,
-                seed,
-                uniform_over_vocab=vocab_size,
-                token_type_ids=token_type_ids,
-            ),
-            batch_size,
-        ),
-    }
+        return mlm_loss, None, None
+    return mlm_loss, np.concatenate(gen_labels), np.concatenate(gen_scores)
 
 
 def format_report(metrics: dict) -> str:
@@ -347,13 +336,12 @@ def format_report(metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = verb_parser("evaluate", __doc__)
     parser.add_argument("export", help="directory written by electra_ray.export / pretrain")
     # Read as text and checked here: a bad value is one `error:` line, not argparse's usage + error.
     parser.add_argument("--max-sequences", default="512", help="held-out sequences measured (default: 512)")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
-    from electra_ray.cli import run_cli
 
     def run():
         try:

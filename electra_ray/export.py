@@ -18,12 +18,12 @@ only a complete, hash-checked export. Checkpoint files are loaded weights-only (
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Callable
 
 import torch
+from tokenizers import Tokenizer
 
 from electra_ray import storage
 from electra_ray.checkpoint import (
@@ -34,8 +34,12 @@ from electra_ray.checkpoint import (
     safe_loading,
     verify_pickles,
 )
+from electra_ray.cli import run_cli, verb_parser
 from electra_ray.config import Config
+from electra_ray.data import tokenizer_from_json
 from electra_ray.errors import UserError
+from electra_ray.model import build_pretraining_model
+from electra_ray.tokenizer import save_tokenizer
 
 # An export's own record: the checkpoint it came from and the pre-training config (evaluate reads it).
 EXPORT_METADATA = "electra_ray.json"
@@ -65,6 +69,8 @@ def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, t
             module = torch.load(path, map_location="cpu", weights_only=True)["module"]
         return {name: tensor.float() for name, tensor in module.items()}
     with safe_loading():
+        # Imported in the block: DeepSpeed picks its accelerator when imported, from the
+        # DS_ACCELERATOR that safe_loading sets (cpu unless given); and only ZeRO stages >= 1 need it.
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=CHECKPOINT_TAG)
@@ -72,14 +78,10 @@ def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, t
 
 def load_pretraining_model(checkpoint_dir: str):
     """(joint model with the checkpoint's weights, Config, tokenizer JSON text)."""
-    from electra_ray.model import build_pretraining_model
-
     state = read_run_state(checkpoint_dir)
     cfg = Config.from_dict(state["config"])
     with open(os.path.join(checkpoint_dir, TOKENIZER_DIR, "tokenizer.json")) as f:
         tokenizer_json = f.read()
-    from electra_ray.data import tokenizer_from_json
-
     _, special = tokenizer_from_json(tokenizer_json)
     model = build_pretraining_model(cfg, state["vocab_size"], special["[PAD]"])
     weights = consolidated_state_dict(checkpoint_dir, state["zero_stage"])
@@ -122,10 +124,6 @@ def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = N
 
 
 def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, directory: str) -> None:
-    from tokenizers import Tokenizer
-
-    from electra_ray.tokenizer import save_tokenizer
-
     tokenizer = Tokenizer.from_str(tokenizer_json)
     for name, network in model.exported_networks().items():
         network.save_pretrained(os.path.join(directory, name))
@@ -135,9 +133,7 @@ def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, direc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m electra_ray.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = verb_parser("export", __doc__)
     parser.add_argument(
         "checkpoint", nargs="?", help="a checkpoint directory written by electra_ray.pretrain (or s3://...)"
     )
@@ -149,7 +145,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--verify", metavar="EXPORT", help="check every file of an export against its manifest")
     args = parser.parse_args(argv)
-    from electra_ray.cli import run_cli
 
     def run():
         if args.verify:

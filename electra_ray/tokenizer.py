@@ -8,12 +8,13 @@ The saved directory loads with `transformers.AutoTokenizer.from_pretrained(DIR)`
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from electra_ray import storage
+from electra_ray.cli import run_cli, verb_parser
 from electra_ray.documents import iter_documents
 from electra_ray.errors import UserError
 
@@ -44,6 +45,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 def save_tokenizer(tokenizer: Tokenizer, out_dir: str, model_max_length: int = 512) -> None:
     # transformers 5 trap: BertTokenizerFast(vocab_file=...) saves a directory that reloads as a
     # 5-token tokenizer; wrapping the trained tokenizer object saves and reloads correctly.
+    # Imported here: every Ray Data task imports this module (through data.py) and never saves a
+    # tokenizer; transformers would add about a second to each of those processes' start.
     from transformers import PreTrainedTokenizerFast
 
     wrapped = PreTrainedTokenizerFast(
@@ -64,8 +67,6 @@ def read_tokenizer_json(directory: str) -> str:
     """The tokenizer as JSON text: small, and what workers on any node rebuild it from. Checked
     here, on the driver, so that a file that is no tokenizer, or one without the five special
     tokens the objective needs, is a one-line error before Ray starts, not a crash in the workers."""
-    from electra_ray import storage
-
     path = storage.join(directory, "tokenizer.json")
     try:
         text = storage.read_published_text(directory, "tokenizer.json")
@@ -95,11 +96,7 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m electra_ray.tokenizer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = verb_parser("tokenizer", __doc__)
     parser.add_argument("--input", required=True, help="Parquet file, directory or s3:// prefix (one document per row)")
     parser.add_argument("--column", default="text", help="text column (default: text)")
     parser.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (default: 30522)")
@@ -110,11 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         help="replace an earlier tokenizer at --out (only the files its manifest lists are removed)",
     )
     args = parser.parse_args(argv)
-    from electra_ray.cli import run_cli
 
     def run():
-        from electra_ray import storage
-
         if args.vocab_size < len(SPECIAL_TOKENS) + 1:
             raise UserError(f"--vocab-size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {args.vocab_size}")
         storage.check_output(args.out, "tokenizer", args.overwrite)  # before training: a refusal costs nothing

@@ -19,34 +19,45 @@ per λ) and OUT/best.yaml (the best trial's pre-training config, for `electra_ra
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import dataclasses
+import glob
 import itertools
 import json
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 
+import ray
 import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 
+from electra_ray.cli import add_config_arguments, output_directory, run_cli, verb_parser
 from electra_ray.config import (
+    BoundsError,
     Config,
     ConfigError,
+    ScalingConfig,
     apply_file_and_overrides,
     apply_objective_masking,
     apply_values,
+    check_bounds,
     check_choices,
+    convert_value,
     option,
     set_nested,
     validate,
 )
+from electra_ray.driver import cluster_address, connect_ray, shared_tokenizer
 from electra_ray.errors import UserError
-from electra_ray.finetune import FinetuneConfig, finetune_metrics
-from electra_ray.tasks import MOVIE_REVIEWS_SOURCES
+from electra_ray.export import export
+from electra_ray.finetune import FinetuneConfig, finetune_task
+from electra_ray.pretrain import pretrain
+from electra_ray.report import markdown_table, pyplot
+from electra_ray.tasks import MOVIE_REVIEWS_SOURCES, write_movie_reviews
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")  # {kind: [low, high]} in `space`
 METRICS = {"finetune": "finetune_score", "heldout_auc": "heldout_auc"}
@@ -98,8 +109,6 @@ def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
     given = apply_file_and_overrides(cfg, path, overrides)
     apply_objective_masking(cfg.pretrain, {k.removeprefix("pretrain.") for k in given if k.startswith("pretrain.")})
     cfg.space = flatten_space(cfg.space)
-    from electra_ray.config import convert_value
-
     for key, values in cfg.space.items():
         if isinstance(values, dict) and isinstance(next(iter(values.values())), list):
             # YAML 1.1 reads 1e-3 as a string; Tune needs the distribution's bounds as numbers.
@@ -140,8 +149,6 @@ def trial_config(base: dict, params: dict) -> Config:
 def check_sweep(cfg: SweepConfig) -> None:
     """Every error a sweep's settings can hold, before any trial starts: unknown or ill-typed keys,
     values the pre-training config rejects, distributions a grid cannot enumerate."""
-    from electra_ray.config import BoundsError, check_bounds
-
     check_choices(cfg)
     # The sweep's own numbers (pretrain.* and finetune.* carry their ranges in their fields); ASHA
     # needs reduction_factor > 1, and dev_fraction 0 or 1 would leave dev or train empty.
@@ -201,8 +208,6 @@ def expected_trials(cfg: SweepConfig) -> int:
 
 
 def param_space(cfg: SweepConfig) -> dict:
-    from ray import tune
-
     space = {}
     for key, values in cfg.space.items():
         if isinstance(values, dict):
@@ -216,7 +221,7 @@ def param_space(cfg: SweepConfig) -> dict:
 def search_algorithm(cfg: SweepConfig):
     if cfg.search != "optuna":
         return None  # Tune's default: grid / random sampling of param_space
-    try:
+    try:  # here: optuna is an optional dependency (the `tune` extra), needed by this search only
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
         raise UserError(
@@ -228,31 +233,36 @@ def search_algorithm(cfg: SweepConfig):
 # -- a trial -------------------------------------------------------------------------------------
 
 
-def run_trial(params: dict, settings: dict) -> None:
+@dataclass
+class SweepSettings:
+    """What every trial gets besides its own values; sweep.json keeps it for --resume."""
+
+    pretrain: dict  # the trials' pre-training config (Config.to_dict()), before their `space` values
+    out: str  # the sweep's output directory
+    metric: str  # SweepConfig.metric
+    finetune: dict  # the fine-tune of metric=finetune (FinetuneConfig as a dict)
+    task_files: list = field(default_factory=list)  # (train, dev) of metric=finetune
+    threads: int = 0  # torch threads per worker on a single-node Ray (set at each start)
+    concurrent: int = 0  # SweepConfig.max_concurrent_trials
+
+
+def run_trial(params: dict, settings: SweepSettings) -> None:
     """One trial: pre-train with the trial's values, every report forwarded to Tune; then, for
     metric=finetune, export the discriminator, fine-tune it, and report finetune_score."""
-    import ray
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from electra_ray.export import export
-    from electra_ray.pretrain import pretrain
-
-    cfg = trial_config(settings["pretrain"], params)
-    cfg.output.dir = os.path.join(settings["out"], "trials")
+    cfg = trial_config(settings.pretrain, params)
+    cfg.output.dir = os.path.join(settings.out, "trials")
     cfg.output.name = tune.get_context().get_trial_name()  # the same after Tuner.restore: the run resumes
-    result = pretrain(cfg, export_and_evaluate=False, callbacks=(TuneReportCallback(),), threads=settings["threads"])
-    if settings["metric"] != "finetune":
+    result = pretrain(cfg, export_and_evaluate=False, callbacks=(TuneReportCallback(),), threads=settings.threads)
+    if settings.metric != "finetune":
         return
     run_dir = cfg.local_run_dir
-    ft = FinetuneConfig(**settings["finetune"])
+    ft = FinetuneConfig(**settings.finetune)
     ft.model = export(result.checkpoint, os.path.join(run_dir, "export"), overwrite=True)  # the trial's own
-    ft.train, ft.eval = settings["task_files"]
+    ft.train, ft.eval = settings.task_files
     ft.num_workers, ft.out = 0, os.path.join(run_dir, "finetune")
     shutil.rmtree(ft.out, ignore_errors=True)  # an earlier attempt's (restored trial): this trial wrote it
     # A task of its own: the trial function holds no GPU (and almost no CPU) of its own.
-    task = ray.remote(num_cpus=max(1, ft.threads), num_gpus=1 if ft.use_gpu else 0)(finetune_metrics)
-    metrics = ray.get(task.options(scheduling_strategy="DEFAULT").remote(ft))  # not in the trial's placement group
+    metrics = ray.get(finetune_task(ft))
     stats = metrics["summary"][metrics["metric"]]
     last = {k: v for k, v in result.history[-1].items() if isinstance(v, (int, float))}
     tune.report(
@@ -263,92 +273,114 @@ def run_trial(params: dict, settings: dict) -> None:
 # -- the sweep -----------------------------------------------------------------------------------
 
 
-def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
-    """Run a sweep (or continue the one in directory `resume`) and summarize it. Returns
-    {"out", "rows", "best", "interrupted"}."""
-    import ray
-    from ray import tune
+@dataclass
+class SweepResult:
+    out: str  # the sweep's directory: results.csv, score.png, best.yaml, tune/, trials/
+    cfg: SweepConfig
+    rows: list[dict]  # one per trial (trial_rows), ranked
+    best: dict | None  # the best row; None when no trial has a score, or interrupted
+    interrupted: bool  # stopped before every trial ended: continue with --resume OUT
 
-    from electra_ray.driver import connect_ray, prepare_tokenizer, start_local_ray
-    from electra_ray.tasks import write_movie_reviews
 
-    if resume:
-        out = os.path.abspath(resume)
-        if not os.path.exists(os.path.join(out, SWEEP_FILE)):
-            raise UserError(f"cannot resume {resume}: no {SWEEP_FILE} there (is it a directory of electra_ray.tune?)")
-        with open(os.path.join(out, SWEEP_FILE)) as f:
-            saved = json.load(f)
-        settings = saved["settings"]
-        cfg = SweepConfig()
-        apply_values(cfg, saved["sweep"])
-    else:
-        out = os.path.abspath(cfg.out or os.path.join("runs", time.strftime("sweep-%Y%m%d-%H%M%S")))
-        if os.path.exists(out) and os.listdir(out):
-            raise UserError(f"output directory {out} is not empty; choose another (out=...) or --resume it")
-        os.makedirs(out, exist_ok=True)
-        base = copy.deepcopy(cfg.pretrain)
-        base.output.dir, base.output.name = out, "shared"
-        prepare_tokenizer(base, out)  # one tokenizer for every trial, so heldout_auc sees the same text
-        if not base.data.tokenizer:
-            base.data.tokenizer = os.path.join(out, "tokenizer")
-        settings = {
-            "pretrain": base.to_dict(),
-            "out": out,
-            "metric": cfg.metric,
-            "finetune": dataclasses.asdict(cfg.finetune),
-            "task_files": [],
-            "threads": 0,
-            "concurrent": cfg.max_concurrent_trials,
-        }
-        if cfg.metric == "finetune":
-            settings["task_files"] = list(write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data")))
-        with open(os.path.join(out, SWEEP_FILE), "w") as f:
-            json.dump({"sweep": dataclasses.asdict(cfg), "settings": settings}, f, indent=1)
-
-    pre = cfg.pretrain
-    concurrent = settings["concurrent"]  # 0 on a cluster: as many as its resources hold
-    if not ray.is_initialized() and not (pre.scaling.ray_address or os.environ.get("RAY_ADDRESS")):
-        per_trial_cpus = pre.scaling.num_workers * (pre.scaling.cpus_per_worker or 1)
-        concurrent = concurrent or max(1, int((os.cpu_count() or 1) // per_trial_cpus))
-        # Room for the trials' workers plus 2 CPUs for their Ray Data tasks and fine-tunes (on 2
-        # cores, training workers holding every CPU would starve the data pipeline).
-        start_local_ray(int(concurrent * per_trial_cpus) + 2)
-    if connect_ray(pre.scaling) and concurrent:  # a single-node Ray: the cores shared among the trials running at once
-        settings["threads"] = max(1, (os.cpu_count() or 1) // (concurrent * pre.scaling.num_workers))
-
+def sweep(cfg: SweepConfig | None = None, resume: str = "") -> SweepResult:
+    """Run a sweep (or continue the one in directory `resume`) and summarize it."""
+    cfg, settings = resume_sweep(resume) if resume else new_sweep(cfg)
+    concurrent, settings.threads = start_ray(cfg.pretrain.scaling, settings.concurrent)
     # The trial function itself holds (almost) nothing; its TorchTrainer asks for the workers.
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"CPU": 0.01})
-    experiment = os.path.join(out, "tune")
+    experiment = os.path.join(settings.out, "tune")
     if resume:
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        scheduler = None
-        if cfg.asha:
-            grace = cfg.grace_period or max(1, pre.train.max_steps // 4)
-            # Rungs strictly before the last step, and no stop at it: every trial that trains to
-            # the end gets its fine-tune.
-            scheduler = tune.schedulers.ASHAScheduler(
-                time_attr="step",
-                max_t=max(grace, pre.train.max_steps - 1),
-                grace_period=grace,
-                reduction_factor=cfg.reduction_factor,
-                stop_last_trials=False,
-            )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(cfg),
-            tune_config=tune.TuneConfig(
-                metric="heldout_auc",
-                mode="max",
-                scheduler=scheduler,
-                search_alg=search_algorithm(cfg),
-                num_samples=cfg.num_samples,
-                max_concurrent_trials=concurrent or None,
-            ),
-            run_config=tune.RunConfig(name="tune", storage_path=os.path.dirname(experiment), verbose=1),
-        )
-    grid = tuner.fit()
+        tuner = new_tuner(cfg, trainable, experiment, concurrent)
+    return summarize(tuner.fit(), cfg, settings)
 
+
+def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SweepSettings]:
+    """A new sweep's directory, with the tokenizer every trial shares (so that heldout_auc sees
+    the same text), the task files of metric=finetune, and sweep.json."""
+    out = output_directory(cfg.out, "sweep")
+    if os.path.exists(out) and os.listdir(out):
+        raise UserError(f"output directory {out} is not empty; choose another (out=...) or --resume it")
+    os.makedirs(out, exist_ok=True)
+    base = copy.deepcopy(cfg.pretrain)
+    base.output.dir, base.output.name = out, "shared"
+    shared_tokenizer(base, out)
+    settings = SweepSettings(
+        pretrain=base.to_dict(),
+        out=out,
+        metric=cfg.metric,
+        finetune=dataclasses.asdict(cfg.finetune),
+        concurrent=cfg.max_concurrent_trials,
+    )
+    if cfg.metric == "finetune":
+        settings.task_files = list(write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data")))
+    with open(os.path.join(out, SWEEP_FILE), "w") as f:
+        json.dump({"sweep": dataclasses.asdict(cfg), "settings": dataclasses.asdict(settings)}, f, indent=1)
+    return cfg, settings
+
+
+def resume_sweep(resume: str) -> tuple[SweepConfig, SweepSettings]:
+    """The config and settings of the sweep in directory `resume`, as its sweep.json saved them."""
+    out = os.path.abspath(resume)
+    if not os.path.exists(os.path.join(out, SWEEP_FILE)):
+        raise UserError(f"cannot resume {resume}: no {SWEEP_FILE} there (is it a directory of electra_ray.tune?)")
+    with open(os.path.join(out, SWEEP_FILE)) as f:
+        saved = json.load(f)
+    cfg = SweepConfig()
+    apply_values(cfg, saved["sweep"])
+    return cfg, SweepSettings(**saved["settings"])
+
+
+def start_ray(scaling: ScalingConfig, concurrent: int) -> tuple[int, int]:
+    """Join the cluster, or start a local Ray sized for `concurrent` trials at a time (0: as many
+    as the cores hold). Returns (trials at a time, 0 on a cluster: as many as its resources hold;
+    torch threads per worker, 0: Ray's setting)."""
+    local = not ray.is_initialized() and not cluster_address(scaling)
+    per_trial_cpus = scaling.num_workers * (scaling.cpus_per_worker or 1)
+    if local:
+        concurrent = concurrent or max(1, int((os.cpu_count() or 1) // per_trial_cpus))
+    # Room for the trials' workers plus 2 CPUs for their Ray Data tasks and fine-tunes (on 2
+    # cores, training workers holding every CPU would starve the data pipeline).
+    single_node = connect_ray(scaling, local_cpus=int(concurrent * per_trial_cpus) + 2 if local else 0)
+    if single_node and concurrent:  # the cores shared among the trials running at once
+        return concurrent, max(1, (os.cpu_count() or 1) // (concurrent * scaling.num_workers))
+    return concurrent, 0
+
+
+def new_tuner(cfg: SweepConfig, trainable, experiment: str, concurrent: int) -> tune.Tuner:
+    """The Tuner of a new sweep: its search, ASHA on heldout_auc, `concurrent` trials at a time (0: no limit)."""
+    scheduler = None
+    if cfg.asha:
+        grace = cfg.grace_period or max(1, cfg.pretrain.train.max_steps // 4)
+        # Rungs strictly before the last step, and no stop at it: every trial that trains to
+        # the end gets its fine-tune.
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="step",
+            max_t=max(grace, cfg.pretrain.train.max_steps - 1),
+            grace_period=grace,
+            reduction_factor=cfg.reduction_factor,
+            stop_last_trials=False,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric="heldout_auc",
+            mode="max",
+            scheduler=scheduler,
+            search_alg=search_algorithm(cfg),
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=concurrent or None,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=os.path.dirname(experiment), verbose=1),
+    )
+
+
+def summarize(grid, cfg: SweepConfig, settings: SweepSettings) -> SweepResult:
+    """The trials' rows; unless the sweep was interrupted, ranked and written: results.csv,
+    score.png and best.yaml."""
+    out = settings.out
     rows = trial_rows(grid, cfg)
     interrupted = len(rows) < expected_trials(cfg) or any(row["status"] == "unfinished" for row in rows)
     if interrupted:
@@ -357,13 +389,13 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> dict:
             f"{expected_trials(cfg)} trials done; continue with: python -m electra_ray.tune --resume {out}",
             flush=True,
         )
-        return {"out": out, "cfg": cfg, "rows": rows, "best": None, "interrupted": True}
+        return SweepResult(out, cfg, rows, None, interrupted=True)
     best = rank(rows, cfg.metric)
     write_csv(rows, cfg, os.path.join(out, "results.csv"))
     plot_scores(rows, cfg, os.path.join(out, "score.png"))
     if best is not None:
-        write_best_config(best, settings["pretrain"], cfg, os.path.join(out, "best.yaml"))
-    return {"out": out, "cfg": cfg, "rows": rows, "best": best, "interrupted": False}
+        write_best_config(best, settings.pretrain, cfg, os.path.join(out, "best.yaml"))
+    return SweepResult(out, cfg, rows, best, interrupted=False)
 
 
 def trial_rows(grid, cfg: SweepConfig) -> list[dict]:
@@ -403,8 +435,6 @@ def saved_statuses(experiment_dir: str) -> dict[str, str]:
     """Trial id -> status as Tune last saved the experiment. After Ctrl-C the trials in memory are
     all stopped (TERMINATED), while the saved state, which Tuner.restore continues from, still says
     which were RUNNING or PENDING."""
-    import glob
-
     # One file per session (named by its start time): the newest session's is the latest state.
     states = sorted(glob.glob(os.path.join(experiment_dir, "experiment_state-*.json")))
     if not states:
@@ -460,19 +490,13 @@ def format_table(rows: list[dict], cfg: SweepConfig) -> str:
         + ["rank"]
     )
     ordered = sorted(rows, key=lambda row: (row["rank"] == "", row["rank"] or 0))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in ordered]
-    return "\n".join(lines)
+    return markdown_table(columns, ([cell(row[c]) for c in columns] for row in ordered))
 
 
 def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
     """Score against generator size (or the first searched key), one line per λ (or the second
     key); trials ASHA stopped are drawn hollow at their last heldout_auc."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = list(cfg.space)
     x_key = "model.generator_size" if "model.generator_size" in keys else keys[0]
     others = [k for k in keys if k != x_key]
@@ -538,36 +562,26 @@ def write_best_config(best: dict, base: dict, cfg: SweepConfig, path: str) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m electra_ray.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = verb_parser(
+        "tune", __doc__, "e.g. --set pretrain.train.max_steps=400 'space.train.rtd_weight=[10,50]' search=random"
     )
-    parser.add_argument(
-        "--config",
-        help="YAML file: pretrain (the trials' pre-training config), space, search, "
-        "num_samples, asha, grace_period, reduction_factor, metric, finetune, "
-        "task, out",
-    )
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        action="extend",
-        help="override keys, e.g. --set pretrain.train.max_steps=400 'space.train.rtd_weight=[10,50]'",
+    add_config_arguments(
+        parser,
+        default=None,
+        help="YAML file: pretrain (the trials' pre-training config), space, search, num_samples, "
+        "max_concurrent_trials, asha, grace_period, reduction_factor, metric, finetune, task, dev_fraction, out",
     )
     parser.add_argument("--resume", metavar="OUT", help="continue an interrupted sweep (its output directory)")
     args = parser.parse_args(argv)
-    from electra_ray.cli import run_cli
 
     def run():
         result = sweep(resume=args.resume) if args.resume else sweep(load_sweep_config(args.config, args.set))
-        if result["interrupted"]:
+        if result.interrupted:
             return
-        cfg = result["cfg"]
-        print(format_table(result["rows"], cfg))
+        print(format_table(result.rows, result.cfg))
         for name in ("results.csv", "score.png", "best.yaml"):
-            if os.path.exists(os.path.join(result["out"], name)):
-                print(f"{name.split('.')[0]}: {os.path.join(result['out'], name)}")
+            if os.path.exists(os.path.join(result.out, name)):
+                print(f"{name.split('.')[0]}: {os.path.join(result.out, name)}")
 
     run_cli(run)
 
