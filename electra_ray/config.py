@@ -241,7 +241,7 @@ class TrainConfig:
     eval_every: int = option(
         0,
         "optimizer steps between measurements of heldout_auc, the discriminator's ROC-AUC "
-        "on held-out text under one fixed corruption (evaluate.fixed_corruption): unlike the "
+        "on held-out text under one fixed corruption (heldout.fixed_corruption): unlike the "
         "losses it compares runs with different generators and lambdas, so sweeps rank by it. "
         "A multiple of train.log_every; 0: off",
         bounds=">= 0",

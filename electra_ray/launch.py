@@ -16,8 +16,9 @@ from electra_ray.config import CONFIG_FILE, Config
 from electra_ray.data import build_dataset, load_sequences, tokenizer_from_json
 from electra_ray.driver import build_trainer, check_resources, connect_ray, fit_stoppable, prepare_tokenizer
 from electra_ray.errors import UserError
-from electra_ray.evaluate import FixedCorruption, evaluate_export, fixed_corruption, format_report
+from electra_ray.evaluate import evaluate_export, format_report
 from electra_ray.export import export
+from electra_ray.heldout import FixedCorruption, fixed_corruption
 from electra_ray.meter import peak_flops
 from electra_ray.metrics import MetricsLogger, read_history, training_error
 from electra_ray.train import StopRequest, WorkerArgs, train_loop_per_worker

@@ -28,8 +28,8 @@ from electra_ray.config import Config
 from electra_ray.data import masked_batches, tokenizer_from_json
 from electra_ray.engine import build_engine
 from electra_ray.errors import TrainingError
-from electra_ray.evaluate import FixedCorruption, detection_auc
 from electra_ray.guard import DivergenceGuard
+from electra_ray.heldout import FixedCorruption, detection_auc
 from electra_ray.meter import Meter, peak_flops
 from electra_ray.model import run_flops_per_token
 from electra_ray.objective import sampling_temperature

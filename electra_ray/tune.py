@@ -8,7 +8,7 @@ and fits the TorchTrainer (Train V2's pattern for Tune); Tune's TuneReportCallba
 workers' reports. The losses do not compare trials (a stronger generator makes the discriminator's
 task harder), so trials are ranked by
 - heldout_auc, at every report: the discriminator's ROC-AUC on held-out text corrupted by one fixed
-  process shared by all trials (evaluate.fixed_corruption). ASHA stops the weak trials by it.
+  process shared by all trials (heldout.fixed_corruption). ASHA stops the weak trials by it.
 - finetune_score, when a trial finishes (metric: finetune): its discriminator fine-tuned briefly on
   a labeled task (electra_ray.finetune), the median of the dev metric over the seeds.
 

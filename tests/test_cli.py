@@ -1,0 +1,37 @@
+"""One command-line shape: `python -m electra_ray <verb>` dispatches to every verb, with prog names
+that say how it was called, and an unknown verb is a one-line error."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from electra_ray import cli
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_the_dispatcher_lists_every_verb_and_refuses_an_unknown_one():
+    listing = run("electra_ray", "--help")
+    assert listing.returncode == 0
+    assert all(f"  {verb} " in listing.stdout for verb in cli.VERBS)
+    unknown = run("electra_ray", "pretrian")
+    assert unknown.returncode == 2 and unknown.stderr.strip().splitlines() == [
+        f"error: unknown verb 'pretrian' (known: {', '.join(cli.VERBS)})"
+    ]
+
+
+def test_a_verb_called_through_the_dispatcher_names_itself_so():
+    dispatched = run("electra_ray", "export", "--help")
+    direct = run("electra_ray.export", "--help")
+    assert dispatched.stdout.startswith("usage: python -m electra_ray export ")
+    assert direct.stdout.startswith("usage: python -m electra_ray.export ")
+
+
+@pytest.mark.parametrize("verb", sorted(cli.VERBS))
+def test_every_verb_has_a_main_that_takes_argv(verb):
+    main = importlib.import_module(f"electra_ray.{verb}").main
+    assert main.__code__.co_varnames[:1] == ("argv",)
