@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import ray.data
 from tokenizers import Tokenizer
 
 from electra_ray import storage
@@ -245,35 +246,44 @@ def _tokenize_block(
 
 
 FOOTER_ACTORS_VARIABLE = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+# Below this many files a corpus is read by Ray Data's first Parquet reader (V1: footers read on the
+# driver), at and above it by the second (V2: footers read by a pool of actors, which pays off
+# only when there are many).
+MANY_FILES = 10
 
 
 @contextlib.contextmanager
-def footer_readers(num_files: int):
-    """Ray Data reads every Parquet footer on a pool of actors, 32 by default whatever the corpus
-    (a process each: 6-7 s before the first batch of a tiny run on 2 cores). An actor reads 10
-    footers per batch, so a corpus gets one per 10 files, up to that default; a value the user
-    set in the environment stands. (Ray reads the variable when read_parquet plans the read.)"""
-    if FOOTER_ACTORS_VARIABLE in os.environ:
-        yield
-        return
-    os.environ[FOOTER_ACTORS_VARIABLE] = str(min(32, max(1, math.ceil(num_files / 10))))
+def parquet_reader(num_files: int):
+    """Ray Data's Parquet reader sized to the corpus, for the read_parquet call in this block (Ray
+    reads both settings when it plans the read). Its default, V2, reads every footer on a pool of
+    32 actors whatever the corpus: a process each, 10-15 s before the first batch of a tiny run on
+    2 cores. A few files are read by V1 (~5 s sooner than V2 with one actor); many by V2 with one
+    actor per 10 files (an actor's batch of footers), up to that default. A choice the user made
+    in the environment stands."""
+    context = ray.data.DataContext.get_current()
+    chosen_reader, previous_reader = "RAY_DATA_USE_DATASOURCE_V2" in os.environ, context.use_datasource_v2
+    chosen_actors = FOOTER_ACTORS_VARIABLE in os.environ
+    if not chosen_reader:
+        context.use_datasource_v2 = num_files >= MANY_FILES
+    if not chosen_actors:
+        os.environ[FOOTER_ACTORS_VARIABLE] = str(min(32, max(1, math.ceil(num_files / 10))))
     try:
         yield
     finally:
-        del os.environ[FOOTER_ACTORS_VARIABLE]
+        context.use_datasource_v2 = previous_reader
+        if not chosen_actors:
+            del os.environ[FOOTER_ACTORS_VARIABLE]
 
 
 def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource: str = ""):
     """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row, and with
     data.packing=segments `token_type_ids` alike).
     `resource`: a custom Ray resource every read/tokenize task requires (scaling.data_resource)."""
-    import ray.data
-
     corpus = open_corpus(data_cfg.path, data_cfg.text_column)
     filesystem, _ = storage.resolve(data_cfg.path)
     # A token amount of the resource: it only picks the nodes, their CPUs still bound how many tasks run.
     remote_args = {"resources": {resource: 0.001}} if resource else {}
-    with footer_readers(len(corpus.files)):
+    with parquet_reader(len(corpus.files)):
         dataset = ray.data.read_parquet(
             corpus.files, filesystem=filesystem, columns=[data_cfg.text_column], **remote_args
         )

@@ -176,6 +176,37 @@ def build_trainer(
     )
 
 
+class StopRequest:
+    """A flag the driver raises on SIGTERM / Ctrl-C (a Ray actor); workers read it at logging
+    steps, agree on it, save a checkpoint and return."""
+
+    def __init__(self):
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def clear(self) -> None:
+        self.requested = False
+
+    def is_requested(self) -> bool:
+        return self.requested
+
+
+# One StopRequest actor per Ray connection of this process: an actor is a process of its own, and
+# starting one for every run (a sweep's trials, compare's arms, the tests) costs seconds of CPU.
+_stop_requests: dict[str, ray.actor.ActorHandle] = {}
+
+
+def stop_request() -> ray.actor.ActorHandle:
+    """This process's StopRequest actor, cleared for a new run."""
+    connection = ray.get_runtime_context().get_job_id()
+    if connection not in _stop_requests:
+        _stop_requests[connection] = ray.remote(num_cpus=0)(StopRequest).remote()
+    ray.get(_stop_requests[connection].clear.remote())
+    return _stop_requests[connection]
+
+
 def fit_stoppable(trainer: TorchTrainer, stop_request=None) -> ray.train.Result:
     """trainer.fit(), where SIGTERM or Ctrl-C asks the workers (through the StopRequest actor) to
     save a checkpoint and stop (a second signal acts as usual). On the main thread fit runs on a

@@ -14,14 +14,21 @@ import torch
 from electra_ray import storage
 from electra_ray.config import CONFIG_FILE, Config
 from electra_ray.data import build_dataset, load_sequences, tokenizer_from_json
-from electra_ray.driver import build_trainer, check_resources, connect_ray, fit_stoppable, prepare_tokenizer
+from electra_ray.driver import (
+    build_trainer,
+    check_resources,
+    connect_ray,
+    fit_stoppable,
+    prepare_tokenizer,
+    stop_request,
+)
 from electra_ray.errors import UserError
 from electra_ray.evaluate import evaluate_export, format_report
 from electra_ray.export import export
 from electra_ray.heldout import FixedCorruption, fixed_corruption
 from electra_ray.meter import peak_flops
 from electra_ray.metrics import MetricsLogger, read_history, training_error
-from electra_ray.train import StopRequest, WorkerArgs, train_loop_per_worker
+from electra_ray.train import WorkerArgs, train_loop_per_worker
 
 
 @dataclass
@@ -125,6 +132,6 @@ def worker_args(cfg: Config, tokenizer_json: str, threads: int) -> WorkerArgs:
         vocab_size=tokenizer_from_json(tokenizer_json)[0].get_vocab_size(),
         num_threads=threads,
         peak_flops=peak,
-        stop_actor=ray.remote(num_cpus=0)(StopRequest).remote(),
+        stop_actor=stop_request(),
         heldout=heldout_corruption(cfg, tokenizer_json),
     )

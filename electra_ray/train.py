@@ -65,20 +65,6 @@ class Worker:
         return self.cfg.train.batch_size // (self.world * self.cfg.train.grad_accum)
 
 
-class StopRequest:
-    """A flag the driver raises on SIGTERM / Ctrl-C (a Ray actor); workers read it at logging
-    steps, agree on it, save a checkpoint and return."""
-
-    def __init__(self):
-        self.requested = False
-
-    def request(self) -> None:
-        self.requested = True
-
-    def is_requested(self) -> bool:
-        return self.requested
-
-
 def stop_requested(actor, world: int, device: torch.device) -> bool:
     if actor is None:
         return False

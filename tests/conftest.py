@@ -13,6 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray Train's controller collects a worker's report when it polls (every 2 s by default), and a
 # worker's next report waits for that: tiny test runs report every few tenths of a second.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# As driver.start_local_ray: a local node is never drained, and the watcher wakes every Ray process
+# 100 times a second (on 2 cores each one costs the trainer).
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")

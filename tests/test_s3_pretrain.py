@@ -14,6 +14,7 @@ from conftest import S3Server, environment, start_test_ray
 from test_pretrain import tiny_config
 
 from electra_ray import storage
+from electra_ray.checkpoint import RUN_STATE
 from electra_ray.export import export
 from electra_ray.prepare import prepare
 from electra_ray.pretrain import pretrain
@@ -107,7 +108,7 @@ def test_naming_an_s3_run_again_continues_from_its_checkpoint(s3_run):
     result = pretrain(cfg, export_and_evaluate=False)
     assert [h["step"] for h in result.history][-1] == 15
     with storage.local_directory(result.checkpoint) as checkpoint_dir:
-        assert json.load(open(os.path.join(checkpoint_dir, "electra_ray.json")))["step"] == 15
+        assert json.load(open(os.path.join(checkpoint_dir, RUN_STATE)))["step"] == 15
     assert result.checkpoint != first.checkpoint
 
 
