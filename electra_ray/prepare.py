@@ -273,9 +273,9 @@ class _Output:
                 raise
             _fsync_directory(self.inner)  # the rename itself survives a crash
             return
-        bucket, prefix = storage._bucket_key(self.out)
+        bucket, prefix = storage.bucket_and_key(self.out)
         key = posixpath.join(prefix, partial)
-        client = storage._client()
+        client = storage.s3_client()
         with storage.s3_errors(self.out):
             client.upload_fileobj(io.BytesIO(data), bucket, key)
             try:
@@ -287,9 +287,9 @@ class _Output:
         if not self.remote:
             os.remove(os.path.join(self.inner, name))
             return
-        bucket, prefix = storage._bucket_key(self.out)
+        bucket, prefix = storage.bucket_and_key(self.out)
         with storage.s3_errors(self.out):
-            storage._client().delete_object(Bucket=bucket, Key=posixpath.join(prefix, name))
+            storage.s3_client().delete_object(Bucket=bucket, Key=posixpath.join(prefix, name))
 
     def abort(self) -> None:
         """Best effort: a clean-up that fails leaves _PREPARING behind, which readers refuse."""

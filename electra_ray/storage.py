@@ -156,7 +156,7 @@ def s3_errors(path: str) -> Iterator[None]:
         raise StorageError(explain(error, path)) from None
 
 
-def _client(session=None, attempts: int = 0):
+def s3_client(session=None, attempts: int = 0):
     """boto3 for object operations (its retries, and none of pyarrow's directory markers, which
     some S3-compatible stores reject); endpoint, region and retries come from the AWS variables."""
     import boto3
@@ -171,7 +171,7 @@ def _client(session=None, attempts: int = 0):
     )
 
 
-def _bucket_key(url: str) -> tuple[str, str]:
+def bucket_and_key(url: str) -> tuple[str, str]:
     bucket, _, key = _inner(url).partition("/")
     return bucket, key
 
@@ -183,9 +183,9 @@ def check(path: str, write: bool = False) -> None:
     import boto3
     from botocore.exceptions import NoCredentialsError
 
-    bucket, key = _bucket_key(path)
+    bucket, key = bucket_and_key(path)
     session = boto3.session.Session()
-    client = _client(session, attempts=min(3, max_attempts()))  # a wrong endpoint fails in seconds
+    client = s3_client(session, attempts=min(3, max_attempts()))  # a wrong endpoint fails in seconds
     with s3_errors(path):
         if session.get_credentials() is None:
             raise NoCredentialsError()
@@ -349,10 +349,10 @@ def read_manifest(path: str) -> Manifest | None:
             return Manifest.parse(f.read(), where)
     from botocore.exceptions import ClientError
 
-    bucket, key = _bucket_key(path)
+    bucket, key = bucket_and_key(path)
     with s3_errors(path):
         try:
-            body = _client().get_object(Bucket=bucket, Key=_key(key, MANIFEST))["Body"].read()
+            body = s3_client().get_object(Bucket=bucket, Key=_key(key, MANIFEST))["Body"].read()
         except ClientError as error:
             if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
@@ -403,9 +403,9 @@ def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = Tr
 
 def _s3_has_foreign_objects(dest: str) -> bool:
     """Objects under the prefix other than unfinished versions of ours (a first publish in progress)."""
-    bucket, key = _bucket_key(dest)
+    bucket, key = bucket_and_key(dest)
     with s3_errors(dest):
-        for page in _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=_key(key, "")):
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=_key(key, "")):
             for item in page.get("Contents", []):
                 if not item["Key"].startswith(_key(key, VERSIONS) + "/"):
                     return True
@@ -463,9 +463,9 @@ def _key(prefix: str, name: str) -> str:
 def _publish_s3(
     local_dir: str, dest: str, manifest: Manifest, previous: Manifest | None, progress: Callable[[str], None] | None
 ) -> str:
-    bucket, key = _bucket_key(dest)
+    bucket, key = bucket_and_key(dest)
     version_key = _key(key, f"{VERSIONS}/{manifest.version}")
-    client, uploaded = _client(), []
+    client, uploaded = s3_client(), []
     with s3_errors(dest):
         try:
             for name in manifest.files:
@@ -621,10 +621,10 @@ def fetch_directory(url: str, local_dir: str, attempts: int = 5) -> str:
 def _download_version(url: str, manifest: Manifest, staging: str) -> None:
     from botocore.exceptions import ClientError
 
-    bucket, key = _bucket_key(url)
+    bucket, key = bucket_and_key(url)
     source = _key(key, f"{VERSIONS}/{manifest.version}") if manifest.version else key
     root = os.path.realpath(staging)
-    client = _client()
+    client = s3_client()
     with s3_errors(url):
         for name, entry in manifest.files.items():
             target = os.path.join(root, *name.split("/"))

@@ -557,7 +557,7 @@ def outcomes(rclone_s3, small_corpus, tokenizer_dir, stage0_checkpoint, tmp_path
 
     for verb in sorted({case.argv[0] for case in CASES}):  # imported once, here, for every forked case
         importlib.import_module(f"electra_ray.{verb}")
-    ctx = {"corpus": small_corpus, "tok": tokenizer_dir, "ckpt": stage0_checkpoint, "s3": storage._client()}
+    ctx = {"corpus": small_corpus, "tok": tokenizer_dir, "ckpt": stage0_checkpoint, "s3": storage.s3_client()}
     root = tmp_path_factory.mktemp("bad-inputs")
     results, running = {}, []
     for number, case in enumerate(CASES):  # two at a time; a case that starts Ray alone (Ray's token file)

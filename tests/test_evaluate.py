@@ -153,7 +153,7 @@ def test_an_s3_export_is_fetched_and_measured(untrained_export, rclone_s3):
     storage.publish_directory(untrained_export, "s3://electra/exports/untrained")
     assert evaluate_export("s3://electra/exports/untrained", max_sequences=4) == pytest.approx(local)
 
-    client = storage._client()
+    client = storage.s3_client()
     client.put_object(Bucket="electra", Key="exports/unfinished/electra_ray.json", Body=b"{}")  # no manifest
     with pytest.raises(storage.StorageError, match=r"s3://electra/exports/unfinished is not a complete export"):
         evaluate_export("s3://electra/exports/unfinished")

@@ -298,7 +298,7 @@ def test_an_export_and_task_files_on_s3(electra_export, rotten_tomatoes, rclone_
     storage.publish_directory(electra_export, "s3://electra/exports/tiny")
     train, dev = rotten_tomatoes
     pacsv.write_csv(pq.read_table(dev), tmp_path / "dev.csv")
-    client = storage._client()
+    client = storage.s3_client()
     client.upload_file(train, "electra", "tasks/train.parquet")
     client.upload_file(str(tmp_path / "dev.csv"), "electra", "tasks/dev.csv")
 

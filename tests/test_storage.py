@@ -207,7 +207,7 @@ def test_local_overwrite_removes_only_what_the_old_manifest_lists(tmp_path):
 
 
 def test_s3_publish_refuses_a_prefix_of_other_objects_and_keeps_them(rclone_s3, tmp_path):
-    client = storage._client()
+    client = storage.s3_client()
     for key in ("runs/x/checkpoint_0/model.pt", "runs/x/config.json"):
         client.put_object(Bucket="electra", Key=key, Body=b"user data")
     source = write_tree(tmp_path / "export", {"weights.bin": "w"})
@@ -226,7 +226,7 @@ def test_s3_publish_refuses_a_prefix_of_other_objects_and_keeps_them(rclone_s3, 
 
 @pytest.mark.parametrize("name", ["../escape", "/abs/path", "sub//x", "a/../../escape"])
 def test_fetch_refuses_a_manifest_naming_a_path_outside_the_target(rclone_s3, tmp_path, name):
-    client = storage._client()
+    client = storage.s3_client()
     client.put_object(Bucket="electra", Key="evil/_versions/v1/ok.txt", Body=b"ok")
     manifest = {"format": 2, "kind": "export", "version": "v1", "files": {"ok.txt": {"size": 2}, name: {"size": 5}}}
     client.put_object(Bucket="electra", Key="evil/_MANIFEST.json", Body=json.dumps(manifest).encode())
@@ -297,7 +297,7 @@ def test_publishers_killed_at_random_points_never_expose_a_mix(rclone_s3, tmp_pa
 
 
 def test_a_manifest_that_is_not_json_is_one_clear_error(rclone_s3, tmp_path):
-    storage._client().put_object(Bucket="electra", Key="garbled/_MANIFEST.json", Body=b"{not json")
+    storage.s3_client().put_object(Bucket="electra", Key="garbled/_MANIFEST.json", Body=b"{not json")
     with pytest.raises(
         storage.StorageError, match=r"s3://electra/garbled/_MANIFEST.json is not a valid _MANIFEST.json"
     ):
