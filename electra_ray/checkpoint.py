@@ -35,7 +35,9 @@ import pickle
 import posixpath
 import re
 
+import pyarrow.fs as pafs
 import torch
+import torch.distributed as dist
 
 from electra_ray.errors import TrainingError, UserError
 
@@ -134,8 +136,7 @@ def save(directory: str, engine, run_state: dict, rng_state: dict, rank: int, to
 
 def newest_first(latest) -> list:
     """The latest registered checkpoint, then the older ones beside it (newest first)."""
-    import pyarrow.fs as pafs
-    import ray.train
+    import ray.train  # here: export reads checkpoints without Ray, and Ray Train costs seconds to import
 
     parent = posixpath.dirname(latest.path.rstrip("/"))
     siblings = latest.filesystem.get_file_info(pafs.FileSelector(parent))
@@ -155,8 +156,6 @@ def newest_first(latest) -> list:
 def restore(engine, latest, rank: int, world: int, device: torch.device) -> dict:
     """Load the newest checkpoint every rank can read into `engine`; returns its run state with
     this rank's random states under "rng"."""
-    import torch.distributed as dist
-
     tried = []
     for candidate in newest_first(latest):
         state, error = None, None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import ray
 import ray.train
+from ray.autoscaler.sdk import request_resources
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from electra_ray import storage
@@ -108,8 +109,6 @@ def check_resources(scaling: ScalingConfig) -> None:
     )
     if not cluster_address(scaling):
         raise UserError(f"this Ray cluster cannot run the job: missing {', '.join(missing())}{advice}")
-    from ray.autoscaler.sdk import request_resources
-
     print(f"waiting up to {RESOURCE_WAIT_S:.0f}s for the autoscaler to add {', '.join(missing())}", flush=True)
     # The workers' own shape (one bundle each, as Ray Train will ask), so the autoscaler starts
     # the node types that fit them; Ray Data's resource as a bundle of its own.

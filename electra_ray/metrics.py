@@ -28,7 +28,7 @@ class MetricsLogger(ray.train.UserCallback):
         if "step" not in values:  # {"training_error": ...}: the driver raises it
             return
         if self._writer is None:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # at the first report: a run that never reports needs none
 
             self._writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
         for name, value in values.items():
