@@ -192,14 +192,16 @@ class StopRequest:
         return self.requested
 
 
-# One StopRequest actor per Ray connection of this process: an actor is a process of its own, and
-# starting one for every run (a sweep's trials, compare's arms, the tests) costs seconds of CPU.
+# One StopRequest actor per Ray connection of this process (a new local Ray is a new node): an
+# actor is a process of its own, and starting one for every run (a sweep's trials, compare's arms,
+# the tests) costs seconds of CPU.
 _stop_requests: dict[str, ray.actor.ActorHandle] = {}
 
 
 def stop_request() -> ray.actor.ActorHandle:
     """This process's StopRequest actor, cleared for a new run."""
-    connection = ray.get_runtime_context().get_job_id()
+    context = ray.get_runtime_context()
+    connection = f"{context.get_node_id()}/{context.get_job_id()}"  # job ids start again in a new Ray
     if connection not in _stop_requests:
         _stop_requests[connection] = ray.remote(num_cpus=0)(StopRequest).remote()
     ray.get(_stop_requests[connection].clear.remote())
