@@ -208,7 +208,7 @@ def test_cli_errors_are_one_line(inputs, tmp_path):
 
 
 def test_s3_shards_are_copied_into_place_and_a_failed_run_cleans_up(rclone_s3, inputs, tmp_path):
-    client = storage._client()
+    client = storage.s3_client()
 
     def keys(prefix):
         listed = client.list_objects_v2(Bucket="electra", Prefix=prefix).get("Contents", [])
