@@ -19,6 +19,7 @@ from electra_ray import storage
 from electra_ray.config import Config, ScalingConfig
 from electra_ray.documents import training_texts
 from electra_ray.errors import UserError
+from electra_ray.stop import StopRequest
 from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
 
 # How long a request for resources the cluster lacks waits for its autoscaler before it is an error.
@@ -173,23 +174,6 @@ def build_trainer(
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
         datasets=datasets,
     )
-
-
-class StopRequest:
-    """A flag the driver raises on SIGTERM / Ctrl-C (a Ray actor); workers read it at logging
-    steps, agree on it, save a checkpoint and return."""
-
-    def __init__(self):
-        self.requested = False
-
-    def request(self) -> None:
-        self.requested = True
-
-    def clear(self) -> None:
-        self.requested = False
-
-    def is_requested(self) -> bool:
-        return self.requested
 
 
 # One StopRequest actor per Ray connection of this process (a new local Ray is a new node): an
