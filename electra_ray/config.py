@@ -134,6 +134,13 @@ class ModelConfig:
         "embeddings) + its own delta (initialised at 0), so RTD gradients "
         "do not pull the generator's embeddings; the export merges the delta",
     )
+    init_from: str = option(
+        "",
+        "continue pre-training from existing weights (a directory or s3:// prefix): an export of "
+        "electra_ray, an ELECTRA discriminator directory (with generator/ beside discriminator/ to "
+        "load both) or a BERT-layout encoder, converted on load. Its shape and tokenizer come with "
+        "it; without a generator one is built at generator_size, sharing the loaded embeddings",
+    )
 
 
 @dataclass
@@ -518,7 +525,8 @@ def validate(config: Config) -> None:
     # width to at least 1 and lowers its head count until it divides the width, for any size in (0, 1].
     checks = [
         (
-            d.seq_len <= m.max_position_embeddings,
+            # with model.init_from the positions come with the weights (initial_weights.resolve checks)
+            d.seq_len <= m.max_position_embeddings or bool(m.init_from),
             f"config key 'data.seq_len' must be <= model.max_position_embeddings ({m.max_position_embeddings}), "
             f"got {d.seq_len}",
         ),
@@ -605,6 +613,11 @@ def _keys(values: dict, prefix: str) -> set[str]:
     }
 
 
+def given_keys(path: str | None, overrides: list[str] | None) -> set[str]:
+    """The keys a YAML file at `path` and `overrides` set ("model.hidden_size", ...)."""
+    return _keys(read_config_file(path) if path else {}, prefix="") | _keys(parse_overrides(overrides or []), prefix="")
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
     """Defaults, then the YAML file at `path` (or `base`: a saved config's values), then overrides."""
     config = Config()
@@ -641,3 +654,15 @@ def describe_options() -> str:
                 allowed = ""
             lines.append(f"  {section.name}.{f.name} = {default!r}{allowed}\n      {meta['help']}")
     return "\n".join(lines)
+
+
+def generator_shape(hidden_size: int, num_heads: int, intermediate_size: int, scale: float) -> tuple[int, int, int]:
+    """(hidden, heads, feed-forward) of a generator `scale` times the discriminator's width
+    (google-research/electra's get_generator_config). The head count is rounded and lowered until
+    it divides the hidden size, so that every multiplier of a sweep gives its own width (1/8 and
+    1/4 of a 4-head model would otherwise both be one head)."""
+    hidden = max(1, round(hidden_size * scale))
+    heads = max(1, round(num_heads * scale))
+    while hidden % heads:
+        heads -= 1
+    return hidden, heads, max(1, round(intermediate_size * scale))

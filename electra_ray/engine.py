@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from electra_ray.config import Config
+from electra_ray.initial_weights import load_initial_state
 from electra_ray.model import build_pretraining_model
 from electra_ray.optim import AdamWNoBiasCorrection, electra_lr_lambda, lr_lambda, param_groups
 
@@ -64,14 +65,17 @@ def uses_bf16(cfg: Config) -> bool:
     return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cfg.scaling.use_gpu)
 
 
-def build_engine(cfg: Config, vocab_size: int, pad_id: int, world: int):
-    """(DeepSpeed engine, LR scheduler) around a new pre-training model, identical on every rank."""
+def build_engine(cfg: Config, vocab_size: int, pad_id: int, world: int, initial_state: dict | None = None):
+    """(DeepSpeed engine, LR scheduler) around a new pre-training model, identical on every rank;
+    `initial_state`: model.init_from's weights (initial_weights.initial_state), loaded first."""
     # Imported here: DeepSpeed picks its accelerator at import, from DS_ACCELERATOR, which the
     # worker sets first.
     import deepspeed
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_pretraining_model(cfg, vocab_size, pad_id)
+    if initial_state is not None:
+        load_initial_state(model, initial_state)
     optimizer, schedule = client_optimizer(cfg, model)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,

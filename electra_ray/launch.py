@@ -26,6 +26,7 @@ from electra_ray.errors import UserError
 from electra_ray.evaluate import evaluate_export, format_report
 from electra_ray.export import export
 from electra_ray.heldout import FixedCorruption, fixed_corruption
+from electra_ray.initial_weights import initial_state
 from electra_ray.meter import peak_flops
 from electra_ray.metrics import MetricsLogger, read_history, training_error
 from electra_ray.train import WorkerArgs, train_loop_per_worker
@@ -134,4 +135,5 @@ def worker_args(cfg: Config, tokenizer_json: str, threads: int) -> WorkerArgs:
         peak_flops=peak,
         stop_actor=stop_request(),
         heldout=heldout_corruption(cfg, tokenizer_json),
+        initial_weights=ray.put(initial_state(cfg)) if cfg.model.init_from else None,
     )

@@ -17,6 +17,7 @@ from transformers import AttentionInterface, ElectraConfig, ElectraForMaskedLM, 
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from electra_ray.config import generator_shape
 from electra_ray.objective import ObjectiveOutput, electra_loss, masked_lm_loss
 
 ATTENTION = "electra_ray"  # SDPA, with our CPU dropout (below); the export's config does not name it
@@ -105,17 +106,11 @@ def generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConf
 
 def scaled_generator_config(model_cfg, vocab_size: int, pad_id: int = 0) -> ElectraConfig:
     """Same depth and embeddings as the discriminator; hidden, heads and FFN scaled by
-    `generator_size` (google-research/electra's get_generator_config). The head count is rounded
-    and lowered until it divides the hidden size, so that every multiplier of a sweep gives its
-    own width (1/8 and 1/4 of a 4-head model would otherwise both be one head)."""
-    scale = model_cfg.generator_size
+    `generator_size` (config.generator_shape)."""
     config = discriminator_config(model_cfg, vocab_size, pad_id)
-    config.hidden_size = max(1, round(model_cfg.hidden_size * scale))
-    heads = max(1, round(model_cfg.num_heads * scale))
-    while config.hidden_size % heads:
-        heads -= 1
-    config.num_attention_heads = heads
-    config.intermediate_size = max(1, round(model_cfg.intermediate_size * scale))
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = generator_shape(
+        model_cfg.hidden_size, model_cfg.num_heads, model_cfg.intermediate_size, model_cfg.generator_size
+    )
     return config
 
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
-from electra_ray import storage
+from electra_ray import initial_weights, storage
 from electra_ray.cli import add_config_arguments, run_cli, run_name, verb_parser
-from electra_ray.config import CONFIG_FILE, Config, describe_options, load_config
+from electra_ray.config import CONFIG_FILE, Config, describe_options, given_keys, load_config
 from electra_ray.documents import open_corpus, training_texts
 from electra_ray.errors import UserError
 from electra_ray.tokenizer import read_tokenizer_json
@@ -92,6 +92,7 @@ def check_before_start(cfg: Config, export_and_evaluate: bool) -> tuple[bool, st
     run directory that cannot be used. Names the run if it has no name. Returns (whether this
     continues an existing run, the given tokenizer's JSON or "")."""
     open_corpus(cfg.data.path, cfg.data.text_column)
+    source = initial_weights.resolve(cfg) if cfg.model.init_from else None  # sets the model's shape
     if cfg.data.tokenizer:
         storage.check(cfg.data.tokenizer)
     storage.check(cfg.output.dir, write=True)
@@ -109,7 +110,8 @@ def check_before_start(cfg: Config, export_and_evaluate: bool) -> tuple[bool, st
         if storage.is_remote(cfg.run_dir):
             storage.check_output(storage.join(cfg.run_dir, "export"), "export", overwrite=True, probe=False)
     # Refused here: a file that is no usable tokenizer, or a corpus with no text to train one on.
-    given_tokenizer = read_tokenizer_json(cfg.data.tokenizer) if cfg.data.tokenizer else ""
+    tokenizer_dir = source.tokenizer_dir if source else cfg.data.tokenizer
+    given_tokenizer = read_tokenizer_json(tokenizer_dir) if tokenizer_dir else ""
     if not given_tokenizer:
         training_texts(cfg.data)
     return continuing, given_tokenizer
@@ -164,7 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def run():
-        cfg = resume_config(args.resume, args.set) if args.resume else load_config(args.config, args.set)
+        if args.resume:
+            cfg = resume_config(args.resume, args.set)
+        else:
+            cfg = load_config(args.config, args.set)
+            if cfg.model.init_from:  # the weights' shape replaces the default file's, not the keys given
+                explicit = given_keys(None if args.config == DEFAULT_CONFIG else args.config, args.set)
+                initial_weights.resolve(cfg, explicit)
         result = pretrain(cfg)
         print(f"checkpoint: {result.checkpoint}")
         if result.export:

@@ -88,6 +88,12 @@ def read_tokenizer_json(directory: str) -> str:
             f"tokenizer {path} lacks the special tokens {' '.join(missing)}: ELECTRA needs "
             f"{' '.join(SPECIAL_TOKENS)} in its vocabulary"
         )
+    if tokenizer.padding or tokenizer.truncation:
+        # Saved for inference with a fixed length (the MiniLM package's pads and cuts every text to
+        # 128): here packing decides lengths, and an export must not inherit it.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        text = tokenizer.to_str()
     return text
 
 

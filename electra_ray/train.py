@@ -47,6 +47,7 @@ class WorkerArgs:
     peak_flops: float = 0.0  # measured on the driver (CPU); 0: the worker's device peak
     stop_actor: Any = None  # the driver's StopRequest actor; None: no graceful stop
     heldout: FixedCorruption | None = None  # held-out text for heldout_auc (train.eval_every)
+    initial_weights: Any = None  # model.init_from's weights (an ObjectRef of initial_weights.initial_state)
 
 
 @dataclass
@@ -127,7 +128,8 @@ def train_loop(args: WorkerArgs) -> None:
     # attempt: a training error, never retried train.max_failures times.
     with setup_errors():
         run = setup_worker(args)
-        engine, scheduler = build_engine(run.cfg, args.vocab_size, run.special["[PAD]"], run.world)
+        initial_state = ray.get(args.initial_weights) if args.initial_weights is not None else None
+        engine, scheduler = build_engine(run.cfg, args.vocab_size, run.special["[PAD]"], run.world, initial_state)
     t = run.cfg.train
     state = resume_or_new(run, engine)
     guard = new_guard(run, engine)
