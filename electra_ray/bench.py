@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from electra_ray.cli import verb_parser
-from electra_ray.config import Config, ScalingConfig, load_config
+from electra_ray.config import SHIPPED_CONFIGS, Config, ScalingConfig, load_config
 from electra_ray.data import iter_documents, load_sequences, mask_batch, tokenize_and_pack, tokenizer_from_json
 from electra_ray.driver import build_trainer, start_local_ray
 from electra_ray.meter import measure_matmul_flops, peak_flops
@@ -47,7 +47,7 @@ from electra_ray.report import markdown_table
 from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {name: os.path.join(ROOT, "configs", f"{name}.yaml") for name in ("tiny", "small")}
+CONFIGS = {name: os.path.join(SHIPPED_CONFIGS, f"{name}.yaml") for name in ("tiny", "small")}
 
 
 def bench_config(name: str, tokenizer_dir: str, batch_size: int, extra: list[str] = ()) -> Config:

@@ -25,6 +25,9 @@ from electra_ray.errors import UserError
 
 CONFIG_FILE = "config.json"  # in a run directory: the config it was started with (what --resume reads)
 SHIPPED_CORPUS = os.path.join(os.path.dirname(__file__), "corpus", "sotu.parquet")
+# The YAML presets (tiny, small, base, large, sweeps), package data: found in an installed package too.
+# The checkout's configs/ is a link to this directory.
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 # (data.mask_token_prob, data.random_token_prob) each objective implies where the config does not
 # set them: ELECTRA 85% [MASK], 15% kept; BERT 80% [MASK], 10% random, 10% kept.
 OBJECTIVE_MASKING = {"electra": (0.85, 0.0), "mlm": (0.8, 0.1)}
@@ -634,14 +637,17 @@ def apply_objective_masking(config: Config, given: set[str]) -> None:
             setattr(config.data, key, value)
 
 
-def describe_options() -> str:
-    """Every config key with its default, allowed values and help, for `--help`."""
+def describe_options(defaults: Config | None = None) -> str:
+    """Every config key with its default, allowed values and help, for `--help`. `defaults`: the
+    values to show (a verb's default config file loaded), instead of the dataclasses' own."""
     lines = []
     for section in dataclasses.fields(Config):
         hints = typing.get_type_hints(section.default_factory)
         for f in dataclasses.fields(section.default_factory()):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if f.name == "path" and section.name == "data":
+            if defaults is not None:
+                default = getattr(getattr(defaults, section.name), f.name)
+            if f.name == "path" and section.name == "data" and default == SHIPPED_CORPUS:
                 default = "<shipped State of the Union corpus>"
             meta, kind = f.metadata, hints[f.name]
             if meta.get("choices"):

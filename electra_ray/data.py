@@ -26,7 +26,14 @@ import ray.data
 from tokenizers import Tokenizer
 
 from electra_ray import storage
-from electra_ray.documents import DataError, decode_texts, is_eval_document, iter_documents, open_corpus
+from electra_ray.documents import (
+    DataError,
+    ReadStats,
+    decode_texts,
+    is_eval_document,
+    iter_documents,
+    open_corpus,
+)
 from electra_ray.masking import MaskedBatch, mask_tokens
 from electra_ray.tokenizer import special_ids
 
@@ -306,15 +313,49 @@ def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource:
 
 
 def load_sequences(
-    data_cfg, tokenizer_json: str, split: str, max_sequences: int | None = None
+    data_cfg, tokenizer_json: str, split: str, max_sequences: int | None = None, stats: ReadStats | None = None
 ) -> dict[str, np.ndarray]:
     """Packed sequences of one split in this process (no Ray), for evaluation and tests: the columns
-    build_dataset's rows have (`input_ids`; `token_type_ids` with data.packing=segments)."""
-    texts = list(iter_documents(data_cfg.path, data_cfg.text_column, split, data_cfg.eval_fraction))
+    build_dataset's rows have (`input_ids`; `token_type_ids` with data.packing=segments).
+    `max_sequences`: the first that many of the split's rows, read from the corpus's first documents
+    only (leading_documents): the held-out sets of evaluate and train.eval_every read a few hundred
+    sequences' worth of a corpus of any size. `stats`: counts the rows and files read."""
+    documents = iter_documents(data_cfg.path, data_cfg.text_column, split, data_cfg.eval_fraction, stats)
+    if max_sequences:
+        texts = leading_documents(documents, data_cfg, tokenizer_json, max_sequences)
+    else:
+        texts = list(documents)
     if not texts:
         raise DataError(f"the {split} split of {data_cfg.path} is empty (data.eval_fraction={data_cfg.eval_fraction})")
     columns = tokenize_and_pack(texts, tokenizer_json, data_cfg.seq_len, data_cfg.packing, data_cfg.short_seq_prob)
     return {name: rows[:max_sequences] for name, rows in columns.items()} if max_sequences else columns
+
+
+def leading_documents(documents: Iterator[str], data_cfg, tokenizer_json: str, wanted: int) -> list[str]:
+    """The fewest leading `documents` whose packing starts with the `wanted` rows that packing all of
+    them starts with; the rest is never read (the iterator is closed). Exact, so the held-out set does
+    not depend on how much is read: concatenate packing cuts one token stream (a [SEP] between
+    documents) into bodies of seq_len - 2 tokens, so `wanted` rows need `wanted` full bodies of
+    stream; segments packing makes each document's rows on its own."""
+    tokenizer = tokenizer_from_json(tokenizer_json)[0]
+    body = data_cfg.seq_len - 2
+    texts: list[str] = []
+    filled = 0  # rows (segments) or stream tokens (concatenate) so far
+    for text in documents:
+        texts.append(text)
+        if data_cfg.packing == "segments":
+            rows = tokenize_and_pack([text], tokenizer_json, data_cfg.seq_len, "segments", data_cfg.short_seq_prob)
+            filled += len(rows["input_ids"])
+            enough = filled >= wanted
+        else:
+            tokens = len(tokenizer.encode(text, add_special_tokens=False).ids)
+            filled += tokens + 1 if tokens else 0  # its [SEP]; pack skips a document without tokens
+            enough = filled - 1 >= wanted * body  # the last document's [SEP] is not in the stream yet
+        if enough:
+            break
+    if hasattr(documents, "close"):
+        documents.close()
+    return texts
 
 
 def mask_batch(

@@ -15,6 +15,7 @@ import posixpath
 import sys
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -140,12 +141,31 @@ def is_eval_document(text: str, eval_fraction: float) -> bool:
     return zlib.crc32(text.encode("utf-8")) % 10_000 < eval_fraction * 10_000
 
 
-def iter_documents(path: str, column: str, split: str, eval_fraction: float) -> Iterator[str]:
-    """Documents of one split ("train" or "eval"), streamed with pyarrow (no Ray)."""
+@dataclass
+class ReadStats:
+    """What iter_documents took from the corpus (both splits: a split is known only after reading a row)."""
+
+    rows: int = 0  # rows decoded
+    files: int = 0  # files (fragments) opened
+
+
+def iter_documents(
+    path: str, column: str, split: str, eval_fraction: float, stats: ReadStats | None = None
+) -> Iterator[str]:
+    """Documents of one split ("train" or "eval"), streamed with pyarrow (no Ray) in corpus order:
+    files as the dataset lists them (sorted), rows in order. A file is opened only when the reader
+    gets to it, so a consumer that stops early (data.load_sequences) reads only the corpus's start;
+    `stats` counts what was read."""
     want_eval = split == "eval"
     for fragment in open_corpus(path, column).get_fragments():
         where = f"column '{column}' of {fragment.path}"
-        for batch in fragment.to_batches(columns=[column], batch_size=256):
+        if stats is not None:
+            stats.files += 1
+        # Two batches ahead, not pyarrow's 16: a reader that stops early leaves little read for nothing,
+        # and a full scan is bound by decoding and tokenizing the text, not by reading it.
+        for batch in fragment.to_batches(columns=[column], batch_size=256, batch_readahead=2):
+            if stats is not None:
+                stats.rows += batch.num_rows
             for text in decode_texts(batch.column(0), where):
                 if text and is_eval_document(text, eval_fraction) == want_eval:
                     yield text

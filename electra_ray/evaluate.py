@@ -35,6 +35,7 @@ from electra_ray import storage
 from electra_ray.cli import run_cli, verb_parser
 from electra_ray.config import Config
 from electra_ray.data import load_sequences, mask_batch, tokenizer_from_json
+from electra_ray.documents import ReadStats
 from electra_ray.errors import UserError
 from electra_ray.export import EXPORT_METADATA
 from electra_ray.heldout import detection_auc, fixed_corruption
@@ -108,17 +109,26 @@ def _load_network(kind, directory: str, shown: str):
         raise ExportError(f"cannot load {storage.join(shown, os.path.basename(directory))}: {reason}") from None
 
 
-def evaluate_export(export_dir: str, max_sequences: int | None = 512, batch_size: int = 64, seed: int = 0) -> dict:
+def evaluate_export(
+    export_dir: str,
+    max_sequences: int | None = 512,
+    batch_size: int = 64,
+    seed: int = 0,
+    stats: ReadStats | None = None,
+) -> dict:
     """Held-out measurements of an export (a local directory or s3:// prefix). For the MLM baseline
     (no discriminator) only the masked LM's loss and the unigram entropy. `max_sequences`: at most
-    that many held-out sequences (None: all)."""
+    that many held-out sequences, the corpus read only as far as they take (None: all of it).
+    `stats`: counts the corpus rows and files read."""
     check_max_sequences(max_sequences)
     with local_export(export_dir) as local:
-        return _evaluate_local(local, export_dir, max_sequences, batch_size, seed)
+        return _evaluate_local(local, export_dir, max_sequences, batch_size, seed, stats)
 
 
 @torch.no_grad()
-def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batch_size: int, seed: int) -> dict:
+def _evaluate_local(
+    export_dir: str, shown: str, max_sequences: int | None, batch_size: int, seed: int, stats: ReadStats | None
+) -> dict:
     cfg = read_export_config(export_dir, shown)
     electra = cfg.train.objective == "electra"
     masked_lm_dir = os.path.join(export_dir, "generator" if electra else "mlm")
@@ -138,7 +148,7 @@ def _evaluate_local(export_dir: str, shown: str, max_sequences: int | None, batc
     discriminator = (
         _load_network(ElectraForPreTraining, os.path.join(export_dir, "discriminator"), shown) if electra else None
     )
-    columns = load_sequences(cfg.data, tokenizer_json, "eval", max_sequences)
+    columns = load_sequences(cfg.data, tokenizer_json, "eval", max_sequences, stats)
     return held_out_metrics(
         generator, discriminator, columns["input_ids"], cfg, special, batch_size, seed, columns.get("token_type_ids")
     )

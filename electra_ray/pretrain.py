@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 
 from electra_ray import initial_weights, storage
 from electra_ray.cli import add_config_arguments, run_cli, run_name, verb_parser
-from electra_ray.config import CONFIG_FILE, Config, describe_options, given_keys, load_config
+from electra_ray.config import CONFIG_FILE, SHIPPED_CONFIGS, Config, describe_options, given_keys, load_config
 from electra_ray.documents import open_corpus, training_texts
 from electra_ray.errors import UserError
 from electra_ray.tokenizer import read_tokenizer_json
@@ -43,7 +43,8 @@ RUN_IDENTITY = (
     "data.tokenizer",
     "data.vocab_size",
 )
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.yaml")
+# Package data (config.SHIPPED_CONFIGS): an installed package finds it as a checkout does.
+DEFAULT_CONFIG = os.path.join(SHIPPED_CONFIGS, "tiny.yaml")
 
 
 def check_run_directory(cfg: Config) -> bool:
@@ -151,12 +152,9 @@ def resume_config(run: str, overrides: list[str]) -> Config:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = verb_parser("pretrain", __doc__, "config keys (override any with --set KEY=VALUE):\n" + describe_options())
-    add_config_arguments(
-        parser,
-        default=DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None,
-        help="YAML config file (default: configs/tiny.yaml)",
-    )
+    keys = "config keys, with the values of the default --config (override any with --set KEY=VALUE):\n"
+    parser = verb_parser("pretrain", __doc__, keys + describe_options(load_config(DEFAULT_CONFIG)))
+    add_config_arguments(parser, default=DEFAULT_CONFIG, help=f"YAML config file (default: {DEFAULT_CONFIG})")
     parser.add_argument(
         "--resume",
         metavar="RUN",

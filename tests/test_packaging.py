@@ -1,0 +1,84 @@
+"""A non-editable install (`pip install .`, as cluster/Dockerfile does) keeps pretrain's defaults:
+the tiny preset and the shipped corpus are package data, found without the checkout (no Ray)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> str:
+    """The package built and installed (no dependencies) into a directory of its own. Built from a
+    copy of what cluster/Dockerfile copies into its image, so the build writes nothing into the checkout."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source)
+    shutil.copytree(
+        os.path.join(ROOT, "electra_ray"), source / "electra_ray", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", target, source],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return str(target)
+
+
+def run_installed(installed: str, *args: str, cwd) -> str:
+    """`python ARGS` from a directory outside the checkout, the installed copy first on the path."""
+    env = {**os.environ, "PYTHONPATH": installed}
+    run = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def flat(values: dict, prefix: str = "") -> dict:
+    return {
+        key: value
+        for name, inner in values.items()
+        for key, value in (
+            flat(inner, f"{prefix}{name}.").items() if isinstance(inner, dict) else [(prefix + name, inner)]
+        )
+    }
+
+
+def test_an_installed_package_finds_its_presets_and_corpus(installed, tmp_path):
+    where = run_installed(installed, "-c", "import electra_ray; print(electra_ray.__file__)", cwd=tmp_path)
+    assert where.strip().startswith(installed + os.sep)
+
+    # `pretrain --help` lists every key with the value a run without --config gets: the tiny preset's
+    help_text = run_installed(installed, "-m", "electra_ray.pretrain", "--help", cwd=tmp_path)
+    shipped = os.path.join(installed, "electra_ray", "configs", "tiny.yaml")
+    assert f"(default:{shipped})" in "".join(help_text.split())  # argparse wraps the path at its hyphens
+    with open(os.path.join(ROOT, "configs", "tiny.yaml")) as f:  # what `make pretrain` runs
+        tiny = flat(yaml.safe_load(f))
+    assert tiny["model.num_layers"] == 4 and tiny["train.max_steps"] == 1600
+    for key, value in tiny.items():
+        assert f"  {key} = {value!r}" in help_text, key
+    assert "model.num_layers = 12" not in help_text  # not the dataclasses' ELECTRA-Small defaults
+
+    # and the default config reads the corpus the package ships
+    check = (
+        "from electra_ray.config import load_config; from electra_ray.documents import open_corpus; "
+        "from electra_ray.pretrain import DEFAULT_CONFIG; cfg = load_config(DEFAULT_CONFIG); "
+        "print(DEFAULT_CONFIG); print(cfg.data.path); print(open_corpus(cfg.data.path).count_rows())"
+    )
+    config, corpus, rows = run_installed(installed, "-c", check, cwd=tmp_path).split()
+    assert config == shipped and corpus.startswith(installed + os.sep) and int(rows) > 200
+
+
+def test_the_checkout_configs_directory_is_the_packaged_one():
+    """configs/ (the Makefile's, the docs', the cluster files') and the package data are one set of files."""
+    assert os.path.samefile(os.path.join(ROOT, "configs"), os.path.join(ROOT, "electra_ray", "configs"))
+    from electra_ray.config import SHIPPED_CONFIGS
+
+    assert sorted(os.listdir(SHIPPED_CONFIGS)) == sorted(os.listdir(os.path.join(ROOT, "configs")))
+    assert "tiny.yaml" in os.listdir(SHIPPED_CONFIGS)
