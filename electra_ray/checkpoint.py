@@ -51,6 +51,7 @@ TOKENIZER_DIR = "tokenizer"
 DEEPSPEED_CLASSES = (
     "deepspeed.utils.tensor_fragment.fragment_address",
     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",  # ZeRO 1-3 under train.precision=fp16
     "deepspeed.runtime.zero.config.ZeroStageEnum",
 )
 

@@ -156,6 +156,11 @@ class DataConfig:
     # The WordPiece trainer accepts any size (it always keeps the 5 specials and every character of the
     # corpus: 108 tokens on the shipped one, even at vocab_size 0), so 16 is a floor against typos, not a need.
     vocab_size: int = option(30522, "vocabulary size when the tokenizer is trained here", bounds=">= 16")
+    cased: bool = option(
+        False,
+        "when the tokenizer is trained here: keep case and accents (BERT-cased); "
+        "false: lowercase and strip accents (BERT-uncased, the paper's)",
+    )
     seq_len: int = option(
         128,
         "tokens per packed sequence, [CLS] and [SEP] included; at most model.max_position_embeddings",
@@ -192,6 +197,13 @@ class DataConfig:
         "packing=segments: probability that an example aims at a random length in "
         "[5, seq_len] instead of seq_len (google-research/electra: 0.05)",
         bounds="[0, 1]",
+    )
+    whole_word_mask: bool = option(
+        False,
+        "select and corrupt whole words: a word and its ## pieces, or a Chinese word "
+        "(jieba segmenter, pip install jieba) while tokens stay characters; mask_prob "
+        "still counts tokens, and the [MASK] / random / keep choice is made per word. "
+        "false: token by token (the paper's)",
     )
 
 
@@ -246,7 +258,18 @@ class TrainConfig:
         bounds=">= 0",
     )
     zero_stage: int = option(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
-    precision: str = option("auto", "auto (bf16 on GPU, fp32 on CPU), bf16 or fp32", ("auto", "bf16", "fp32"))
+    precision: str = option(
+        "auto",
+        "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (DeepSpeed's dynamic loss scaling, for GPUs without "
+        "bf16 such as V100, T4, RTX 2080 Ti; needs scaling.use_gpu) or fp32",
+        ("auto", "bf16", "fp16", "fp32"),
+    )
+    deepspeed: str = option(
+        "",
+        "your own DeepSpeed config (a JSON or YAML file, local or s3://), merged over the generated one: "
+        "offload, activation checkpointing, bucket sizes... A key this config sets (batch sizes, "
+        "train.grad_clip, train.zero_stage, precision, optimizer) may only repeat its value",
+    )
     log_every: int = option(50, "optimizer steps between progress lines / metric reports", bounds=">= 1")
     eval_every: int = option(
         0,
@@ -394,6 +417,11 @@ def convert_value(key: str, value, kind):
         if isinstance(value, dict):
             return dict(value)
     raise ConfigError(f"config key '{key}' expects {kind.__name__}, got {value!r}")
+
+
+def parse_yaml(text: str, where: str):
+    """yaml.safe_load with _load_yaml's one-line errors, for other YAML files (train.deepspeed)."""
+    return _load_yaml(text, where)
 
 
 def _load_yaml(text: str, where: str):
@@ -563,6 +591,15 @@ def validate(config: Config) -> None:
             f"config key 'scaling.cpus_per_worker' must be 0 or >= 0.0001, got {s.cpus_per_worker!r}",
         ),
     ]
+    # DeepSpeed's CPU accelerator runs fp16 only where oneDNN has it (AVX512-FP16/AMX CPUs; not on
+    # most, where deepspeed.initialize refuses it inside the workers): loss scaling is for GPUs.
+    checks.append(
+        (
+            t.precision != "fp16" or s.use_gpu,
+            "train.precision=fp16 needs scaling.use_gpu=true (DeepSpeed's CPU accelerator refuses fp16 "
+            "on most CPUs); on CPU use bf16 or fp32",
+        )
+    )
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

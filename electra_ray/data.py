@@ -5,7 +5,9 @@ data.packing=concatenate `[CLS] ... [SEP]` rows of documents concatenated, a [SE
 with data.packing=segments google-research/electra's build_pretraining_dataset examples,
 `[CLS] A [SEP] B [SEP]` from whole sentences of one document, with token types. Worker side,
 `masked_batches` iterates the worker's shard and masks each batch afresh, so every epoch sees new
-masks. Reading the corpus itself (and choosing the held-out split) is electra_ray.documents'.
+masks. With data.whole_word_mask each row also carries `word_starts` (electra_ray.words: 1 where a
+token starts a word), found at tokenize time and packed as the ids are, for the masking to read.
+Reading the corpus itself (and choosing the held-out split) is electra_ray.documents'.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from electra_ray.documents import (
 )
 from electra_ray.masking import MaskedBatch, mask_tokens
 from electra_ray.tokenizer import special_ids
+from electra_ray.words import check_segmenter, word_starts
 
 
 def pack(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> np.ndarray:
@@ -206,28 +209,58 @@ def tokenizer_from_json(tokenizer_json: str) -> tuple[Tokenizer, dict[str, int]]
 
 
 def tokenize_and_pack(
-    texts: list[str], tokenizer_json: str, seq_len: int, packing: str = "concatenate", short_seq_prob: float = 0.05
+    texts: list[str],
+    tokenizer_json: str,
+    seq_len: int,
+    packing: str = "concatenate",
+    short_seq_prob: float = 0.05,
+    whole_word_mask: bool = False,
 ) -> dict[str, np.ndarray]:
     """Tokenize documents (the tokenizer as its JSON text, so tasks on any node can rebuild it)
-    and pack them (data.packing) into the dataset's columns: `input_ids`, [N, seq_len] int32, and
-    with packing="segments" `token_type_ids` alike."""
+    and pack them (data.packing) into the dataset's columns: `input_ids`, [N, seq_len] int32, with
+    packing="segments" `token_type_ids` alike, and with `whole_word_mask` `word_starts`, [N, seq_len]
+    int8 (0 on the special tokens). The word starts are packed by a second call of the same packing
+    function: its layout depends only on the token counts (and, for segments, the text seeds), so
+    each flag lands beside its token."""
     tokenizer, special = tokenizer_from_json(tokenizer_json)
     texts = [t for t in texts if t]
     cls_id, sep_id, pad_id = special["[CLS]"], special["[SEP]"], special["[PAD]"]
     if packing == "concatenate":
         encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-        return {"input_ids": pack([e.ids for e in encodings], seq_len, cls_id, sep_id, pad_id)}
+        columns = {"input_ids": pack([e.ids for e in encodings], seq_len, cls_id, sep_id, pad_id)}
+        if whole_word_mask:
+            starts = [word_starts(e, t) for e, t in zip(encodings, texts)]
+            columns["word_starts"] = pack(starts, seq_len, 0, 0, 0).astype(np.int8)
+        return columns
     if packing != "segments":
         raise ValueError(f"unknown packing {packing!r}")
     documents = [split_sentences(t) for t in texts]
-    encodings = iter(
-        tokenizer.encode_batch([s for sentences in documents for s in sentences], add_special_tokens=False)
-    )
-    token_lists = [[next(encodings).ids for _ in sentences] for sentences in documents]
+    sentences = [s for document in documents for s in document]
+    encodings = tokenizer.encode_batch(sentences, add_special_tokens=False)
+    seeds = [text_seed(t) for t in texts]
     input_ids, token_type_ids = pack_segments(
-        token_lists, seq_len, cls_id, sep_id, pad_id, short_seq_prob=short_seq_prob, seeds=[text_seed(t) for t in texts]
+        _by_document([e.ids for e in encodings], documents),
+        seq_len,
+        cls_id,
+        sep_id,
+        pad_id,
+        short_seq_prob=short_seq_prob,
+        seeds=seeds,
     )
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids}
+    columns = {"input_ids": input_ids, "token_type_ids": token_type_ids}
+    if whole_word_mask:
+        starts = [word_starts(e, s).tolist() for e, s in zip(encodings, sentences)]
+        flags, _ = pack_segments(
+            _by_document(starts, documents), seq_len, 0, 0, 0, short_seq_prob=short_seq_prob, seeds=seeds
+        )
+        columns["word_starts"] = flags.astype(np.int8)
+    return columns
+
+
+def _by_document(per_sentence: list, documents: list[list[str]]) -> list[list]:
+    """A flat per-sentence list regrouped by document."""
+    items = iter(per_sentence)
+    return [[next(items) for _ in sentences] for sentences in documents]
 
 
 def _tokenize_block(
@@ -241,6 +274,7 @@ def _tokenize_block(
     corpus: str = "the corpus",
     packing: str = "concatenate",
     short_seq_prob: float = 0.05,
+    whole_word_mask: bool = False,
 ) -> dict:
     want_eval = split == "eval"
     # An Arrow batch, decoded here: Ray Data's conversion to NumPy fails on invalid UTF-8.
@@ -249,7 +283,7 @@ def _tokenize_block(
         for t in decode_texts(batch[column], f"column '{column}' of {corpus}")
         if t and is_eval_document(t, eval_fraction) == want_eval
     ]
-    return tokenize_and_pack(texts, tokenizer_json, seq_len, packing, short_seq_prob)
+    return tokenize_and_pack(texts, tokenizer_json, seq_len, packing, short_seq_prob, whole_word_mask)
 
 
 FOOTER_ACTORS_VARIABLE = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
@@ -283,10 +317,12 @@ def parquet_reader(num_files: int):
 
 
 def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource: str = ""):
-    """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row, and with
-    data.packing=segments `token_type_ids` alike).
+    """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row, with
+    data.packing=segments `token_type_ids` alike, with data.whole_word_mask `word_starts`, int8).
     `resource`: a custom Ray resource every read/tokenize task requires (scaling.data_resource)."""
     corpus = open_corpus(data_cfg.path, data_cfg.text_column)
+    if data_cfg.whole_word_mask:
+        check_segmenter(tokenizer_from_json(tokenizer_json)[0])  # here, not as a failure in every task
     filesystem, _ = storage.resolve(data_cfg.path)
     # A token amount of the resource: it only picks the nodes, their CPUs still bound how many tasks run.
     remote_args = {"resources": {resource: 0.001}} if resource else {}
@@ -307,6 +343,7 @@ def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource:
             corpus=data_cfg.path,
             packing=data_cfg.packing,
             short_seq_prob=data_cfg.short_seq_prob,
+            whole_word_mask=data_cfg.whole_word_mask,
         ),
         **remote_args,
     )
@@ -316,7 +353,8 @@ def load_sequences(
     data_cfg, tokenizer_json: str, split: str, max_sequences: int | None = None, stats: ReadStats | None = None
 ) -> dict[str, np.ndarray]:
     """Packed sequences of one split in this process (no Ray), for evaluation and tests: the columns
-    build_dataset's rows have (`input_ids`; `token_type_ids` with data.packing=segments).
+    build_dataset's rows have (`input_ids`; `token_type_ids` with data.packing=segments; `word_starts`
+    with data.whole_word_mask).
     `max_sequences`: the first that many of the split's rows, read from the corpus's first documents
     only (leading_documents): the held-out sets of evaluate and train.eval_every read a few hundred
     sequences' worth of a corpus of any size. `stats`: counts the rows and files read."""
@@ -327,7 +365,9 @@ def load_sequences(
         texts = list(documents)
     if not texts:
         raise DataError(f"the {split} split of {data_cfg.path} is empty (data.eval_fraction={data_cfg.eval_fraction})")
-    columns = tokenize_and_pack(texts, tokenizer_json, data_cfg.seq_len, data_cfg.packing, data_cfg.short_seq_prob)
+    columns = tokenize_and_pack(
+        texts, tokenizer_json, data_cfg.seq_len, data_cfg.packing, data_cfg.short_seq_prob, data_cfg.whole_word_mask
+    )
     return {name: rows[:max_sequences] for name, rows in columns.items()} if max_sequences else columns
 
 
@@ -365,7 +405,10 @@ def mask_batch(
     vocab_size: int,
     rng: np.random.Generator,
     token_type_ids: np.ndarray | None = None,
+    word_starts: np.ndarray | None = None,
 ) -> MaskedBatch:
+    """Mask as data_cfg says. `word_starts` (the column of that name): whole words are masked when
+    data.whole_word_mask is on; without it (held-out sets built without the column), tokens are."""
     return mask_tokens(
         input_ids,
         rng,
@@ -377,6 +420,7 @@ def mask_batch(
         special_ids=sorted(special.values()),
         vocab_size=vocab_size,
         token_type_ids=token_type_ids,
+        word_starts=word_starts if data_cfg.whole_word_mask else None,
     )
 
 
@@ -403,4 +447,12 @@ def masked_batches(
         local_shuffle_seed=shuffle_seed,
     )
     for batch in itertools.islice(batches, skip, None):
-        yield mask_batch(batch["input_ids"], data_cfg, special, vocab_size, rng, batch.get("token_type_ids"))
+        yield mask_batch(
+            batch["input_ids"],
+            data_cfg,
+            special,
+            vocab_size,
+            rng,
+            batch.get("token_type_ids"),
+            batch.get("word_starts"),
+        )

@@ -244,7 +244,7 @@ def prepare_tokenizer(cfg: Config, run_dir: str) -> str:
     directory = cfg.data.tokenizer or os.path.join(run_dir, "tokenizer")
     if not cfg.data.tokenizer and not os.path.exists(os.path.join(directory, "tokenizer.json")):
         start = time.perf_counter()
-        tokenizer = train_tokenizer(training_texts(cfg.data), cfg.data.vocab_size)
+        tokenizer = train_tokenizer(training_texts(cfg.data), cfg.data.vocab_size, cfg.data.cased)
         save_tokenizer(tokenizer, directory, model_max_length=cfg.model.max_position_embeddings)
         print(
             f"tokenizer: trained {tokenizer.get_vocab_size()} tokens in {time.perf_counter() - start:.1f}s "

@@ -1,47 +1,16 @@
-"""The DeepSpeed engine a worker trains: the generated DeepSpeed config, the optimizer and the
-learning-rate schedule, wrapped around the pre-training model."""
+"""The DeepSpeed engine a worker trains: the DeepSpeed config (ds_config: generated, with the
+user's train.deepspeed file merged over it), the optimizer and the learning-rate schedule, wrapped
+around the pre-training model."""
 
 from __future__ import annotations
 
 import torch
 
 from electra_ray.config import Config
+from electra_ray.ds_config import deepspeed_config
 from electra_ray.initial_weights import load_initial_state
 from electra_ray.model import build_pretraining_model
 from electra_ray.optim import AdamWNoBiasCorrection, electra_lr_lambda, lr_lambda, param_groups
-
-
-def deepspeed_config(cfg: Config, use_bf16: bool) -> dict:
-    t, world = cfg.train, cfg.scaling.num_workers
-    config = {
-        "train_batch_size": t.batch_size,
-        "train_micro_batch_size_per_gpu": t.batch_size // (world * t.grad_accum),
-        "gradient_accumulation_steps": t.grad_accum,
-        "gradient_clipping": t.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage, "stage3_gather_16bit_weights_on_model_save": False},
-        "bf16": {"enabled": use_bf16},
-        # torch's fused AdamW (one kernel for all tensors, on CPU and GPU): DeepSpeed's FusedAdam
-        # would be JIT-compiled and needs CUDA.
-        "optimizer": {
-            "type": "AdamW",
-            "params": {
-                "lr": t.lr,
-                "betas": list(t.adam_betas),
-                "eps": t.adam_eps,
-                "weight_decay": t.weight_decay,
-                "torch_adam": True,
-                "fused": True,
-            },
-        },
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if t.optimizer == "electra":
-        # The optimizer is handed to deepspeed.initialize (client_optimizer): DeepSpeed refuses one
-        # there and one in its config, and wraps an optimizer it does not know in ZeRO only if told.
-        del config["optimizer"]
-        config["zero_allow_untested_optimizer"] = True
-    return config
 
 
 def client_optimizer(cfg: Config, model: torch.nn.Module):
@@ -61,13 +30,17 @@ def client_optimizer(cfg: Config, model: torch.nn.Module):
     return None, lr_lambda(t.warmup_steps, t.max_steps)
 
 
-def uses_bf16(cfg: Config) -> bool:
-    return cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cfg.scaling.use_gpu)
-
-
-def build_engine(cfg: Config, vocab_size: int, pad_id: int, world: int, initial_state: dict | None = None):
+def build_engine(
+    cfg: Config,
+    vocab_size: int,
+    pad_id: int,
+    world: int,
+    initial_state: dict | None = None,
+    ds_config: dict | None = None,
+):
     """(DeepSpeed engine, LR scheduler) around a new pre-training model, identical on every rank;
-    `initial_state`: model.init_from's weights (initial_weights.initial_state), loaded first."""
+    `initial_state`: model.init_from's weights (initial_weights.initial_state), loaded first;
+    `ds_config`: the DeepSpeed config the driver merged (ds_config.deepspeed_config), else generated here."""
     # Imported here: DeepSpeed picks its accelerator at import, from DS_ACCELERATOR, which the
     # worker sets first.
     import deepspeed
@@ -81,7 +54,7 @@ def build_engine(cfg: Config, vocab_size: int, pad_id: int, world: int, initial_
         model=model,
         model_parameters=param_groups(model, cfg.train.weight_decay),
         optimizer=optimizer,
-        config=deepspeed_config(cfg, uses_bf16(cfg)),
+        config=ds_config if ds_config is not None else deepspeed_config(cfg),
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
     )
     if world == 1 and cfg.train.zero_stage == 0:

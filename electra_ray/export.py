@@ -5,7 +5,8 @@
 
 Writes OUT/discriminator and OUT/generator (each with the tokenizer beside the weights), so that
 `ElectraForPreTraining.from_pretrained(OUT/"discriminator")` and
-`AutoTokenizer.from_pretrained(OUT/"discriminator")` work with no code of ours. A run of the MLM
+`AutoTokenizer.from_pretrained(OUT/"discriminator")` work with no code of ours; each network's
+README.md is its model card (model_card.py: how it was trained, held-out figures, how to load it). A run of the MLM
 baseline (train.objective=mlm) has one network, written to OUT/mlm
 (`ElectraForMaskedLM.from_pretrained`). Either way the encoder's weights are under `electra.`,
 which is what `ElectraForSequenceClassification.from_pretrained` takes (it drops the pre-training
@@ -39,6 +40,7 @@ from electra_ray.config import Config
 from electra_ray.data import tokenizer_from_json
 from electra_ray.errors import UserError
 from electra_ray.model import build_pretraining_model
+from electra_ray.model_card import run_figures, write_model_cards
 from electra_ray.tokenizer import save_tokenizer
 
 # An export's own record: the checkpoint it came from and the pre-training config (evaluate reads it).
@@ -102,9 +104,17 @@ def _is_alias(name: str, tensors: dict, weights: dict) -> bool:
     return any(tensors[other] is tensors[name] for other in weights if other in tensors)
 
 
-def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = None, overwrite: bool = False) -> str:
+def export(
+    checkpoint: str,
+    out: str,
+    progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
+    measure: Callable[[str], dict] | None = None,
+) -> str:
     """Checkpoint (local or s3://) -> HF-format export at `out` (local or s3://), published whole.
-    An existing `out` is replaced only if it is an earlier export and `overwrite` is set."""
+    An existing `out` is replaced only if it is an earlier export and `overwrite` is set.
+    `measure(directory)`: held-out figures of the export written there, before it is published,
+    for its model cards (pretrain passes its evaluation)."""
     storage.check(checkpoint)
     storage.check_output(out, "export", overwrite)  # before the work: refused outputs cost nothing
     if not storage.is_remote(checkpoint) and not os.path.isdir(checkpoint):
@@ -112,22 +122,32 @@ def export(checkpoint: str, out: str, progress: Callable[[str], None] | None = N
     with storage.local_directory(checkpoint) as checkpoint_dir:
         try:
             model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
+            step = int(read_run_state(checkpoint_dir).get("step", 0))
         except UserError:
             raise
         except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:  # a truncated or corrupt file
             first_line = (str(error).splitlines() or [""])[0][:300]
             raise UserError(f"cannot read checkpoint {checkpoint}: {type(error).__name__}: {first_line}") from None
     source = checkpoint if storage.is_remote(checkpoint) else os.path.abspath(checkpoint)
+    figures = run_figures(checkpoint, step)  # what the run measured at this step, if its records are beside it
     with storage.staging_directory(out) as staging:
-        write_export(model, cfg, tokenizer_json, source, staging)
+        write_export(model, cfg, tokenizer_json, source, staging, step, figures)
+        if measure:  # the cards again, with the export's own held-out figures
+            write_model_cards(staging, model.exported_networks(), cfg, step, {**figures, **measure(staging)})
         return storage.publish_directory(staging, out, "export", overwrite, progress)
 
 
-def write_export(model, cfg: Config, tokenizer_json: str, checkpoint: str, directory: str) -> None:
+def write_export(
+    model, cfg: Config, tokenizer_json: str, checkpoint: str, directory: str, step: int = 0, figures: dict | None = None
+) -> None:
+    """The networks (each with the tokenizer and its model card, README.md), and the export's own
+    record. `step`: the checkpoint's optimizer step; `figures`: held-out figures for the cards."""
     tokenizer = Tokenizer.from_str(tokenizer_json)
-    for name, network in model.exported_networks().items():
+    networks = model.exported_networks()
+    for name, network in networks.items():
         network.save_pretrained(os.path.join(directory, name))
         save_tokenizer(tokenizer, os.path.join(directory, name), model_max_length=cfg.model.max_position_embeddings)
+    write_model_cards(directory, networks, cfg, step, figures)
     with open(os.path.join(directory, EXPORT_METADATA), "w") as f:
         json.dump({"checkpoint": checkpoint, "config": cfg.to_dict()}, f, indent=1)
 

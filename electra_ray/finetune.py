@@ -32,33 +32,29 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-import transformers
 import yaml
-from transformers import AutoConfig, AutoTokenizer, ElectraForSequenceClassification
+from transformers import AutoConfig, AutoTokenizer
 
 from electra_ray import storage
 from electra_ray.cli import output_directory, run_cli, verb_parser
 from electra_ray.config import ScalingConfig, apply_values, option
 from electra_ray.driver import build_trainer, check_resources, connect_ray
-from electra_ray.errors import UserError
-from electra_ray.model import use_fast_cpu_dropout
-from electra_ray.optim import lr_lambda, param_groups
-from electra_ray.tasks import (
-    Examples,
-    TaskDataError,
-    class_labels,
-    classification_metrics,
-    examples,
-    read_task_file,
-    regression_metrics,
+from electra_ray.finetune_kinds import (
+    CLASSIFICATION,
+    REGRESSION,
+    FinetuneError,
+    TaskKind,
+    load_classifier,
+    load_task,
 )
+from electra_ray.optim import lr_lambda, param_groups
+from electra_ray.tasks import TaskDataError
 from electra_ray.train import quiet_report_logging
 
-METRICS = {"classification": ("accuracy", "f1", "mcc"), "regression": ("pearson", "spearman", "mse")}
-
-
-class FinetuneError(UserError):
-    """Fine-tuning cannot start: no model at the path, or settings that do not fit together."""
+# Every task kind, by its --task name (a new kind: a TaskKind subclass, added here; see finetune_kinds.py).
+KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (CLASSIFICATION, REGRESSION)}
+# load_classifier, load_task: this module's names for them since before the kinds were split out.
+__all__ = ["FinetuneConfig", "FinetuneError", "KINDS", "finetune", "load_classifier", "load_task", "main"]
 
 
 @dataclass
@@ -73,7 +69,7 @@ class FinetuneConfig:
     task: str = option(
         "classification",
         "classification (a class per example) or regression (a number per example, as STS-B)",
-        ("classification", "regression"),
+        tuple(KINDS),
     )
     text_column: str = option("text", "column of the text (the first sentence of a pair)")
     pair_column: str = option("", "column of the second sentence of a pair; empty: single sentences")
@@ -110,16 +106,6 @@ class FinetuneConfig:
     out: str = option("", "output directory; empty: runs/finetune-<date>-<time>")
 
 
-@dataclass(frozen=True)
-class TaskData:
-    """Tokenized examples, padded to the longest; each batch is cut to its own longest."""
-
-    input_ids: np.ndarray  # [N, L] int64
-    token_type_ids: np.ndarray  # [N, L] int64: 0 for the first sentence, 1 for the second
-    lengths: np.ndarray  # [N] tokens of each example
-    labels: np.ndarray  # [N] int64 class indices or float32 targets
-
-
 @dataclass
 class FinetuneResult:
     out: str
@@ -149,7 +135,8 @@ def _finite(value) -> bool:
 def validate(cfg: FinetuneConfig) -> None:
     """Every setting in range and the settings consistent, before any file is read: each problem a
     FinetuneError naming the flag. Checked in order, so a later check may rely on an earlier one."""
-    for check in (*_task_checks(cfg), *_number_checks(cfg), *_list_checks(cfg)):
+    kind_checks = KINDS[cfg.task].checks(cfg) if cfg.task in KINDS else []
+    for check in (*_task_checks(cfg), *_number_checks(cfg), *_list_checks(cfg), *kind_checks):
         ok, message = check()
         if not ok:
             raise FinetuneError(message)
@@ -160,9 +147,9 @@ def validate(cfg: FinetuneConfig) -> None:
 
 def _task_checks(cfg: FinetuneConfig) -> list:
     """The task, its metric, and the three paths every fine-tuning needs."""
-    metrics = METRICS[cfg.task] if cfg.task in METRICS else ()
+    metrics = KINDS[cfg.task].metrics if cfg.task in KINDS else ()
     return [
-        lambda: (cfg.task in METRICS, f"task must be one of {list(METRICS)}, got {cfg.task!r}"),
+        lambda: (cfg.task in KINDS, f"task must be one of {list(KINDS)}, got {cfg.task!r}"),
         lambda: (
             not cfg.metric or cfg.metric in metrics,
             f"metric {cfg.metric!r} is not one of {list(metrics)} (the metrics of a {cfg.task} task)",
@@ -260,93 +247,7 @@ def _list_checks(cfg: FinetuneConfig) -> list:
 # -- data ----------------------------------------------------------------------------------------
 
 
-def encode(tokenizer, data: Examples, max_len: int) -> TaskData:
-    encoded = tokenizer(
-        data.texts,
-        data.pairs,
-        truncation=True,
-        max_length=max_len,
-        padding=True,
-        return_token_type_ids=True,
-        return_tensors="np",
-    )
-    return TaskData(
-        encoded["input_ids"].astype(np.int64),
-        encoded["token_type_ids"].astype(np.int64),
-        encoded["attention_mask"].sum(axis=1),
-        data.labels,
-    )
-
-
-def load_task(cfg: FinetuneConfig, tokenizer, max_len: int) -> tuple[TaskData, TaskData, list | None]:
-    """(train, eval, classes): both files read, checked and tokenized. Classes are None for
-    regression."""
-    texts = [c for c in (cfg.text_column, cfg.pair_column) if c]
-    columns = texts + [cfg.label_column]
-    train = read_task_file(cfg.train, columns, texts)
-    if cfg.max_train_examples:
-        train = train.slice(0, cfg.max_train_examples)
-    labels = None
-    if cfg.task == "classification":
-        labels = list(cfg.labels) or class_labels(train, cfg.label_column, cfg.train)
-        if len(labels) < 2:
-            raise FinetuneError(
-                f"training file {cfg.train} has {len(labels)} distinct label(s) in column "
-                f"'{cfg.label_column}'; classification needs at least 2"
-            )
-    columns_of = dict(text_column=cfg.text_column, pair_column=cfg.pair_column, label_column=cfg.label_column)
-    train_examples = examples(train, cfg.train, **columns_of, labels=labels)
-    eval_examples = examples(read_task_file(cfg.eval, columns, texts), cfg.eval, **columns_of, labels=labels)
-    if not train_examples.texts or not eval_examples.texts:
-        raise FinetuneError(f"no examples in {cfg.train if not train_examples.texts else cfg.eval}")
-    return encode(tokenizer, train_examples, max_len), encode(tokenizer, eval_examples, max_len), labels
-
-
-def batch(data: TaskData, index: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    width = int(data.lengths[index].max())
-    tensors = {
-        "input_ids": data.input_ids[index, :width],
-        "token_type_ids": data.token_type_ids[index, :width],
-        "attention_mask": (np.arange(width)[None, :] < data.lengths[index, None]).astype(np.int64),
-        "labels": data.labels[index],
-    }
-    return {name: torch.from_numpy(value).to(device) for name, value in tensors.items()}
-
-
 # -- model and optimizer -------------------------------------------------------------------------
-
-
-def load_classifier(model_dir: str, cfg: FinetuneConfig, labels: list | None):
-    """ElectraForSequenceClassification on the encoder of `model_dir`, with a new task head. Any
-    encoder weight missing from the directory is an error, not a silently random layer."""
-    task = (
-        {
-            "num_labels": len(labels),
-            "id2label": {i: str(v) for i, v in enumerate(labels)},
-            "label2id": {str(v): i for i, v in enumerate(labels)},
-        }
-        if labels
-        else {"num_labels": 1, "problem_type": "regression"}
-    )
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # "newly initialized: classifier.*" is the point here
-    try:
-        model, info = ElectraForSequenceClassification.from_pretrained(
-            model_dir,
-            output_loading_info=True,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
-            **task,
-        )
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-    missing = [k for k in info["missing_keys"] if not k.startswith("classifier.")]
-    if missing or info["mismatched_keys"]:
-        raise FinetuneError(
-            f"model {model_dir} lacks encoder weights: missing {missing[:3]}, "
-            f"mismatched {list(info['mismatched_keys'])[:3]}"
-        )
-    return use_fast_cpu_dropout(model)
 
 
 def layer_depth(name: str, num_layers: int) -> int:
@@ -504,34 +405,6 @@ def train_seed(
 
 
 # -- evaluation ----------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict(model, data: TaskData, batch_size: int = 128) -> np.ndarray:
-    """Class indices (classification) or predicted values (regression), one per example."""
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = []
-    for start in range(0, len(data.lengths), batch_size):
-        inputs = batch(data, np.arange(start, min(start + batch_size, len(data.lengths))), device)
-        inputs.pop("labels")
-        logits = model(**inputs).logits.float().cpu()
-        outputs.append(logits[:, 0] if model.config.problem_type == "regression" else logits.argmax(-1))
-    return torch.cat(outputs).numpy()
-
-
-def score(data: TaskData, predictions: np.ndarray, labels: list | None) -> dict[str, float]:
-    if labels is None:
-        return regression_metrics(data.labels, predictions)
-    return classification_metrics(data.labels, predictions, len(labels))
-
-
-def majority_baseline(train: TaskData, evaluation: TaskData, labels: list | None) -> dict | None:
-    """The eval scores of always predicting the most frequent training class (classification)."""
-    if labels is None:
-        return None
-    majority = int(np.bincount(train.labels, minlength=len(labels)).argmax())
-    return {"label": labels[majority], **score(evaluation, np.full_like(evaluation.labels, majority), labels)}
 
 
 def summarize(runs: list[dict], names: tuple[str, ...]) -> dict[str, dict]:

@@ -22,6 +22,7 @@ from electra_ray.driver import (
     prepare_tokenizer,
     stop_request,
 )
+from electra_ray.ds_config import deepspeed_config
 from electra_ray.errors import UserError
 from electra_ray.evaluate import evaluate_export, format_report
 from electra_ray.export import export
@@ -94,8 +95,13 @@ def export_and_publish(cfg: Config, checkpoint: str, run_dir: str) -> tuple[str,
     """Export the final checkpoint into the run's own directory, evaluate it (eval.json), and
     publish export and records to the run's s3:// prefix if it has one (the local directory may
     not outlive the machine). Returns (the export's path or URL, the evaluation)."""
-    export_dir = export(checkpoint, os.path.join(run_dir, "export"), overwrite=True)  # the run's own
-    evaluation = evaluate_export(export_dir)
+    evaluation: dict = {}
+
+    def measure(directory: str) -> dict:  # the export, before it is published: its model cards get the figures
+        evaluation.update(evaluate_export(directory))
+        return evaluation
+
+    export_dir = export(checkpoint, os.path.join(run_dir, "export"), overwrite=True, measure=measure)  # the run's own
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(evaluation, f, indent=1)
     print(format_report(evaluation), flush=True)
@@ -136,4 +142,5 @@ def worker_args(cfg: Config, tokenizer_json: str, threads: int) -> WorkerArgs:
         stop_actor=stop_request(),
         heldout=heldout_corruption(cfg, tokenizer_json),
         initial_weights=ray.put(initial_state(cfg)) if cfg.model.init_from else None,
+        deepspeed_config=deepspeed_config(cfg),  # train.deepspeed merged here: workers may not reach its file
     )

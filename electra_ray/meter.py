@@ -4,24 +4,95 @@ memory, and the progress line. Counters stay on the device until a logging step 
 from __future__ import annotations
 
 import functools
+import re
 import resource
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from electra_ray.objective import STAT_NAMES, summarize
 
-# Dense bf16 peak FLOP/s from the datasheets, for MFU on GPUs.
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+@dataclass(frozen=True)
+class GpuPeak:
+    """A GPU model's dense peak TFLOP/s (without the 2:4 sparsity that datasheets also quote) for
+    each precision a run computes in; None where the card has no such unit. fp16 is the rate with
+    fp32 accumulation, as torch's matmuls accumulate (GeForce cards run half of it; their
+    fp16-accumulate figure is not what we get)."""
+
+    model: str
+    pattern: str  # a regex searched in the lowercased torch.cuda.get_device_name()
+    fp16: float
+    bf16: float | None
+    tf32: float | None
+    fp32: float
 
 
-def peak_flops(device: torch.device, threads: int = 0) -> float:
-    """The device's peak FLOP/s: datasheet bf16 on GPU, a measured fp32 matmul on CPU."""
+# Sources: NVIDIA datasheets (A100: nvidia-a100-datasheet-us-nvidia-1758950-r4; H100: "NVIDIA H100
+# Tensor Core GPU" datasheet, SXM / PCIe / NVL columns; H200: "NVIDIA H200 Tensor Core GPU"
+# datasheet, SXM / NVL; L4, L40S, A10, T4 datasheets; V100: volta-v100-datasheet-update-us-1165301-r5)
+# and the architecture whitepapers for GeForce cards (Turing: RTX 2080 Ti reference clocks; Ampere
+# GA102: RTX 3090; Ada: RTX 4090). NVIDIA publishes no A10G datasheet: AWS's A10G is a GA102 like
+# the A10, whose figures it gets here (as Lightning's throughput table does); measure before
+# trusting its MFU to the percent. Order matters: the first pattern that matches wins.
+GPU_PEAKS = (
+    GpuPeak("H100 PCIe", r"\bh100\b.*\b(pcie|hbm2e)\b", 756, 756, 378, 51),
+    GpuPeak("H100 NVL", r"\bh100\b.*\bnvl\b", 835, 835, 418, 60),
+    GpuPeak("H100 SXM", r"\bh100\b", 989, 989, 494, 67),
+    GpuPeak("H200 NVL", r"\bh200\b.*\bnvl\b", 835, 835, 418, 60),
+    GpuPeak("H200 SXM", r"\bh200\b", 989, 989, 494, 67),
+    GpuPeak("A100", r"\ba100\b", 312, 312, 156, 19.5),
+    GpuPeak("L40S", r"\bl40s\b", 362, 362, 183, 91.6),
+    GpuPeak("L4", r"\bl4\b", 121, 121, 60, 30.3),
+    GpuPeak("A10G", r"\ba10g\b", 125, 125, 62.5, 31.2),
+    GpuPeak("A10", r"\ba10\b", 125, 125, 62.5, 31.2),
+    GpuPeak("T4", r"\bt4\b", 65, None, None, 8.1),
+    GpuPeak("V100S PCIe", r"\bv100s\b", 130, None, None, 16.4),
+    GpuPeak("V100 PCIe", r"\bv100\b.*\bpcie\b", 112, None, None, 14),
+    GpuPeak("V100 SXM2", r"\bv100\b", 125, None, None, 15.7),
+    # Anchored: the Ti / D / Laptop variants of these names have other peaks.
+    GpuPeak("RTX 2080 Ti", r"\brtx 2080 ti$", 53.8, None, None, 13.4),
+    GpuPeak("RTX 3090", r"\brtx 3090$", 71, 71, 35.6, 35.6),
+    GpuPeak("RTX 4090", r"\brtx 4090$", 165.2, 165.2, 82.6, 82.6),
+)
+
+
+def gpu_model(name: str) -> GpuPeak | None:
+    """The GPU_PEAKS entry of a device name as torch reports it ('NVIDIA H100 80GB HBM3', 'Tesla T4')."""
+    lowered = " ".join(name.lower().split())
+    return next((gpu for gpu in GPU_PEAKS if re.search(gpu.pattern, lowered)), None)
+
+
+def gpu_peak_flops(name: str, precision: str, tf32: bool = False) -> float | None:
+    """Datasheet peak FLOP/s of the GPU `name` computing in `precision` (fp16, bf16, fp32; `tf32`:
+    fp32 matmuls may use TF32 tensor cores); None for a GPU or precision the table lacks: no MFU
+    beats one against a guessed peak."""
+    gpu = gpu_model(name)
+    if gpu is None:
+        return None
+    if precision == "fp32":
+        tflops = gpu.tf32 if tf32 and gpu.tf32 else gpu.fp32
+    else:
+        tflops = getattr(gpu, precision)
+    return tflops * 1e12 if tflops else None
+
+
+def peak_flops(device: torch.device, threads: int = 0, precision: str = "fp32") -> float | None:
+    """The device's peak FLOP/s: the datasheet's for `precision` on a GPU (None: not in
+    GPU_PEAKS), a measured fp32 matmul on CPU."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), 989e12)
+        tf32 = torch.get_float32_matmul_precision() != "highest"  # torch.backends.cuda.matmul.allow_tf32
+        return gpu_peak_flops(torch.cuda.get_device_name(device), precision, tf32)
     return cpu_matmul_flops(threads or torch.get_num_threads())
+
+
+def unknown_peak_warning(device: torch.device, precision: str) -> str:
+    return (
+        f"warning: no datasheet {precision} peak for GPU {torch.cuda.get_device_name(device)!r} in "
+        f"electra_ray.meter.GPU_PEAKS: mfu is reported as null"
+    )
 
 
 @functools.cache
@@ -103,7 +174,7 @@ class Meter:
         max_steps: int,
         tokens_per_step: int,
         flops_per_token: float,
-        peak_flops: float,
+        peak_flops: float | None,
         world: int,
         device: torch.device,
         start_step: int,
@@ -127,25 +198,33 @@ class Meter:
         """Model state bytes, measured before the optimizer step frees the gradients."""
         self.state_bytes = model_state_bytes(engine)
 
-    def report(self, step: int, epoch: int, lr: float, skipped_steps: int) -> dict:
-        """The interval's metrics (a collective: every rank calls it at the same step)."""
+    def report(
+        self, step: int, epoch: int, lr: float, skipped_steps: int, overflow_steps: int = 0, loss_scale=None
+    ) -> dict:
+        """The interval's metrics (a collective: every rank calls it at the same step). mfu is None
+        without a known peak; loss_scale (fp16's dynamic loss scale) is reported when given."""
         if self.world > 1:
             dist.all_reduce(self.stats)
         tokens_per_s = self.interval_steps * self.tokens_per_step / (time.perf_counter() - self.interval_start)
         summary = summarize(self.stats.tolist())
         self.stats.zero_()
-        return {
+        mfu = self.flops_per_token * tokens_per_s / (self.peak_flops * self.world) if self.peak_flops else None
+        metrics = {
             "step": step,
             "epoch": epoch,
             "loss": summary["mlm_loss"] + self.rtd_weight * summary["rtd_loss"],
             **summary,
             "lr": lr,
             "tokens_per_s": tokens_per_s,
-            "mfu": self.flops_per_token * tokens_per_s / (self.peak_flops * self.world),
+            "mfu": mfu,
             "skipped_steps": skipped_steps,
+            "overflow_steps": overflow_steps,
             "model_state_mb": self.state_bytes / 2**20,
             "peak_rss_mb": peak_rss_bytes() / 2**20,
         }
+        if loss_scale is not None:
+            metrics["loss_scale"] = loss_scale
+        return metrics
 
     def progress_line(self, metrics: dict) -> str:
         step = metrics["step"]
@@ -159,9 +238,12 @@ class Meter:
             )
         if "heldout_auc" in metrics:
             losses += f" | held-out AUC {metrics['heldout_auc']:.3f}"
+        if "loss_scale" in metrics:
+            losses += f" | loss scale {metrics['loss_scale']:g} ({metrics['overflow_steps']} overflow steps)"
+        mfu = f"{metrics['mfu']:.1%}" if metrics["mfu"] is not None else "n/a"
         return (
             f"step {step}/{self.max_steps} | loss {metrics['loss']:.3f} {losses} | "
-            f"{metrics['tokens_per_s']:,.0f} tok/s | MFU {metrics['mfu']:.1%} | "
+            f"{metrics['tokens_per_s']:,.0f} tok/s | MFU {mfu} | "
             f"ETA {format_eta((self.max_steps - step) / rate)}"
         )
 

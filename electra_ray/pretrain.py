@@ -19,6 +19,7 @@ from electra_ray import initial_weights, storage
 from electra_ray.cli import add_config_arguments, run_cli, run_name, verb_parser
 from electra_ray.config import CONFIG_FILE, SHIPPED_CONFIGS, Config, describe_options, given_keys, load_config
 from electra_ray.documents import open_corpus, training_texts
+from electra_ray.ds_config import check_deepspeed_config
 from electra_ray.errors import UserError
 from electra_ray.tokenizer import read_tokenizer_json
 
@@ -96,6 +97,7 @@ def check_before_start(cfg: Config, export_and_evaluate: bool) -> tuple[bool, st
     source = initial_weights.resolve(cfg) if cfg.model.init_from else None  # sets the model's shape
     if cfg.data.tokenizer:
         storage.check(cfg.data.tokenizer)
+    check_deepspeed_config(cfg)  # train.deepspeed: readable, no conflicts, accepted by DeepSpeed
     storage.check(cfg.output.dir, write=True)
     if not cfg.output.name:
         cfg.output.name = run_name("run")

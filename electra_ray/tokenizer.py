@@ -1,13 +1,17 @@
-"""Train, save and load the WordPiece tokenizer (BERT-style, uncased).
+"""Train, save and load the WordPiece tokenizer (BERT-style; uncased, or cased with --cased).
 
-    python -m electra_ray.tokenizer --input corpus.parquet --vocab-size 8192 --out DIR
+    python -m electra_ray.tokenizer --input corpus.parquet --vocab-size 8192 --out DIR [--cased]
 
 The saved directory loads with `transformers.AutoTokenizer.from_pretrained(DIR)` and
 `ElectraTokenizerFast.from_pretrained(DIR)`; `tokenizer.json` in it is what the data pipeline uses.
+Chinese, Japanese and Korean ideographs are one token each (BERT's handling), so a Chinese corpus
+trains a character-level vocabulary. Any other Hugging Face tokenizer directory (data.tokenizer)
+works if it has the five special tokens, under BERT's names or RoBERTa's (`special_tokens`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
@@ -20,14 +24,31 @@ from electra_ray.errors import UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4 in this order
+# The roles of the five special tokens, by BERT's names (the keys of `special_ids` everywhere), and
+# the spellings other tokenizer families give them: RoBERTa, XLM-R, BART, CamemBERT <s> </s> <pad>
+# <mask> <unk>; XLNet <cls> <sep>; ALBERT <pad> <unk>. A tokenizer is read by its tokenizer.json
+# alone on the workers, so each role is the first of its spellings that the vocabulary has; on the
+# driver, read_tokenizer_json checks that against the directory's own special-token settings.
+SPELLINGS = {
+    PAD: (PAD, "<pad>"),
+    UNK: (UNK, "<unk>"),
+    CLS: (CLS, "<s>", "<cls>"),
+    SEP: (SEP, "</s>", "<sep>"),
+    MASK: (MASK, "<mask>"),
+}
+SETTINGS = {PAD: "pad_token", UNK: "unk_token", CLS: "cls_token", SEP: "sep_token", MASK: "mask_token"}
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, cased: bool = False) -> Tokenizer:
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
-    # BERT normalisation: clean control chars, put spaces around CJK characters (one token each),
-    # strip accents and lowercase.
+    # BERT normalisation: clean control chars, put spaces around CJK ideographs (one token each,
+    # as BERT's Chinese and multilingual models: a Chinese corpus gets a character vocabulary),
+    # then, uncased, strip accents and lowercase; cased keeps both (BERT-cased's settings).
     tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=False if cased else None,  # None: strip when lowercasing
+        lowercase=not cased,
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
@@ -49,15 +70,17 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: str, model_max_length: int = 5
     # tokenizer; transformers would add about a second to each of those processes' start.
     from transformers import PreTrainedTokenizerFast
 
+    # The tokenizer's own spellings: naming [CLS] to one that has <s> would add a token the model has no row for.
+    names = special_tokens(tokenizer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        unk_token=UNK,
-        pad_token=PAD,
-        cls_token=CLS,
-        sep_token=SEP,
-        mask_token=MASK,
+        unk_token=names[UNK],
+        pad_token=names[PAD],
+        cls_token=names[CLS],
+        sep_token=names[SEP],
+        mask_token=names[MASK],
         model_max_length=model_max_length,
-        do_lower_case=True,
+        do_lower_case=lowercases(tokenizer),
     )
     os.makedirs(out_dir, exist_ok=True)
     wrapped.save_pretrained(out_dir)
@@ -82,12 +105,7 @@ def read_tokenizer_json(directory: str) -> str:
         tokenizer = Tokenizer.from_str(text)
     except Exception as error:  # tokenizers raises a bare Exception for every parse failure
         raise UserError(f"{path} is not a tokenizer ({str(error).splitlines()[0][:200]})") from None
-    missing = [token for token, id_ in special_ids(tokenizer).items() if id_ is None]
-    if missing:
-        raise UserError(
-            f"tokenizer {path} lacks the special tokens {' '.join(missing)}: ELECTRA needs "
-            f"{' '.join(SPECIAL_TOKENS)} in its vocabulary"
-        )
+    check_special_tokens(tokenizer, special_token_settings(directory), path)
     if tokenizer.padding or tokenizer.truncation:
         # Saved for inference with a fixed length (the MiniLM package's pads and cuts every text to
         # 128): here packing decides lengths, and an export must not inherit it.
@@ -97,8 +115,76 @@ def read_tokenizer_json(directory: str) -> str:
     return text
 
 
-def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
-    return {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+def special_tokens(tokenizer: Tokenizer) -> dict[str, str | None]:
+    """Each role's token in this tokenizer (the first of its SPELLINGS in the vocabulary; None: none)."""
+    vocabulary = tokenizer.get_vocab(with_added_tokens=True)
+    return {role: next((t for t in spellings if t in vocabulary), None) for role, spellings in SPELLINGS.items()}
+
+
+def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
+    """Each role's token id, keyed by BERT's names ("[PAD]", ...): the one place roles are mapped."""
+    return {
+        role: None if token is None else tokenizer.token_to_id(token)
+        for role, token in special_tokens(tokenizer).items()
+    }
+
+
+def special_token_settings(directory: str) -> dict[str, str]:
+    """The special tokens a Hugging Face tokenizer directory declares (tokenizer_config.json, then
+    special_tokens_map.json over it, as transformers reads them): {"cls_token": "<s>", ...}. Absent
+    files (our checkpoints keep only tokenizer.json) declare nothing."""
+    settings: dict[str, str] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = storage.join(directory, name)
+        if not storage.exists(path):
+            continue
+        try:
+            values = json.loads(storage.read_text(path))
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{path} is not JSON") from None
+        for key in SETTINGS.values():
+            value = values.get(key) if isinstance(values, dict) else None
+            value = value.get("content") if isinstance(value, dict) else value  # AddedToken form
+            if isinstance(value, str):
+                settings[key] = value
+    return settings
+
+
+def check_special_tokens(tokenizer: Tokenizer, settings: dict[str, str], path: str) -> None:
+    """A one-line error unless each of the five roles maps to a token of the vocabulary, and to the
+    one the directory's settings name where they name one."""
+    found = special_tokens(tokenizer)
+    vocabulary = tokenizer.get_vocab(with_added_tokens=True)
+    for role, key in SETTINGS.items():
+        declared = settings.get(key)
+        if declared is None or declared == found[role]:
+            continue
+        if declared not in vocabulary:
+            raise UserError(f"tokenizer {path}: its settings name {key} {declared!r}, which its vocabulary lacks")
+        raise UserError(
+            f"tokenizer {path}: its settings name {key} {declared!r}; electra-ray maps {role} only to "
+            f"{' or '.join(SPELLINGS[role])} (found {found[role]!r})"
+        )
+    missing = [" or ".join(SPELLINGS[role]) for role, token in found.items() if token is None]
+    if missing:
+        raise UserError(
+            f"tokenizer {path} lacks the special tokens {', '.join(missing)}: ELECTRA needs "
+            f"{' '.join(SPECIAL_TOKENS)} (or their RoBERTa-style equivalents) in its vocabulary"
+        )
+
+
+def lowercases(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's normalizer lowercases (BertNormalizer(lowercase=True) or a Lowercase
+    step): the do_lower_case an export declares."""
+
+    def walk(node) -> bool:
+        if isinstance(node, dict):
+            if node.get("type") == "Lowercase" or (node.get("type") == "BertNormalizer" and node.get("lowercase")):
+                return True
+            return any(walk(value) for value in node.values())
+        return isinstance(node, list) and any(walk(value) for value in node)
+
+    return walk(json.loads(tokenizer.to_str()).get("normalizer"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--column", default="text", help="text column (default: text)")
     parser.add_argument("--vocab-size", type=int, default=30522, help="vocabulary size (default: 30522)")
     parser.add_argument("--out", required=True, help="output directory or s3:// prefix")
+    parser.add_argument(
+        "--cased", action="store_true", help="keep case and accents (BERT-cased); default: lowercase, strip accents"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -118,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.vocab_size < len(SPECIAL_TOKENS) + 1:
             raise UserError(f"--vocab-size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {args.vocab_size}")
         storage.check_output(args.out, "tokenizer", args.overwrite)  # before training: a refusal costs nothing
-        tokenizer = train_tokenizer(iter_documents(args.input, args.column, "train", 0.0), args.vocab_size)  # all of it
+        tokenizer = train_tokenizer(
+            iter_documents(args.input, args.column, "train", 0.0), args.vocab_size, args.cased
+        )  # all of it
         with storage.staging_directory(args.out) as staging:
             save_tokenizer(tokenizer, staging)
             storage.publish_directory(staging, args.out, "tokenizer", args.overwrite)

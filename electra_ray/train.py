@@ -26,11 +26,12 @@ import torch.distributed as dist
 from electra_ray import checkpoint as checkpoints
 from electra_ray.config import Config
 from electra_ray.data import masked_batches, tokenizer_from_json
+from electra_ray.ds_config import compute_precision
 from electra_ray.engine import build_engine
 from electra_ray.errors import TrainingError
 from electra_ray.guard import DivergenceGuard
 from electra_ray.heldout import FixedCorruption, detection_auc
-from electra_ray.meter import Meter, peak_flops
+from electra_ray.meter import Meter, peak_flops, unknown_peak_warning
 from electra_ray.model import run_flops_per_token
 from electra_ray.objective import sampling_temperature
 from electra_ray.state import TrainState, cadence, micro_batches
@@ -48,6 +49,9 @@ class WorkerArgs:
     stop_actor: Any = None  # the driver's StopRequest actor; None: no graceful stop
     heldout: FixedCorruption | None = None  # held-out text for heldout_auc (train.eval_every)
     initial_weights: Any = None  # model.init_from's weights (an ObjectRef of initial_weights.initial_state)
+    # The DeepSpeed config, train.deepspeed's file merged in on the driver (ds_config.deepspeed_config);
+    # None: generated from `config` in the worker.
+    deepspeed_config: dict | None = None
 
 
 @dataclass
@@ -129,7 +133,9 @@ def train_loop(args: WorkerArgs) -> None:
     with setup_errors():
         run = setup_worker(args)
         initial_state = ray.get(args.initial_weights) if args.initial_weights is not None else None
-        engine, scheduler = build_engine(run.cfg, args.vocab_size, run.special["[PAD]"], run.world, initial_state)
+        engine, scheduler = build_engine(
+            run.cfg, args.vocab_size, run.special["[PAD]"], run.world, initial_state, args.deepspeed_config
+        )
     t = run.cfg.train
     state = resume_or_new(run, engine)
     guard = new_guard(run, engine)
@@ -149,13 +155,11 @@ def train_loop(args: WorkerArgs) -> None:
         if micro_step % t.grad_accum:
             engine.step()  # accumulates; DeepSpeed steps the optimizer at the boundary only
             continue
-        # 2. optimizer step, on every rank, skipped on all if any saw a non-finite loss
+        # 2. optimizer step, on every rank, skipped on all if any saw a non-finite loss (or fp16 overflowed)
         when = cadence(state.step + 1, t.max_steps, t.log_every, t.checkpoint_every, t.eval_every)
         if when.log:
             meter.probe_memory(engine)  # gradients are still held here; the step frees them
-        guard.arm()
-        engine.step()
-        guard.after_step()
+        optimizer_step(engine, guard, state.step)
         state.step += 1
         meter.step()
         # 3. at logging steps only (they sync with the host): report, evaluate, checkpoint, stop
@@ -166,11 +170,40 @@ def train_loop(args: WorkerArgs) -> None:
             return
 
 
+def optimizer_step(engine, guard: DivergenceGuard, step: int) -> None:
+    """The optimizer step of step `step` (0-based): skipped on every rank if any saw a non-finite
+    loss (the guard), or under fp16 by DeepSpeed for overflowing scaled gradients (counted apart)."""
+    guard.arm()
+    try:
+        engine.step()
+    except Exception as error:  # DeepSpeed's ZeRO loss scaler raises a bare Exception for this
+        if "loss scale already at minimum" not in str(error):
+            raise
+        # Every rank overflows at the same steps (DeepSpeed all-reduces the flag): all raise it.
+        raise TrainingError(
+            f"fp16 gradients still overflow at the minimum loss scale at step {step + 1}: lower train.lr, "
+            f"or use train.precision=bf16 (or fp32)"
+        ) from error
+    guard.after_step(overflow=not engine.was_step_applied())
+
+
+def loss_scale(engine) -> float | None:
+    """fp16's current dynamic loss scale; None in other precisions."""
+    return float(engine.optimizer.loss_scale) if engine.fp16_enabled() else None
+
+
 def log_step(run: Worker, engine, scheduler, state: TrainState, guard: DivergenceGuard, meter: Meter, when) -> bool:
     """Check the guard, report the interval's metrics (with a checkpoint at checkpoint steps and
     on a stop request); returns whether the driver asked to stop."""
     warning = guard.check(state.step, state.last_checkpoint)
-    metrics = meter.report(state.step, state.epoch, scheduler.get_last_lr()[0], guard.reported_skipped)
+    metrics = meter.report(
+        state.step,
+        state.epoch,
+        scheduler.get_last_lr()[0],
+        guard.reported_skipped,
+        guard.reported_overflows,
+        loss_scale(engine),
+    )
     if when.evaluate and run.args.heldout is not None:
         metrics["heldout_auc"] = heldout_auc(engine, run.args.heldout, run.device)
     if run.rank == 0:
@@ -209,13 +242,16 @@ def new_guard(run: Worker, engine) -> DivergenceGuard:
 
 def new_meter(run: Worker, state: TrainState) -> Meter:
     t = run.cfg.train
+    peak = run.args.peak_flops or peak_flops(run.device, precision=compute_precision(run.cfg))
+    if peak is None and run.rank == 0:
+        print(unknown_peak_warning(run.device, compute_precision(run.cfg)), flush=True)
     return Meter(
         objective=t.objective,
         rtd_weight=t.rtd_weight,
         max_steps=t.max_steps,
         tokens_per_step=t.batch_size * run.cfg.data.seq_len,
         flops_per_token=run_flops_per_token(run.cfg, run.args.vocab_size),
-        peak_flops=run.args.peak_flops or peak_flops(run.device),
+        peak_flops=peak,
         world=run.world,
         device=run.device,
         start_step=state.step,

@@ -15,6 +15,9 @@ task harder), so trials are ranked by
 Writes OUT/tune (Tune's experiment: TensorBoard logs, what --resume restores), OUT/trials (each
 trial's pre-training run), OUT/results.csv, OUT/score.png (score against generator size, one line
 per λ) and OUT/best.yaml (the best trial's pre-training config, for `electra_ray.pretrain --config`).
+OUT may be s3://bucket/prefix (what Tune needs on a multi-node cluster: every node writes there);
+then all of this goes there, and each trial keeps only scratch files (logs, its fine-tune) on the
+node that runs it.
 """
 
 from __future__ import annotations
@@ -22,19 +25,24 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import glob
+import fnmatch
 import itertools
 import json
 import math
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import pyarrow.fs as pafs
 import ray
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from electra_ray import storage
 from electra_ray.cli import add_config_arguments, output_directory, run_cli, verb_parser
 from electra_ray.config import (
     BoundsError,
@@ -101,7 +109,11 @@ class SweepConfig:
         MOVIE_REVIEWS_SOURCES,
     )
     dev_fraction: float = option(0.1, "fraction of the labeled data held out as dev (by text hash)")
-    out: str = option("", "output directory; empty: runs/sweep-<date>-<time>")
+    out: str = option(
+        "",
+        "output directory, or s3://bucket/prefix (shared storage: what a multi-node cluster needs); "
+        "empty: runs/sweep-<date>-<time>",
+    )
 
 
 def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
@@ -244,16 +256,21 @@ class SweepSettings:
     task_files: list = field(default_factory=list)  # (train, dev) of metric=finetune
     threads: int = 0  # torch threads per worker on a single-node Ray (set at each start)
     concurrent: int = 0  # SweepConfig.max_concurrent_trials
+    scratch: str = ""  # s3:// sweeps: names each node's scratch directory for the trials' local files
 
 
 def run_trial(params: dict, settings: SweepSettings) -> None:
     """One trial: pre-train with the trial's values, every report forwarded to Tune; then, for
     metric=finetune, export the discriminator, fine-tune it, and report finetune_score."""
     cfg = trial_config(settings.pretrain, params)
-    cfg.output.dir = os.path.join(settings.out, "trials")
+    cfg.output.dir = storage.join(settings.out, "trials")
     cfg.output.name = tune.get_context().get_trial_name()  # the same after Tuner.restore: the run resumes
+    if storage.is_remote(settings.out):
+        cfg.output.local_dir = trial_scratch(settings, cfg.output.name)
     result = pretrain(cfg, export_and_evaluate=False, callbacks=(TuneReportCallback(),), threads=settings.threads)
     if settings.metric != "finetune":
+        if storage.is_remote(settings.out):
+            keep_trial_records(cfg)
         return
     run_dir = cfg.local_run_dir
     ft = FinetuneConfig(**settings.finetune)
@@ -264,10 +281,31 @@ def run_trial(params: dict, settings: SweepSettings) -> None:
     # A task of its own: the trial function holds no GPU (and almost no CPU) of its own.
     metrics = ray.get(finetune_task(ft))
     stats = metrics["summary"][metrics["metric"]]
+    if storage.is_remote(settings.out):
+        keep_trial_records(cfg, ft.model, metrics)
     last = {k: v for k, v in result.history[-1].items() if isinstance(v, (int, float))}
     tune.report(
         {**last, "finetune_score": stats["median"], "finetune_std": stats["std"], "finetune_metric": metrics["metric"]}
     )
+
+
+def trial_scratch(settings: SweepSettings, trial: str) -> str:
+    """An s3:// sweep's local directory for a trial's logs, export and fine-tune, on the node that
+    runs it: the same path after an interruption (a restored trial's run reads its metrics.jsonl
+    again), a new one for each sweep."""
+    return os.path.join(tempfile.gettempdir(), "electra-ray-sweeps", settings.scratch, trial)
+
+
+def keep_trial_records(cfg: Config, export_dir: str = "", finetune_metrics: dict | None = None) -> None:
+    """An s3:// sweep's trial: what it has only locally (the scratch directory may be on a node that
+    goes away) published beside its checkpoints: metrics.jsonl and, for metric=finetune, the export
+    and the fine-tune's metrics (finetune.json)."""
+    with open(os.path.join(cfg.local_run_dir, "metrics.jsonl")) as f:
+        storage.write_text(storage.join(cfg.run_dir, "metrics.jsonl"), f.read())
+    if export_dir:
+        storage.publish_directory(export_dir, storage.join(cfg.run_dir, "export"), overwrite=True)
+    if finetune_metrics is not None:
+        storage.write_text(storage.join(cfg.run_dir, "finetune.json"), json.dumps(finetune_metrics, indent=1))
 
 
 # -- the sweep -----------------------------------------------------------------------------------
@@ -288,24 +326,35 @@ def sweep(cfg: SweepConfig | None = None, resume: str = "") -> SweepResult:
     concurrent, settings.threads = start_ray(cfg.pretrain.scaling, settings.concurrent)
     # The trial function itself holds (almost) nothing; its TorchTrainer asks for the workers.
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"CPU": 0.01})
-    experiment = os.path.join(settings.out, "tune")
+    experiment, filesystem = experiment_storage(settings.out)
     if resume:
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
+        )
     else:
-        tuner = new_tuner(cfg, trainable, experiment, concurrent)
+        tuner = new_tuner(cfg, trainable, experiment, concurrent, filesystem)
     return summarize(tuner.fit(), cfg, settings)
+
+
+def experiment_storage(out: str) -> tuple[str, pafs.FileSystem | None]:
+    """Where Tune keeps the experiment (OUT/tune), as Tune takes it: a local path, or on S3 the
+    path without its scheme and our filesystem (endpoint and retries from the AWS variables, no
+    credentials in it: Tune pickles it to every trial)."""
+    experiment = storage.join(out, "tune")
+    if not storage.is_remote(out):
+        return experiment, None
+    filesystem, inner = storage.resolve(experiment)
+    return inner, filesystem
 
 
 def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SweepSettings]:
     """A new sweep's directory, with the tokenizer every trial shares (so that heldout_auc sees
     the same text), the task files of metric=finetune, and sweep.json."""
-    out = output_directory(cfg.out, "sweep")
-    if os.path.exists(out) and os.listdir(out):
-        raise UserError(f"output directory {out} is not empty; choose another (out=...) or --resume it")
-    os.makedirs(out, exist_ok=True)
+    out = cfg.out.rstrip("/") if storage.is_remote(cfg.out) else output_directory(cfg.out, "sweep")
+    check_new_output(out)
     base = copy.deepcopy(cfg.pretrain)
     base.output.dir, base.output.name = out, "shared"
-    shared_tokenizer(base, out)
+    sweep_tokenizer(base, out)
     settings = SweepSettings(
         pretrain=base.to_dict(),
         out=out,
@@ -313,20 +362,69 @@ def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SweepSettings]:
         finetune=dataclasses.asdict(cfg.finetune),
         concurrent=cfg.max_concurrent_trials,
     )
+    if storage.is_remote(out):
+        settings.scratch = f"{os.path.basename(out)}-{os.urandom(6).hex()}"
     if cfg.metric == "finetune":
-        settings.task_files = list(write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data")))
-    with open(os.path.join(out, SWEEP_FILE), "w") as f:
-        json.dump({"sweep": dataclasses.asdict(cfg), "settings": dataclasses.asdict(settings)}, f, indent=1)
+        settings.task_files = task_files(cfg, out)
+    saved = {"sweep": dataclasses.asdict(cfg), "settings": dataclasses.asdict(settings)}
+    storage.write_text(storage.join(out, SWEEP_FILE), json.dumps(saved, indent=1))
     return cfg, settings
+
+
+def check_new_output(out: str) -> None:
+    """A new sweep's output must be new or empty (a local directory, or an s3:// prefix that can be
+    written and holds no object): a sweep never mixes its trials with another's."""
+    if not storage.is_remote(out):
+        if os.path.exists(out) and os.listdir(out):
+            raise UserError(f"output directory {out} is not empty; choose another (out=...) or --resume it")
+        os.makedirs(out, exist_ok=True)
+        return
+    storage.check(out, write=True)
+    bucket, key = storage.bucket_and_key(out)
+    with storage.s3_errors(out):
+        listed = storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=f"{key}/" if key else "", MaxKeys=1)
+    if listed.get("KeyCount", 0):
+        raise UserError(f"output {out} already holds objects; choose another prefix (out=...) or --resume it")
+
+
+def sweep_tokenizer(base: Config, out: str) -> None:
+    """The tokenizer every trial shares (driver.shared_tokenizer), trained into OUT/tokenizer unless
+    pretrain.data.tokenizer names one; on S3 trained locally, then published there."""
+    if not storage.is_remote(out) or base.data.tokenizer:
+        shared_tokenizer(base, out)
+        return
+    destination = storage.join(out, "tokenizer")
+    with storage.staging_directory(destination) as staging:
+        shared_tokenizer(base, staging)  # trains into staging/tokenizer
+        storage.publish_directory(base.data.tokenizer, destination, "tokenizer")
+    base.data.tokenizer = destination
+
+
+def task_files(cfg: SweepConfig, out: str) -> list[str]:
+    """The (train, dev) files of metric=finetune in OUT/data, where every trial reads them."""
+    if not storage.is_remote(out):
+        return list(write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data")))
+    urls = []
+    with tempfile.TemporaryDirectory(prefix="electra-ray-sweep-") as local:
+        for path in write_movie_reviews(cfg.task, cfg.dev_fraction, local):
+            urls.append(storage.join(out, "data", os.path.basename(path)))
+            upload_file(path, urls[-1])
+    return urls
+
+
+def upload_file(path: str, url: str) -> None:
+    bucket, key = storage.bucket_and_key(url)
+    with storage.s3_errors(url):
+        storage.s3_client().upload_file(path, bucket, key)
 
 
 def resume_sweep(resume: str) -> tuple[SweepConfig, SweepSettings]:
     """The config and settings of the sweep in directory `resume`, as its sweep.json saved them."""
-    out = os.path.abspath(resume)
-    if not os.path.exists(os.path.join(out, SWEEP_FILE)):
+    out = resume.rstrip("/") if storage.is_remote(resume) else os.path.abspath(resume)
+    storage.check(out)
+    if not storage.exists(storage.join(out, SWEEP_FILE)):
         raise UserError(f"cannot resume {resume}: no {SWEEP_FILE} there (is it a directory of electra_ray.tune?)")
-    with open(os.path.join(out, SWEEP_FILE)) as f:
-        saved = json.load(f)
+    saved = json.loads(storage.read_text(storage.join(out, SWEEP_FILE)))
     cfg = SweepConfig()
     apply_values(cfg, saved["sweep"])
     return cfg, SweepSettings(**saved["settings"])
@@ -348,8 +446,11 @@ def start_ray(scaling: ScalingConfig, concurrent: int) -> tuple[int, int]:
     return concurrent, 0
 
 
-def new_tuner(cfg: SweepConfig, trainable, experiment: str, concurrent: int) -> tune.Tuner:
-    """The Tuner of a new sweep: its search, ASHA on heldout_auc, `concurrent` trials at a time (0: no limit)."""
+def new_tuner(
+    cfg: SweepConfig, trainable, experiment: str, concurrent: int, filesystem: pafs.FileSystem | None = None
+) -> tune.Tuner:
+    """The Tuner of a new sweep: its search, ASHA on heldout_auc, `concurrent` trials at a time (0:
+    no limit); the experiment at `experiment` (experiment_storage: in `filesystem` if given)."""
     scheduler = None
     if cfg.asha:
         grace = cfg.grace_period or max(1, cfg.pretrain.train.max_steps // 4)
@@ -373,7 +474,9 @@ def new_tuner(cfg: SweepConfig, trainable, experiment: str, concurrent: int) -> 
             num_samples=cfg.num_samples,
             max_concurrent_trials=concurrent or None,
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=os.path.dirname(experiment), verbose=1),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=os.path.dirname(experiment), storage_filesystem=filesystem, verbose=1
+        ),
     )
 
 
@@ -391,18 +494,34 @@ def summarize(grid, cfg: SweepConfig, settings: SweepSettings) -> SweepResult:
         )
         return SweepResult(out, cfg, rows, None, interrupted=True)
     best = rank(rows, cfg.metric)
-    write_csv(rows, cfg, os.path.join(out, "results.csv"))
-    plot_scores(rows, cfg, os.path.join(out, "score.png"))
-    if best is not None:
-        write_best_config(best, settings.pretrain, cfg, os.path.join(out, "best.yaml"))
+    with results_directory(out) as directory:
+        write_csv(rows, cfg, os.path.join(directory, "results.csv"))
+        plot_scores(rows, cfg, os.path.join(directory, "score.png"))
+        if best is not None:
+            write_best_config(best, settings.pretrain, cfg, os.path.join(directory, "best.yaml"), out)
+    if storage.is_remote(out) and settings.scratch:  # this node's scratch: the trials published their files
+        shutil.rmtree(trial_scratch(settings, ""), ignore_errors=True)
     return SweepResult(out, cfg, rows, best, interrupted=False)
+
+
+@contextmanager
+def results_directory(out: str) -> Iterator[str]:
+    """Where the results are written: OUT itself, or for s3:// a temporary directory whose files
+    are uploaded to OUT afterwards."""
+    if not storage.is_remote(out):
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="electra-ray-sweep-") as local:
+        yield local
+        for name in sorted(os.listdir(local)):
+            upload_file(os.path.join(local, name), storage.join(out, name))
 
 
 def trial_rows(grid, cfg: SweepConfig) -> list[dict]:
     """One row per trial: its values, its last report, and how it ended."""
     max_steps = cfg.pretrain.train.max_steps
     rows = []
-    saved = saved_statuses(grid.experiment_path)
+    saved = saved_statuses(grid.experiment_path, grid.filesystem)
     # The ResultGrid has no per-trial status; its experiment analysis holds the trials it was built from.
     for trial, result in zip(grid._experiment_analysis.trials, grid):
         metrics = result.metrics or {}
@@ -431,15 +550,17 @@ def trial_rows(grid, cfg: SweepConfig) -> list[dict]:
     return sorted(rows, key=lambda row: [row[key] for key in cfg.space])
 
 
-def saved_statuses(experiment_dir: str) -> dict[str, str]:
-    """Trial id -> status as Tune last saved the experiment. After Ctrl-C the trials in memory are
-    all stopped (TERMINATED), while the saved state, which Tuner.restore continues from, still says
-    which were RUNNING or PENDING."""
+def saved_statuses(experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> dict[str, str]:
+    """Trial id -> status as Tune last saved the experiment (in `filesystem`: the ResultGrid's, S3
+    for an s3:// sweep). After Ctrl-C the trials in memory are all stopped (TERMINATED), while the
+    saved state, which Tuner.restore continues from, still says which were RUNNING or PENDING."""
+    filesystem = filesystem or pafs.LocalFileSystem()
+    entries = filesystem.get_file_info(pafs.FileSelector(experiment_dir, allow_not_found=True))
     # One file per session (named by its start time): the newest session's is the latest state.
-    states = sorted(glob.glob(os.path.join(experiment_dir, "experiment_state-*.json")))
+    states = sorted(e.path for e in entries if fnmatch.fnmatch(e.base_name, "experiment_state-*.json"))
     if not states:
         return {}
-    with open(states[-1]) as f:
+    with filesystem.open_input_stream(states[-1]) as f:
         trials = [json.loads(state) if isinstance(state, str) else state for state, _ in json.load(f)["trial_data"]]
     return {trial["trial_id"]: trial["status"] for trial in trials}
 
@@ -548,14 +669,20 @@ def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
     plt.close(figure)
 
 
-def write_best_config(best: dict, base: dict, cfg: SweepConfig, path: str) -> None:
-    """The best trial's pre-training config as YAML, for `electra_ray.pretrain --config`."""
+def write_best_config(best: dict, base: dict, cfg: SweepConfig, path: str, out: str = "") -> None:
+    """The best trial's pre-training config as YAML, for `electra_ray.pretrain --config`; `out`: the
+    sweep's output (default: the file's directory), where the file is published."""
     values = trial_config(base, {key: best[key] for key in cfg.space}).to_dict()
     values["output"] = {"dir": "runs"}  # a new run, not the trial's directory
+    out = out or os.path.dirname(path)
+    shown = storage.join(out, os.path.basename(path))
+    # --config reads a local file: an s3:// sweep's best.yaml is copied here first.
+    command = f"aws s3 cp {shown} best.yaml, then " if storage.is_remote(shown) else ""
+    command += f"python -m electra_ray.pretrain --config {'best.yaml' if command else shown}"
     header = (
-        f"# The best trial ({best['trial']}) of the sweep in {os.path.dirname(path)} by "
+        f"# The best trial ({best['trial']}) of the sweep in {out} by "
         f"{METRICS[cfg.metric]}: " + ", ".join(f"{key} = {best[key]}" for key in cfg.space) + "\n"
-        f"# Pre-train with it: python -m electra_ray.pretrain --config {path}\n"
+        f"# Pre-train with it: {command}\n"
     )
     with open(path, "w") as f:
         f.write(header + yaml.safe_dump(values, sort_keys=False))
@@ -571,7 +698,9 @@ def main(argv: list[str] | None = None) -> None:
         help="YAML file: pretrain (the trials' pre-training config), space, search, num_samples, "
         "max_concurrent_trials, asha, grace_period, reduction_factor, metric, finetune, task, dev_fraction, out",
     )
-    parser.add_argument("--resume", metavar="OUT", help="continue an interrupted sweep (its output directory)")
+    parser.add_argument(
+        "--resume", metavar="OUT", help="continue an interrupted sweep (its output directory or s3:// prefix)"
+    )
     args = parser.parse_args(argv)
 
     def run():
@@ -580,8 +709,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         print(format_table(result.rows, result.cfg))
         for name in ("results.csv", "score.png", "best.yaml"):
-            if os.path.exists(os.path.join(result.out, name)):
-                print(f"{name.split('.')[0]}: {os.path.join(result.out, name)}")
+            if storage.exists(storage.join(result.out, name)):
+                print(f"{name.split('.')[0]}: {storage.join(result.out, name)}")
 
     run_cli(run)
 

@@ -191,7 +191,7 @@ BAD_VALUES = [  # (key, value as --set writes it): each must be refused with the
     ("train.inject_nan_steps", "[x]"),
     ("train.seed", "-1"),
     ("train.seed", "4294967296"),
-    ("train.precision", "fp16"),
+    ("train.precision", "fp8"),
     ("train.objective", "bert"),
     ("train.zero_stage", "4"),
     ("model.num_layers", "0"),
@@ -336,7 +336,7 @@ def test_help_lists_ranges_and_choices():
 
     text = describe_options()
     assert "train.batch_size = 128  (>= 1)" in text and "model.generator_size = 0.25  (in (0, 1])" in text
-    assert "train.precision = 'auto'  (one of auto, bf16, fp32)" in text
+    assert "train.precision = 'auto'  (one of auto, bf16, fp16, fp32)" in text
     assert "train.adam_betas = [0.9, 0.999]  (2 numbers, each finite and in [0, 1))" in text
 
 

@@ -161,3 +161,87 @@ def test_train_state_streams_differ_per_rank():
     a, b = TrainState.new(seed=7, rank=0, device=CPU), TrainState.new(seed=7, rank=1, device=CPU)
     assert not np.array_equal(a.mask_rng.random(4), b.mask_rng.random(4))
     assert not torch.equal(torch.rand(4, generator=a.sample_rng), torch.rand(4, generator=b.sample_rng))
+
+
+def test_guard_counts_fp16_overflows_apart_from_non_finite_losses():
+    """An fp16 overflow (finite loss, DeepSpeed skipped the step for its scaled gradients) is an
+    overflow step, never a bad one; a non-finite loss is skipped and counted once, as the guard's."""
+    weight, optimizer = fused_adamw()
+    guard = DivergenceGuard(optimizer, max_bad_steps=1, world=1, device=CPU)
+    for step in range(3):  # more overflows in a row than max_bad_steps allows bad steps
+        guard.observe(weight.sum(), step)
+        guard.arm()
+        guard.after_step(overflow=True)
+    assert guard.check(step=3, last_checkpoint=None) is None  # no warning, no TrainingError
+    assert (guard.reported_overflows, guard.reported_skipped, guard.in_a_row.item()) == (3, 0, 0)
+    guard.observe(weight.sum() * float("nan"), 3)
+    guard.arm()
+    guard.after_step(overflow=True)  # DeepSpeed sees the NaN loss's gradients overflow too
+    assert guard.check(step=4, last_checkpoint=None).startswith("warning: 1 step(s) skipped for a non-finite loss")
+    assert (guard.reported_overflows, guard.reported_skipped, guard.in_a_row.item()) == (3, 1, 1)
+
+
+def test_meter_reports_no_mfu_without_a_peak_and_fp16s_loss_scale():
+    meter = Meter(
+        objective="mlm",
+        rtd_weight=50.0,
+        max_steps=10,
+        tokens_per_step=1000,
+        flops_per_token=2e6,
+        peak_flops=None,
+        world=1,
+        device=CPU,
+        start_step=0,
+    )
+    meter.step()
+    metrics = meter.report(step=1, epoch=0, lr=1e-4, skipped_steps=0, overflow_steps=2, loss_scale=16384.0)
+    assert metrics["mfu"] is None and metrics["overflow_steps"] == 2 and metrics["loss_scale"] == 16384.0
+    line = meter.progress_line(metrics)
+    assert "| loss scale 16384 (2 overflow steps) |" in line and "| MFU n/a |" in line
+    assert "loss_scale" not in meter.report(step=2, epoch=0, lr=1e-4, skipped_steps=0)  # bf16 / fp32
+
+
+@pytest.mark.parametrize(
+    "name, precision, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989),
+        ("NVIDIA H100 80GB HBM3", "fp32", 67),
+        ("NVIDIA H100 PCIe", "bf16", 756),
+        ("NVIDIA H100 NVL", "fp16", 835),
+        ("NVIDIA H200", "bf16", 989),
+        ("NVIDIA A100-SXM4-40GB", "bf16", 312),
+        ("NVIDIA A100-SXM4-80GB", "fp16", 312),
+        ("NVIDIA A100 80GB PCIe", "fp32", 19.5),
+        ("NVIDIA L4", "bf16", 121),
+        ("NVIDIA L40S", "fp16", 362),
+        ("NVIDIA A10G", "bf16", 125),
+        ("NVIDIA A10", "fp32", 31.2),
+        ("Tesla T4", "fp16", 65),
+        ("Tesla T4", "bf16", None),  # no bf16 units: MFU is null, not measured against another peak
+        ("Tesla V100-SXM2-16GB", "fp16", 125),
+        ("Tesla V100-PCIE-32GB", "fp16", 112),
+        ("Tesla V100S-PCIE-32GB", "fp16", 130),
+        ("NVIDIA GeForce RTX 2080 Ti", "fp16", 53.8),
+        ("GeForce RTX 2080 Ti", "fp16", 53.8),  # older drivers leave out "NVIDIA"
+        ("NVIDIA GeForce RTX 3090", "bf16", 71),
+        ("NVIDIA GeForce RTX 4090", "bf16", 165.2),
+        ("NVIDIA GeForce RTX 3090 Ti", "bf16", None),  # a variant the table does not know
+        ("NVIDIA GeForce RTX 4090 Laptop GPU", "bf16", None),
+        ("NVIDIA L40", "bf16", None),  # neither the L4 nor the L40S
+        ("NVIDIA GH200 480GB", "bf16", None),
+        ("AMD Instinct MI300X", "bf16", None),
+    ],
+)
+def test_gpu_peaks_by_the_name_torch_reports(name, precision, tflops):
+    from electra_ray.meter import gpu_peak_flops
+
+    peak = gpu_peak_flops(name, precision)
+    assert peak == (pytest.approx(tflops * 1e12) if tflops else None)
+
+
+def test_fp32_on_gpu_uses_the_tf32_peak_only_where_torch_allows_tf32():
+    from electra_ray.meter import gpu_peak_flops
+
+    assert gpu_peak_flops("NVIDIA A100-SXM4-40GB", "fp32", tf32=True) == pytest.approx(156e12)
+    assert gpu_peak_flops("NVIDIA A100-SXM4-40GB", "fp32", tf32=False) == pytest.approx(19.5e12)
+    assert gpu_peak_flops("Tesla V100-SXM2-16GB", "fp32", tf32=True) == pytest.approx(15.7e12)  # has no TF32

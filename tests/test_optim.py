@@ -166,13 +166,13 @@ def test_the_config_switches_deepspeed_to_the_client_optimizer():
         "model.embedding_size=16",
     ]
     cfg = load_config(None, small)
-    assert cfg.train.optimizer == "adamw" and "optimizer" in deepspeed_config(cfg, False)
+    assert cfg.train.optimizer == "adamw" and "optimizer" in deepspeed_config(cfg)
     model = build_model(cfg.model, vocab_size=100)
     optimizer, schedule = client_optimizer(cfg, model)
     assert optimizer is None and schedule(0) == lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps)(0)
 
     cfg = load_config(None, small + ["train.optimizer=electra", "train.warmup_steps=10", "train.max_steps=100"])
-    ds = deepspeed_config(cfg, False)
+    ds = deepspeed_config(cfg)
     assert "optimizer" not in ds and ds["zero_allow_untested_optimizer"] is True
     optimizer, schedule = client_optimizer(cfg, model)
     assert isinstance(optimizer, AdamWNoBiasCorrection) and schedule(0) == 0.0 and schedule(10) == 0.9
@@ -246,7 +246,7 @@ def _deepspeed_check(stage: int) -> None:
             model=model,
             model_parameters=param_groups(model, cfg.train.weight_decay),
             optimizer=optimizer,
-            config=deepspeed_config(cfg, use_bf16=False),
+            config=deepspeed_config(cfg),
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         )
         inner = getattr(engine.optimizer, "optimizer", engine.optimizer)

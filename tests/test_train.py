@@ -25,11 +25,12 @@ def test_deepspeed_batch_arithmetic_and_precision():
             "train.grad_clip=0.5",
         ],
     )
-    ds = deepspeed_config(cfg, use_bf16=False)
+    ds = deepspeed_config(cfg, "fp32")
     assert ds["train_batch_size"] == 64 and ds["gradient_accumulation_steps"] == 4
     assert ds["train_micro_batch_size_per_gpu"] * 4 * 2 == 64
     assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_clipping"] == 0.5
-    assert ds["bf16"]["enabled"] is False and deepspeed_config(cfg, use_bf16=True)["bf16"]["enabled"] is True
+    assert ds["bf16"]["enabled"] is False and deepspeed_config(cfg, "bf16")["bf16"]["enabled"] is True
+    assert "fp16" not in ds and "fp16" not in deepspeed_config(cfg, "bf16")
     assert ds["optimizer"]["params"]["eps"] == 1e-6 and ds["optimizer"]["params"]["weight_decay"] == 0.01
 
 
