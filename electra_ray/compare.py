@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 import ray
 import torch
 import transformers
-from tokenizers import Tokenizer
 from transformers import AutoTokenizer, ElectraModel
 
 from electra_ray.cli import add_config_arguments, output_directory, run_cli, verb_parser
@@ -184,9 +183,9 @@ def export_checkpoints(run_dir: str, step_flops: float) -> list[dict]:
 
 def untrained_export(cfg: Config, tokenizer_json: str, out: str) -> str:
     """The discriminator as initialised (seed train.seed), saved like an export: the 0-FLOPs point."""
-    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer, special = tokenizer_from_json(tokenizer_json)  # special: a <pad>-style tokenizer's ids too
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, tokenizer.get_vocab_size(), tokenizer.token_to_id("[PAD]"))
+    model = build_model(cfg.model, tokenizer.get_vocab_size(), special["[PAD]"])
     model.discriminator.save_pretrained(os.path.join(out, "discriminator"))
     save_tokenizer(tokenizer, os.path.join(out, "discriminator"), model_max_length=cfg.model.max_position_embeddings)
     return out

@@ -121,7 +121,7 @@ def usage(network: str, name: str) -> str:
         lines += [
             "",
             f'fill = pipeline("fill-mask", model="path/to/{name}")',
-            'print(fill("the state of the [MASK] is strong"))',
+            'print(fill(f"the state of the {fill.tokenizer.mask_token} is strong"))',
         ]
     return "\n".join(lines)
 

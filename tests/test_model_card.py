@@ -65,6 +65,12 @@ def test_each_network_has_a_model_card_with_its_real_shape_and_step(tiny_export,
         assert f"| vocabulary | {shape.vocab_size} tokens |" in body
         assert f"| optimizer steps | {step} (of train.max_steps" in body
         assert "## Held-out evaluation" in body and "## How to use" in body
+        # The card's own example runs on the network it describes.
+        (example,) = re.findall(r"```python\n(.*?)```", body, re.DOTALL)
+        namespace = {}
+        exec(example.replace(f"path/to/{network}", os.path.join(tiny_export, network)), namespace)
+        if network == "generator":
+            assert namespace["fill"].tokenizer.mask_token == "[MASK]"
     # The generator's width is a fraction of the discriminator's, and each card states its own.
     assert (
         f"| hidden size | {TINY_MODEL['hidden_size']} |"
