@@ -261,11 +261,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     # One measurement in a process of its own (run_measure): the loop, the model (a config of
     # configs/: tiny or small) and the tokenizer directory.
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU check instead (electra_ray.bench_gpu): one GPU, <= 8 minutes, OUT/gpu.json and gpu.md",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same code on the CPU, tiny shapes")
+    parser.add_argument("--budget", type=float, default=450.0, help="with --gpu: seconds it may take (start-up aside)")
     parser.add_argument("--measure", choices=["plain", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--model", default="small", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.gpu:
+        from electra_ray.bench_gpu import run_gpu_bench  # imports nothing of Ray or DeepSpeed
+
+        run_gpu_bench(args.out, args.dry_run, args.budget, args.tokenizer or "")
+        print(open(os.path.join(args.out, "gpu.md")).read())
+        return
     if args.measure:
         cfg = bench_config(args.model, args.tokenizer, args.batch_size)
         print(json.dumps(measure_loop(cfg, args.steps, warmup=3, naive=args.measure == "naive")))

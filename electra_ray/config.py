@@ -31,6 +31,8 @@ SHIPPED_CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 # (data.mask_token_prob, data.random_token_prob) each objective implies where the config does not
 # set them: ELECTRA 85% [MASK], 15% kept; BERT 80% [MASK], 10% random, 10% kept.
 OBJECTIVE_MASKING = {"electra": (0.85, 0.0), "mlm": (0.8, 0.1)}
+# output.trackers: the metric sinks the driver can write (trackers.py; metrics.jsonl always).
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 class ConfigError(UserError):
@@ -258,6 +260,12 @@ class TrainConfig:
         bounds=">= 0",
     )
     zero_stage: int = option(0, "DeepSpeed ZeRO stage", (0, 1, 2, 3))
+    compile: bool = option(
+        False,
+        "torch.compile both networks' encoders (model.compile_networks), on CPU and GPU; costs "
+        "compilation time at the first steps of every worker. Off by default: on a CPU it measured "
+        "no faster (docs/benchmarks.md); measure it on your GPU with `make bench-gpu`",
+    )
     precision: str = option(
         "auto",
         "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 (DeepSpeed's dynamic loss scaling, for GPUs without "
@@ -339,6 +347,23 @@ class OutputConfig:
         "local directory for the run's logs (metrics.jsonl, TensorBoard), trained "
         "tokenizer and a copy of the export; empty: DIR/NAME, or runs/NAME when "
         "DIR is s3://",
+    )
+    trackers: list = option(
+        ["tensorboard"],
+        "where the driver sends the metrics besides metrics.jsonl: any of tensorboard (event files in "
+        "the local run directory), mlflow, wandb (pip install electra-ray[mlflow] / [wandb]; "
+        "docs/tracking.md)",
+        choices=TRACKERS,
+    )
+    mlflow_tracking_uri: str = option(
+        "",
+        "MLflow tracking server (http://host:5000) or store (sqlite:///mlflow.db); empty: "
+        "MLFLOW_TRACKING_URI, else MLflow's default. No credentials here: MLFLOW_TRACKING_USERNAME / "
+        "_PASSWORD / _TOKEN in the environment",
+    )
+    mlflow_experiment: str = option("", "MLflow experiment; empty: MLFLOW_EXPERIMENT_NAME, else electra-ray")
+    wandb_project: str = option(
+        "", "Weights & Biases project; empty: WANDB_PROJECT, else electra-ray (key, entity, mode: WANDB_* variables)"
     )
 
 
@@ -490,6 +515,12 @@ def check_choices(obj, prefix: str = "") -> None:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             check_choices(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("choices") and isinstance(value, list):  # a list of choices (output.trackers)
+            unknown = [item for item in value if item not in f.metadata["choices"]]
+            if unknown:
+                raise ConfigError(
+                    f"config key '{prefix}{f.name}' takes items of {list(f.metadata['choices'])}, got {unknown!r}"
+                )
         elif f.metadata.get("choices") and value not in f.metadata["choices"]:
             raise ConfigError(
                 f"config key '{prefix}{f.name}' must be one of {list(f.metadata['choices'])}, got {value!r}"
@@ -688,7 +719,7 @@ def describe_options(defaults: Config | None = None) -> str:
                 default = "<shipped State of the Union corpus>"
             meta, kind = f.metadata, hints[f.name]
             if meta.get("choices"):
-                allowed = f"  (one of {', '.join(map(str, meta['choices']))})"
+                allowed = f"  ({'any' if kind is list else 'one'} of {', '.join(map(str, meta['choices']))})"
             elif kind is list and (meta.get("bounds") or meta.get("items")):
                 allowed = f"  ({_allowed(kind, meta.get('bounds'), meta.get('items'), meta.get('length'))})"
             elif meta.get("bounds"):  # floats are also refused when not finite; the listing leaves that implied

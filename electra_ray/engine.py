@@ -9,7 +9,7 @@ import torch
 from electra_ray.config import Config
 from electra_ray.ds_config import deepspeed_config
 from electra_ray.initial_weights import load_initial_state
-from electra_ray.model import build_pretraining_model
+from electra_ray.model import build_pretraining_model, compile_networks
 from electra_ray.optim import AdamWNoBiasCorrection, electra_lr_lambda, lr_lambda, param_groups
 
 
@@ -49,6 +49,8 @@ def build_engine(
     model = build_pretraining_model(cfg, vocab_size, pad_id)
     if initial_state is not None:
         load_initial_state(model, initial_state)
+    if cfg.train.compile:
+        compile_networks(model)
     optimizer, schedule = client_optimizer(cfg, model)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model,

@@ -3,9 +3,12 @@
     python -m electra_ray.finetune --model runs/run-.../export --train train.parquet --eval dev.parquet
     python -m electra_ray.finetune --model EXPORT --train train.tsv --eval dev.tsv --task regression \\
         --text-column sentence1 --pair-column sentence2 --label-column score --epochs 10
+    python -m electra_ray.finetune --task qa --model EXPORT --train train.json --eval dev.json --max-seq-len 384
 
-Sequence classification (single sentences or pairs) or regression (STS-B style) on the encoder of
-an export (the discriminator; the MLM baseline's masked LM) or of any HF ELECTRA directory. One
+Sequence classification (single sentences or pairs), regression (STS-B style) or, with --task qa,
+extractive question answering on SQuAD JSON (finetune_qa.py), on the encoder of an export (the
+discriminator; the MLM baseline's masked LM), of any HF ELECTRA directory or of a BERT-layout
+encoder directory (converted on load). What differs per task is a kind (finetune_kinds.py). One
 run per seed: OUT/seed-N holds the fine-tuned model and its tokenizer (HF format, loadable with
 `ElectraForSequenceClassification.from_pretrained`); OUT/metrics.json every seed's scores on the
 eval file, their mean, standard deviation and median, and the majority-class baseline. Runs on Ray
@@ -33,7 +36,8 @@ import ray.train
 import ray.train.torch
 import torch
 import yaml
-from transformers import AutoConfig, AutoTokenizer
+from tokenizers import Tokenizer
+from transformers import AutoConfig, AutoTokenizer, ElectraConfig, ElectraModel
 
 from electra_ray import storage
 from electra_ray.cli import output_directory, run_cli, verb_parser
@@ -47,12 +51,16 @@ from electra_ray.finetune_kinds import (
     load_classifier,
     load_task,
 )
+from electra_ray.finetune_qa import QA
+from electra_ray.finetune_tagging import TAGGING
+from electra_ray.initial_weights import bert_encoder_weights
 from electra_ray.optim import lr_lambda, param_groups
 from electra_ray.tasks import TaskDataError
+from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer
 from electra_ray.train import quiet_report_logging
 
 # Every task kind, by its --task name (a new kind: a TaskKind subclass, added here; see finetune_kinds.py).
-KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (CLASSIFICATION, REGRESSION)}
+KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (CLASSIFICATION, REGRESSION, QA, TAGGING)}
 # load_classifier, load_task: this module's names for them since before the kinds were split out.
 __all__ = ["FinetuneConfig", "FinetuneError", "KINDS", "finetune", "load_classifier", "load_task", "main"]
 
@@ -68,7 +76,9 @@ class FinetuneConfig:
     eval: str = option("", "evaluation file, laid out as the training file")
     task: str = option(
         "classification",
-        "classification (a class per example) or regression (a number per example, as STS-B)",
+        "classification (a class per example), regression (a number per example, as STS-B), qa "
+        "(extractive question answering on SQuAD-format JSON) or tagging (a tag per word: named "
+        "entities, part of speech; CoNLL-style files)",
         tuple(KINDS),
     )
     text_column: str = option("text", "column of the text (the first sentence of a pair)")
@@ -78,9 +88,26 @@ class FinetuneConfig:
     metric: str = option(
         "",
         "the metric of the summary line; empty: accuracy (classification), spearman "
-        "(regression). All of accuracy/f1/mcc or pearson/spearman/mse are measured",
+        "(regression), f1 (qa; tagging, where --tag-scheme none gives accuracy). All of accuracy/f1/mcc, "
+        "pearson/spearman/mse, exact_match/f1 or f1/precision/recall/accuracy are measured",
     )
-    max_seq_len: int = option(128, "tokens per example, [CLS] and [SEP] included; longer examples are truncated")
+    max_seq_len: int = option(
+        128,
+        "tokens per example, [CLS] and [SEP] included; longer examples are truncated (qa: the window; "
+        "SQuAD: 384; tagging: a longer sentence is cut between words into pieces)",
+    )
+    doc_stride: int = option(128, "qa: tokens that successive windows over a long context share")
+    max_query_len: int = option(64, "qa: a question's tokens beyond this are cut")
+    max_answer_len: int = option(30, "qa: the longest answer span, in tokens")
+    n_best: int = option(20, "qa: the highest start and end logits of a window paired in the answer search")
+    tag_scheme: str = option(
+        "bio",
+        "tagging: how tags make entities: bio (IOB2), iob (IOB1), bioes, bmes (MSRA), or none (part "
+        "of speech: no entities, scored by accuracy)",
+    )
+    token_column: int = option(0, "tagging: the column of a line that holds the token (-1: the last)")
+    tag_column: int = option(-1, "tagging: the column of a line that holds the tag (-1: the last)")
+    tag_separator: str = option("", "tagging: what separates a line's columns; empty: whitespace; \\t: a tab")
     lr: float = option(1e-4, "peak learning rate (ELECTRA: 1e-4; Large 5e-5)")
     layer_decay: float = option(
         0.8,
@@ -122,6 +149,46 @@ def model_directory(path: str) -> str:
         f"no model at {path}: expected a Hugging Face model directory (config.json) or an "
         f"electra-ray export (discriminator/ or mlm/)"
     )
+
+
+# The settings of a BERT config that an ElectraConfig takes as they are (the rest: ELECTRA's defaults).
+BERT_SETTINGS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+)
+
+
+def electra_encoder(model_dir: str, out: str) -> str:
+    """model_dir itself when it holds an ELECTRA model; a BERT-layout encoder (model_type bert, as
+    the MiniLM package) converted to ELECTRA in OUT/encoder: the same modules under ELECTRA's names
+    (initial_weights' conversion, as `model.init_from` does for pre-training), embedding_size =
+    hidden_size, and its tokenizer without built-in padding or truncation."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    if config.get("model_type") != "bert":
+        return model_dir
+    target = os.path.join(out, "encoder")
+    shape = {key: config[key] for key in BERT_SETTINGS if key in config}
+    encoder = ElectraModel(ElectraConfig(**shape, embedding_size=config["hidden_size"]))
+    weights = bert_encoder_weights(model_dir)
+    missing, unexpected = encoder.load_state_dict({k.removeprefix("electra."): v for k, v in weights.items()}, False)
+    if missing or unexpected:
+        raise FinetuneError(
+            f"model {model_dir}: its BERT weights do not fit an ELECTRA encoder of its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    encoder.save_pretrained(target)
+    save_tokenizer(Tokenizer.from_str(read_tokenizer_json(model_dir)), target, config["max_position_embeddings"])
+    return target
 
 
 def _integer(value) -> bool:
@@ -244,9 +311,6 @@ def _list_checks(cfg: FinetuneConfig) -> list:
     ]
 
 
-# -- data ----------------------------------------------------------------------------------------
-
-
 # -- model and optimizer -------------------------------------------------------------------------
 
 
@@ -300,8 +364,8 @@ class SeedArgs:
     Ray Train every worker's train_loop_config (as `vars(args)`)."""
 
     config: FinetuneConfig
-    train: TaskData
-    labels: list | None  # the classes in index order; None: regression
+    train: typing.Any  # the kind's training data (TaskKind.load's first value)
+    labels: list | None  # the classes in index order; None: regression and kinds without classes
     seed: int
     model_dir: str  # the pre-trained encoder's HF directory
     out: str  # in this process: where the fine-tuned model is saved
@@ -323,8 +387,9 @@ def train_worker(loop_config: dict) -> list[dict]:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)  # the same head on every rank
-    model = load_classifier(args.model_dir, cfg, args.labels).to(device)
-    steps_per_epoch = math.ceil(len(data.lengths) / cfg.batch_size)
+    kind = KINDS[cfg.task]
+    model = kind.model(args.model_dir, cfg, args.labels).to(device)
+    steps_per_epoch = math.ceil(kind.size(data) / cfg.batch_size)
     optimizer, scheduler = build_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
     if args.on_ray:
         model = ray.train.torch.prepare_model(model)  # DDP when world > 1
@@ -334,10 +399,10 @@ def train_worker(loop_config: dict) -> list[dict]:
     for epoch in range(cfg.epochs):
         model.train()
         # Every step has batch_size examples: the last one is completed from the epoch's start.
-        steps = np.resize(order_rng.permutation(len(data.lengths)), steps_per_epoch * cfg.batch_size)
+        steps = np.resize(order_rng.permutation(kind.size(data)), steps_per_epoch * cfg.batch_size)
         loss_sum = 0.0
         for index in steps.reshape(steps_per_epoch, cfg.batch_size):
-            loss = model(**batch(data, index[rank * per_rank : (rank + 1) * per_rank], device)).loss
+            loss = model(**kind.batch(data, index[rank * per_rank : (rank + 1) * per_rank], device)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -374,7 +439,7 @@ def scaling(cfg: FinetuneConfig) -> ScalingConfig:
 def train_seed(
     cfg: FinetuneConfig,
     model_dir: str,
-    train: TaskData,
+    train,
     labels: list | None,
     seed: int,
     seed_dir: str,
@@ -428,8 +493,8 @@ def run_seed(
     cfg: FinetuneConfig,
     model_dir: str,
     tokenizer,
-    train: TaskData,
-    evaluation: TaskData,
+    train,
+    evaluation,
     labels: list | None,
     seed: int,
     out: str,
@@ -440,7 +505,8 @@ def run_seed(
     seed_dir = os.path.join(out, f"seed-{seed}")
     train_loss = train_seed(cfg, model_dir, train, labels, seed, seed_dir, num_threads)
     tokenizer.save_pretrained(seed_dir)
-    metrics = score(evaluation, predict(ElectraForSequenceClassification.from_pretrained(seed_dir), evaluation), labels)
+    kind = KINDS[cfg.task]
+    metrics = kind.evaluate(kind.model_class.from_pretrained(seed_dir), evaluation, labels, cfg)
     run = {
         "seed": seed,
         "model": seed_dir,
@@ -483,37 +549,42 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if storage.is_remote(model):  # an export published to S3: downloaded, its manifest checked
         model = storage.fetch_directory(model, os.path.join(out, "pretrained"))
     model_dir = model_directory(model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    max_len = min(cfg.max_seq_len, AutoConfig.from_pretrained(model_dir).max_position_embeddings)
-    train, evaluation, labels = load_task(cfg, tokenizer, max_len)
+    encoder_dir = electra_encoder(model_dir, out)  # what the workers load: model_dir, or it converted
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    max_len = min(cfg.max_seq_len, AutoConfig.from_pretrained(encoder_dir).max_position_embeddings)
+    kind = KINDS[cfg.task]
+    train, evaluation, labels = kind.load(cfg, tokenizer, max_len)
     os.makedirs(out, exist_ok=True)
     num_threads = cfg.threads
     if cfg.num_workers:
         num_threads = cfg.threads or connect_ray(scaling(cfg))
         check_resources(scaling(cfg))
     print(
-        f"fine-tuning {model_dir} on {len(train.lengths)} examples ({cfg.train}), evaluating on "
-        f"{len(evaluation.lengths)} ({cfg.eval}); seeds {list(cfg.seeds)}",
+        f"fine-tuning {model_dir} on {kind.size(train)} examples ({cfg.train}), evaluating on "
+        f"{kind.size(evaluation)} ({cfg.eval}); seeds {list(cfg.seeds)}",
         flush=True,
     )
     previous_threads = torch.get_num_threads()  # in this process, cfg.threads holds only while we run
     try:
         runs = [
-            run_seed(cfg, model_dir, tokenizer, train, evaluation, labels, seed, out, num_threads) for seed in cfg.seeds
+            run_seed(cfg, encoder_dir, tokenizer, train, evaluation, labels, seed, out, num_threads)
+            for seed in cfg.seeds
         ]
     finally:
         torch.set_num_threads(previous_threads)
     result = {
         "model": model_dir,
+        **({"converted": encoder_dir} if encoder_dir != model_dir else {}),  # a BERT-layout --model
         "train": cfg.train,
         "eval": cfg.eval,
         "task": cfg.task,
         "labels": labels,
-        "metric": cfg.metric or ("accuracy" if cfg.task == "classification" else "spearman"),
-        "train_examples": len(train.lengths),
-        "eval_examples": len(evaluation.lengths),
-        "majority_baseline": majority_baseline(train, evaluation, labels),
-        "summary": summarize(runs, METRICS[cfg.task]),
+        "metric": cfg.metric or kind.summary_metric(cfg),
+        "train_examples": kind.size(train),
+        "eval_examples": kind.size(evaluation),
+        **kind.describe(train, evaluation),
+        "majority_baseline": kind.baseline(train, evaluation, labels),
+        "summary": summarize(runs, kind.metrics),
         "runs": runs,
         "config": dataclasses.asdict(cfg),
     }

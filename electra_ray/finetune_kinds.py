@@ -8,8 +8,9 @@ Sequence classification and regression live here; question answering in finetune
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ class TaskKind:
     file, one for the eval file); the loop only calls `size`, `batch` and, after training,
     `evaluate` on it, so it must pickle (it travels to Ray Train workers). `labels` is load's third
     value (the classes in index order; None where the kind has none) and reaches `model`, `evaluate`
-    and `baseline` unchanged."""
+    and `baseline` unchanged; `cfg` is the run's FinetuneConfig (the kind's own settings are fields
+    of it, with a --flag each)."""
 
     name: str = ""
     metrics: tuple[str, ...] = ()  # every metric `evaluate` returns, in the summary's order
@@ -52,6 +54,11 @@ class TaskKind:
     def checks(self, cfg: FinetuneConfig) -> list[Check]:
         """The kind's own settings checks, run by finetune.validate before any file is read."""
         return []
+
+    def summary_metric(self, cfg: FinetuneConfig) -> str:
+        """The summary line's metric when --metric is empty: default_metric, unless the kind's own
+        settings choose (tagging: accuracy for part of speech)."""
+        return self.default_metric
 
     def load(self, cfg: FinetuneConfig, tokenizer, max_len: int) -> tuple[Any, Any, list | None]:
         """(train, eval, labels): cfg.train and cfg.eval read, checked and tokenized to at most
@@ -70,8 +77,8 @@ class TaskKind:
         """Rows of data: the training loop draws batches of row indices from range(size)."""
         raise NotImplementedError
 
-    def evaluate(self, model: torch.nn.Module, data, labels: list | None) -> dict[str, float]:
-        """Every metric of `metrics` for the fine-tuned model on the eval data."""
+    def evaluate(self, model: torch.nn.Module, data, labels: list | None, cfg: FinetuneConfig) -> dict[str, float]:
+        """Every metric of `metrics` for the fine-tuned model (in eval mode: call model.eval()) on the eval data."""
         raise NotImplementedError
 
     def baseline(self, train, data, labels: list | None) -> dict | None:
@@ -235,7 +242,7 @@ class SequenceKind(TaskKind):
     def size(self, data):
         return len(data.lengths)
 
-    def evaluate(self, model, data, labels):
+    def evaluate(self, model, data, labels, cfg):
         return score(data, predict(model, data), labels)
 
     def baseline(self, train, data, labels):

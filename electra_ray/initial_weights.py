@@ -218,6 +218,12 @@ def _bert_names(weights: dict) -> dict:
     return renamed
 
 
+def bert_encoder_weights(directory: str) -> dict[str, torch.Tensor]:
+    """The weights of a BERT-layout encoder directory under ELECTRA's names (`electra.embeddings...`,
+    `electra.encoder...`): what an ELECTRA model built from its shape loads (fine-tuning's --model)."""
+    return _bert_names(_read_weights(directory))
+
+
 def load_initial_state(model: torch.nn.Module, state: dict) -> None:
     """Load `initial_state` into a new joint model: every discriminator encoder weight must be there
     (what is missing may only be what the source has no counterpart for: the generator when it has

@@ -30,6 +30,7 @@ from electra_ray.heldout import FixedCorruption, fixed_corruption
 from electra_ray.initial_weights import initial_state
 from electra_ray.meter import peak_flops
 from electra_ray.metrics import MetricsLogger, read_history, training_error
+from electra_ray.trackers import TrackedRun, numeric, tracking
 from electra_ray.train import WorkerArgs, train_loop_per_worker
 
 
@@ -69,9 +70,17 @@ def run_pretraining(
         storage_dir=cfg.output.dir,
         keep_checkpoints=cfg.train.keep_checkpoints,
         max_failures=cfg.train.max_failures,
-        callbacks=(MetricsLogger(run_dir), *callbacks),
+        callbacks=(MetricsLogger(run_dir, tensorboard="tensorboard" in cfg.output.trackers), *callbacks),
         datasets={"train": build_dataset(cfg.data, tokenizer_json, "train", cfg.scaling.data_resource)},
     )
+    with tracking(cfg, run_dir) as tracked:  # MLflow / W&B (output.trackers), fed from metrics.jsonl
+        return fit_and_export(cfg, trainer, args, run_dir, export_and_evaluate, tracked)
+
+
+def fit_and_export(
+    cfg: Config, trainer, args: WorkerArgs, run_dir: str, export_and_evaluate: bool, tracked: TrackedRun
+) -> PretrainResult:
+    """Fit (a SIGTERM stops it at a checkpoint), then export and evaluate the final checkpoint."""
     result = fit_stoppable(trainer, args.stop_actor)
     if training_error(run_dir):  # reported by the workers (train.train_loop_per_worker)
         raise UserError(f"training stopped: {training_error(run_dir)} (run {cfg.run_dir})")
@@ -84,10 +93,12 @@ def run_pretraining(
             f"python -m electra_ray.pretrain --resume {cfg.run_dir}",
             flush=True,
         )
+        tracked.stopped = True
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {}, stopped=True)
     if not export_and_evaluate:
         return PretrainResult(run_dir, checkpoint, "", read_history(run_dir), {})
     export_dir, evaluation = export_and_publish(cfg, checkpoint, run_dir)
+    tracked.log({f"eval/{k}": v for k, v in numeric(evaluation).items()}, cfg.train.max_steps)
     return PretrainResult(run_dir, checkpoint, export_dir, read_history(run_dir), evaluation)
 
 

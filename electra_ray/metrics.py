@@ -1,7 +1,8 @@
 """Driver-side metric sink: every report of the workers goes to `metrics.jsonl` and TensorBoard.
 
 It runs as a Ray Train callback in the Train controller (not on the workers), so one process
-writes each step once, whatever the number of workers.
+writes each step once, whatever the number of workers. MLflow and W&B (output.trackers) follow
+metrics.jsonl from the driver process (trackers.tracking).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import ray.train
 
 
 class MetricsLogger(ray.train.UserCallback):
-    def __init__(self, run_dir: str):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: str, tensorboard: bool = True):
+        self.run_dir, self.tensorboard = run_dir, tensorboard
         self._writer = None
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
@@ -25,7 +26,7 @@ class MetricsLogger(ray.train.UserCallback):
         record = dict(values, checkpoint=checkpoint.path if checkpoint else None, time=time.time())
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
-        if "step" not in values:  # {"training_error": ...}: the driver raises it
+        if "step" not in values or not self.tensorboard:  # {"training_error": ...}: the driver raises it
             return
         if self._writer is None:
             from tensorboardX import SummaryWriter  # at the first report: a run that never reports needs none

