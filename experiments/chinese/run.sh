@@ -74,4 +74,12 @@ TAG="--task tagging --tag-scheme bmes --train $OUT/msra/train.txt --eval $OUT/ms
   --max-train-examples $MSRA_TRAIN --epochs 3 --seeds $SEEDS --max-seq-len 128 --lr 3e-4 --num-workers 0 --threads 1"
 [ -f "$OUT/ft-msra-pretrained/metrics.json" ] || nice $PY -m electra_ray.finetune --model "$OUT/tiny-zh/export" $TAG --out "$OUT/ft-msra-pretrained"
 [ -f "$OUT/ft-msra-random/metrics.json" ] || nice $PY -m electra_ray.finetune --model "$OUT/random-init" $TAG --out "$OUT/ft-msra-random"
+# 7. sentiment again at other peak LRs (1e-3, 1e-4: seed 0): is the pre-trained arm's deficit the LR's?
+for lr in 1e-3 1e-4; do
+  for arm in pretrained random; do
+    model=$([ $arm = pretrained ] && echo "$OUT/tiny-zh/export" || echo "$OUT/random-init")
+    [ -f "$OUT/ft-lr$lr-$arm/metrics.json" ] || nice $PY -m electra_ray.finetune --model "$model" \
+      ${FT/--lr 3e-4/--lr $lr} --seeds 0 --out "$OUT/ft-lr$lr-$arm"
+  done
+done
 $PY experiments/chinese/table.py "$OUT"
