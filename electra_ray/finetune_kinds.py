@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
 from transformers import ElectraForSequenceClassification
 
-from electra_ray.errors import UserError
+from electra_ray.finetune_config import FinetuneConfig, FinetuneError
 from electra_ray.model import use_fast_cpu_dropout
 from electra_ray.tasks import (
     Examples,
@@ -28,14 +28,7 @@ from electra_ray.tasks import (
     regression_metrics,
 )
 
-if TYPE_CHECKING:  # finetune.py imports this module; the config class is only a type here
-    from electra_ray.finetune import FinetuneConfig
-
 Check = Callable[[], "tuple[bool, str]"]  # (whether a setting is good, the message when it is not)
-
-
-class FinetuneError(UserError):
-    """Fine-tuning cannot start: no model at the path, or settings that do not fit together."""
 
 
 class TaskKind:

@@ -12,17 +12,14 @@ the official SQuAD EM and F1 (percentages).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from transformers import ElectraForQuestionAnswering
 
+from electra_ray.finetune_config import FinetuneConfig
 from electra_ray.finetune_kinds import Check, TaskKind, new_head_model
 from electra_ray.squad import best_answers, features, read_squad, squad_metrics
-
-if TYPE_CHECKING:
-    from electra_ray.finetune import FinetuneConfig
 
 
 class QuestionAnswering(TaskKind):

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from transformers import ElectraForTokenClassification
 
+from electra_ray.finetune_config import FinetuneConfig
 from electra_ray.finetune_kinds import Check, FinetuneError, TaskKind, new_head_model
 from electra_ray.tagging import (
     SCHEMES,
@@ -39,9 +39,6 @@ from electra_ray.tagging import (
     tagging_metrics,
     word_predictions,
 )
-
-if TYPE_CHECKING:
-    from electra_ray.finetune import FinetuneConfig
 
 
 @dataclass(frozen=True)

@@ -403,3 +403,12 @@ def test_a_bad_flag_is_a_one_line_error(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == ["error: --lr must be a finite number > 0, got nan"]
     assert not (tmp_path / "ft").exists()
+
+
+def test_every_task_value_has_its_kind():
+    """--task's choices (finetune_config.TASKS, below the kinds) and the kinds registered agree."""
+    from electra_ray.finetune import KINDS
+    from electra_ray.finetune_config import TASKS
+
+    assert tuple(KINDS) == TASKS
+    assert all(kind.name == name for name, kind in KINDS.items())
