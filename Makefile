@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # build for another checkout's venv is rebuilt on the next run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
-.PHONY: install pretrain test format bench compare sweep clean
+.PHONY: install pretrain test format bench compare sweep finetune-demo clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ compare: install
 
 sweep: install
 	$(PY) -m electra_ray.tune --config configs/sweep-tiny.yaml $(ARGS)
+
+# The three task kinds (classification, QA, tagging) on CPU subsets, fine-tuned from EXPORT
+# (default: the newest runs/run-*/export, make pretrain's); prints the table of scores.
+finetune-demo: install
+	EXPORT="$(EXPORT)" OUT="$(OUT)" PY=$(PY) bash scripts/finetune_demo.sh
 
 clean:
 	rm -rf runs .pytest_cache
