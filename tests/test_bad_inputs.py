@@ -150,7 +150,9 @@ CASES = [
     Case(
         "tokenizer without specials",
         ["pretrain", *CFG, "data.tokenizer={dir}/tok"],
-        "lacks the special tokens [PAD] [UNK] [CLS] [SEP] [MASK]",
+        # Each role with the spellings it is mapped from (a RoBERTa-style tokenizer is accepted too).
+        "lacks the special tokens [PAD] or <pad>, [UNK] or <unk>, [CLS] or <s> or <cls>, [SEP] or </s> or <sep>, "
+        "[MASK] or <mask>: ELECTRA needs [PAD] [UNK] [CLS] [SEP] [MASK]",
         tokenizer_without_specials,
     ),
     Case(
