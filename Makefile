@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # build for another checkout's venv is rebuilt on the next run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
-.PHONY: install pretrain test format bench compare sweep finetune-demo clean
+.PHONY: install pretrain test format bench bench-gpu compare sweep finetune-demo clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ format: install
 
 bench: install
 	$(PY) -m electra_ray.bench $(ARGS)
+
+# The GPU check (one GPU, <= 8 minutes): bench/gpu.json and bench/gpu.md. DeepSpeed must use the
+# CUDA accelerator here, not the CPU one every other target exports.
+bench-gpu: export DS_ACCELERATOR = cuda
+bench-gpu: install
+	$(PY) -m electra_ray.bench --gpu $(ARGS)
 
 compare: install
 	$(PY) -m electra_ray.compare --config configs/compare-tiny.yaml $(ARGS)
