@@ -26,7 +26,7 @@ COMMON=(--model "$EXPORT" --seeds 0 --num-workers 0 --max-train-examples "$TRAIN
 
 "$PY" -m electra_ray.finetune "${COMMON[@]}" --out "$OUT/classification" --epochs 2 --max-seq-len 64 \
   --train "$OUT/data/movie-reviews/train.parquet" --eval "$OUT/data/movie-reviews/dev.parquet"
-"$PY" -m electra_ray.finetune "${COMMON[@]}" --out "$OUT/qa" --task qa --epochs 2 --lr 3e-4 \
+"$PY" -m electra_ray.finetune "${COMMON[@]}" --out "$OUT/qa" --task qa --epochs 2 --lr 3e-4 --max-seq-len 128 --max-query-len 32 --doc-stride 48 \
   --train "$OUT/data/squad/train.json" --eval "$OUT/data/squad/dev.json"
 "$PY" -m electra_ray.finetune "${COMMON[@]}" --out "$OUT/tagging" --task tagging --tag-scheme none \
   --epochs 2 --lr 3e-4 --max-seq-len 64 --train "$OUT/data/brown/train.txt" --eval "$OUT/data/brown/dev.txt"
