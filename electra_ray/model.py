@@ -34,7 +34,9 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     (p to within 1e-5) and the kept ones are scaled to keep the expectation exactly."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
+    # Under torch.compile (train.compile) inductor generates its own parallel dropout; the in-place
+    # draw below would break the graph at every layer.
+    if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point() or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
     dropped = round(p * 65536)
     bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits
