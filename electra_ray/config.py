@@ -264,7 +264,7 @@ class TrainConfig:
         False,
         "torch.compile both networks' encoders (model.compile_networks), on CPU and GPU; costs "
         "compilation time at the first steps of every worker. Off by default: on a CPU it measured "
-        "no faster (docs/benchmarks.md); measure it on your GPU with `make bench-gpu`",
+        "0.85x of eager (docs/benchmarks.md); measure it on your GPU with `make bench-gpu`",
     )
     precision: str = option(
         "auto",

@@ -147,15 +147,19 @@ def _json_text(line: str, field: str, path: str, number: int) -> str:
     return record[field]
 
 
-def prepare(
-    inputs: list[str], out: str, documents: str = "blank-line", field: str = "text", shard_mb: float = 128.0
-) -> PrepareResult:
+def check_shard_mb(shard_mb) -> None:
     if (
         isinstance(shard_mb, bool)
         or not isinstance(shard_mb, (int, float))
         or not (math.isfinite(shard_mb) and shard_mb > 0)
     ):
         raise UserError(f"--shard-mb must be a finite number > 0, got {shard_mb!r}")
+
+
+def prepare(
+    inputs: list[str], out: str, documents: str = "blank-line", field: str = "text", shard_mb: float = 128.0
+) -> PrepareResult:
+    check_shard_mb(shard_mb)
     files = list_inputs(inputs)
     if documents == "fortunes":
         files = _fortune_files(files, inputs)
