@@ -18,7 +18,8 @@
    model-state bytes against theory, and peak resident memory.
 
 Ratios are medians over rounds of the ratio within a round. Writes OUT/results.json and prints a
-table. --quick: every arm once, tiny config, no memory section (the suite's smoke test).
+table. --quick: every arm once, tiny config, torch.compile's eager backend (tracing only), no memory
+section: the suite's smoke test.
 """
 
 from __future__ import annotations
@@ -105,13 +106,13 @@ class Loop:
     - peer: electra-pytorch around transformers' networks, as its pre-training script sets it up
       (it masks inside its forward, so it is given the unmasked rows)."""
 
-    def __init__(self, kind: str, cfg: Config, special: dict[str, int], vocab_size: int):
+    def __init__(self, kind: str, cfg: Config, special: dict[str, int], vocab_size: int, compile_backend: str):
         torch.manual_seed(cfg.train.seed)  # every loop starts from the same weights
         self.kind, self.cfg, self.special, self.vocab_size = kind, cfg, special, vocab_size
         stock = kind in ("naive", "peer")
         self.model = build_model(cfg.model, vocab_size, special["[PAD]"], cfg.train.rtd_weight, stock=stock)
         if kind == "compiled":
-            compile_networks(self.model)
+            compile_networks(self.model, compile_backend)
         self.peer = peer_model(self.model, special, cfg.data.mask_prob) if kind == "peer" else None
         t = cfg.train
         self.optimizer = torch.optim.AdamW(
@@ -147,14 +148,16 @@ class Loop:
         self.times.append(time.perf_counter() - start)
 
 
-def measure_loops(cfg: Config, steps: int, warmup: int, kinds: tuple[str, ...] = ("plain",)) -> dict[str, dict]:
+def measure_loops(
+    cfg: Config, steps: int, warmup: int, kinds: tuple[str, ...] = ("plain",), compile_backend: str = "inductor"
+) -> dict[str, dict]:
     """Mean step time of each loop of `kinds` over the same batches, alternated step by step (the
     first loop of each step rotates), so that a busy moment of a shared machine falls on all."""
     tokenizer_json = read_tokenizer_json(cfg.data.tokenizer)
     tokenizer, special = tokenizer_from_json(tokenizer_json)
     batch_size = cfg.train.batch_size
     rows = load_sequences(cfg.data, tokenizer_json, "train", batch_size * (steps + warmup))["input_ids"]
-    loops = [Loop(kind, cfg, special, tokenizer.get_vocab_size()) for kind in kinds]
+    loops = [Loop(kind, cfg, special, tokenizer.get_vocab_size(), compile_backend) for kind in kinds]
     for step in range(steps + warmup):
         batch = rows[step * batch_size : (step + 1) * batch_size]
         turn = step % len(loops)
@@ -203,10 +206,13 @@ def measure_loop_in_ray_train(cfg: Config, steps: int, work: str, name: str) -> 
         return json.load(f)
 
 
-def run_measure(kinds: tuple[str, ...], model: str, tokenizer_dir: str, batch_size: int, steps: int) -> dict:
+def run_measure(
+    kinds: tuple[str, ...], model: str, tokenizer_dir: str, batch_size: int, steps: int, compile_backend: str
+) -> dict:
     """`measure_loops` in a fresh process, so rounds do not share warm state."""
     command = [sys.executable, "-m", "electra_ray.bench", "--measure", ",".join(kinds), "--model", model]
     command += ["--tokenizer", tokenizer_dir, "--batch-size", str(batch_size), "--steps", str(steps)]
+    command += ["--compile-backend", compile_backend]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode:
         raise RuntimeError(f"bench --measure {','.join(kinds)} failed:\n{out.stderr[-2000:]}")
@@ -288,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="the suite's smoke test: every arm once on the tiny config, 2 timed steps, no memory section",
+        help="the suite's smoke test: every arm once on the tiny config, 2 timed steps, compile traced only (its "
+        "eager backend), no memory section",
     )
     parser.add_argument(
         "--gpu",
@@ -302,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="small", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    parser.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # --quick: eager
     args = parser.parse_args(argv)
 
     if args.gpu:
@@ -315,10 +323,11 @@ def main(argv: list[str] | None = None) -> None:
         if not set(kinds) <= set(LOOPS):
             parser.error(f"--measure: loops are {', '.join(LOOPS)}")
         cfg = bench_config(args.model, args.tokenizer, args.batch_size)
-        print(json.dumps(measure_loops(cfg, args.steps, warmup=2, kinds=kinds)))
+        print(json.dumps(measure_loops(cfg, args.steps, warmup=2, kinds=kinds, compile_backend=args.compile_backend)))
         return
     if args.quick:
         args.model, args.rounds, args.steps, args.warmup, args.batch_size = "tiny", 1, 2, 2, 8
+        args.compile_backend = "eager"  # traces as inductor would, without its minute of code generation
     run_bench(args)
 
 
@@ -341,6 +350,7 @@ def run_bench(args) -> dict:
         "seq_len": model_cfg.data.seq_len,
         "batch_size": args.batch_size,
         "quick": args.quick,
+        "compile_backend": args.compile_backend,
     }
     print(f"peak fp32 matmul: {peak / 1e9:.0f} GFLOP/s on {cores} cores", flush=True)
 
@@ -413,7 +423,8 @@ def compare_steps(args, tokenizer_dir: str, work: str, peak: float) -> tuple[dic
                 runs[kind].append(measure())
             finally:
                 ray.shutdown()
-        for kind, result in run_measure(LOOPS, args.model, tokenizer_dir, args.batch_size, args.steps).items():
+        measured = run_measure(LOOPS, args.model, tokenizer_dir, args.batch_size, args.steps, args.compile_backend)
+        for kind, result in measured.items():
             runs[kind].append(result)
         # The peak as the highest of several readings: one taken while the shared machine is busy
         # would inflate every MFU.
@@ -517,7 +528,10 @@ def format_table(r: dict) -> str:
         ("ours / plain single-process loop", f"{s['ours_over_plain']:.3f}x"),
         ("ours / naive transformers loop", f"{s['ours_over_naive']:.2f}x"),
         ("ours / peer (electra-pytorch 0.1.2)", f"{s['ours_over_peer']:.2f}x"),
-        ("compiled / plain (train.compile's torch.compile, CPU inductor)", f"{s['compiled_over_plain']:.3f}x"),
+        (
+            f"compiled / plain (train.compile's torch.compile, {r['compile_backend']})",
+            f"{s['compiled_over_plain']:.3f}x",
+        ),
         (
             "peer's objective vs ours, one batch, same masking",
             f"MLM {peer['peer_mlm']:.5f} vs {peer['ours_mlm']:.5f}, RTD {peer['peer_rtd']:.5f} vs "

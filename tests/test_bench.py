@@ -77,7 +77,7 @@ def test_bench_quick_runs_every_arm(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.load(open(out / "results.json"))
-    assert report["quick"] and report["model"] == "tiny"
+    assert report["quick"] and report["model"] == "tiny" and report["compile_backend"] == "eager"
     runs = report["step"]["runs"]
     assert set(runs) == {"ours", "floor", "plain", "compiled", "naive", "peer"}
     for kind, measured in runs.items():
