@@ -10,6 +10,8 @@ import argparse
 import math
 from dataclasses import dataclass
 
+from electra_ray.report import markdown_table
+
 BYTES_PER_VALUE = 2  # bf16 gradients and parameters on the wire
 MFU = 0.40  # assumed model FLOPs utilisation of the datasheet peak (a well-tuned BERT-size run gets 0.35-0.5)
 GPUS_PER_NODE = 8
@@ -129,27 +131,25 @@ def efficiency_cell(m: Shape, gpu: Gpu, n: int, zero_stage: int, network: float,
     return f"{efficiency(compute, comm, 0.0):.2f}-{efficiency(compute, comm, 1.0):.2f}"
 
 
-def model_table() -> list[str]:
-    rows = [
-        "| model | seq | params (gen+disc) | GFLOPs/token | micro-batch/GPU | TFLOPs/micro-step"
-        " | A100 ms | H100 ms | ZeRO-0/1/2 GB/GPU/step @8 | ZeRO-3 GB @8 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def model_table() -> str:
+    headers = ("model", "seq", "params (gen+disc)", "GFLOPs/token", "micro-batch/GPU", "TFLOPs/micro-step")
+    headers += ("A100 ms", "H100 ms", "ZeRO-0/1/2 GB/GPU/step @8", "ZeRO-3 GB @8")
+    rows = []
     for m in MODELS:
         p, tflops = parameter_count(m), flops_per_token(m) * m.micro_batch * m.seq_len / 1e12
         ms = [compute_seconds(m, m.micro_batch, g) * 1e3 for g in GPUS]
         rows.append(
-            f"| {m.name} | {m.seq_len} | {p / 1e6:.1f}M | {flops_per_token(m) / 1e9:.3f} | {m.micro_batch}"
-            f" | {tflops:.2f} | {ms[0]:.1f} | {ms[1]:.1f} | {comm_bytes_per_gpu(p, 8, 1) / 1e9:.3f}"
-            f" | {comm_bytes_per_gpu(p, 8, 3) / 1e9:.3f} |"
+            (m.name, m.seq_len, f"{p / 1e6:.1f}M", f"{flops_per_token(m) / 1e9:.3f}", m.micro_batch, f"{tflops:.2f}")
+            + (f"{ms[0]:.1f}", f"{ms[1]:.1f}", f"{comm_bytes_per_gpu(p, 8, 1) / 1e9:.3f}")
+            + (f"{comm_bytes_per_gpu(p, 8, 3) / 1e9:.3f}",)
         )
-    return rows
+    return markdown_table(headers, rows)
 
 
-def efficiency_table(gpu: Gpu, per_gpu_sequences) -> list[str]:
+def efficiency_table(gpu: Gpu, per_gpu_sequences) -> str:
     """Rows of model x ZeRO stage; columns: 8 GPUs on NVLink, 64 and 512 at each network speed."""
     heads = ["8 (NVLink)"] + [f"{n} @ {g} Gb/s" for n in GPU_COUNTS[1:] for g in NETWORK_GBIT_S]
-    rows = ["| model | ZeRO | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    rows = []
     for m in MODELS:
         for stage, label in ((1, "0/1/2"), (3, "3")):
             cells = [efficiency_cell(m, gpu, 8, stage, 0, per_gpu_sequences(m, 8))]
@@ -158,37 +158,32 @@ def efficiency_table(gpu: Gpu, per_gpu_sequences) -> list[str]:
                 for n in GPU_COUNTS[1:]
                 for g in NETWORK_GBIT_S
             ]
-            rows.append(f"| {m.name} | {label} | " + " | ".join(cells) + " |")
-    return rows
+            rows.append([m.name, label, *cells])
+    return markdown_table(["model", "ZeRO", *heads], rows)
 
 
-def batch_table() -> list[str]:
+def batch_table() -> str:
     """The global batch weak scaling gives, and what keeping the paper's global batch needs."""
-    rows = [
-        "| model | paper batch | GPUs | weak scaling: global batch (accum 1) |"
-        " paper batch: sequences/GPU/step | paper batch: accumulation at the micro-batch |",
-        "|---|---|---|---|---|---|",
-    ]
+    headers = ("model", "paper batch", "GPUs", "weak scaling: global batch (accum 1)")
+    headers += ("paper batch: sequences/GPU/step", "paper batch: accumulation at the micro-batch")
+    rows = []
     for m in MODELS:
         for n in GPU_COUNTS:
             per_gpu = m.paper_batch / n
             accum = max(1, math.ceil(per_gpu / m.micro_batch))
             per_gpu_text = f"{per_gpu:g}" if per_gpu >= 1 else f"{per_gpu:g} (< 1: impossible)"
-            rows.append(f"| {m.name} | {m.paper_batch} | {n} | {m.micro_batch * n:,} | {per_gpu_text} | {accum} |")
-    return rows
+            rows.append((m.name, m.paper_batch, n, f"{m.micro_batch * n:,}", per_gpu_text, accum))
+    return markdown_table(headers, rows)
 
 
-def cores_table() -> list[str]:
-    rows = [
-        "| model | GPU | tokens/s per GPU at the assumed MFU | CPU cores per GPU for tokenize+pack |",
-        "|---|---|---|---|",
-    ]
+def cores_table() -> str:
+    headers = ("model", "GPU", "tokens/s per GPU at the assumed MFU", "CPU cores per GPU for tokenize+pack")
+    rows = []
     for m in MODELS:
         for gpu in GPUS:
             tokens_s = gpu.peak_flops * MFU / flops_per_token(m)
-            cores = tokens_s / PACK_TOKENS_PER_CORE_S if PACK_TOKENS_PER_CORE_S else float("nan")
-            rows.append(f"| {m.name} | {gpu.name} | {tokens_s:,.0f} | {cores:.2f} |")
-    return rows
+            rows.append((m.name, gpu.name, f"{tokens_s:,.0f}", f"{tokens_s / PACK_TOKENS_PER_CORE_S:.2f}"))
+    return markdown_table(headers, rows)
 
 
 def nvidia_base_check() -> list[str]:
@@ -199,20 +194,18 @@ def nvidia_base_check() -> list[str]:
     m = Shape(**{**base.__dict__, "seq_len": 128})
     a100 = GPUS[0]
     mfu = flops_per_token(m) * 128 * 955 / a100.peak_flops
-    rows = [
-        f"ELECTRA-Base seq 128: {flops_per_token(m) / 1e9:.3f} GFLOPs/token; 955 seq/s = MFU {mfu:.2f} of 312 TFLOP/s.",
-        "",
-        "| sequences/GPU/step | compute ms | ZeRO-0 all-reduce ms (NVLink 300 GB/s) | efficiency, no overlap - full |",
-        "|---|---|---|---|",
-    ]
+    summary = (
+        f"ELECTRA-Base seq 128: {flops_per_token(m) / 1e9:.3f} GFLOPs/token; 955 seq/s = MFU {mfu:.2f} of 312 TFLOP/s."
+    )
+    headers = ("sequences/GPU/step", "compute ms", "ZeRO-0 all-reduce ms (NVLink 300 GB/s)")
+    headers += ("efficiency, no overlap - full",)
+    rows = []
     for sequences in (16, 32, 64, 176):
         compute = sequences / 955
         comm = comm_bytes_per_gpu(parameter_count(m), 8, 0) / a100.nvlink_bytes_s
-        rows.append(
-            f"| {sequences} | {compute * 1e3:.1f} | {comm * 1e3:.2f} | {efficiency(compute, comm, 0):.3f}"
-            f" - {efficiency(compute, comm, 1):.3f} |"
-        )
-    return rows
+        overlap = f"{efficiency(compute, comm, 0):.3f} - {efficiency(compute, comm, 1):.3f}"
+        rows.append((sequences, f"{compute * 1e3:.1f}", f"{comm * 1e3:.2f}", overlap))
+    return summary + "\n\n" + markdown_table(headers, rows)
 
 
 def weak_batch(m: Shape, n: int) -> float:
@@ -227,19 +220,19 @@ def paper_batch(m: Shape, n: int) -> float:
 
 def report() -> str:
     out = [f"Assumed MFU {MFU}; bf16 ({BYTES_PER_VALUE} bytes) on the wire; ring collectives; latency ignored.", ""]
-    out += ["## Models, compute and communication per micro-step", ""] + model_table()
+    out += ["## Models, compute and communication per micro-step", "", model_table()]
     for gpu in GPUS:
         peak, nvlink = gpu.peak_flops / 1e12, gpu.nvlink_bytes_s / 1e9
         title = f"## Weak-scaling efficiency, {gpu.name} ({peak:.0f} TFLOP/s, NVLink {nvlink:.0f} GB/s)"
         out += ["", title, "", "Per-GPU micro-batch fixed, accumulation 1; each cell no overlap-full overlap.", ""]
-        out += efficiency_table(gpu, weak_batch)
+        out.append(efficiency_table(gpu, weak_batch))
     for gpu in GPUS[:1]:
         out += ["", f"## Efficiency at the paper's global batch, {gpu.name} (strong scaling)", ""]
-        out += efficiency_table(gpu, paper_batch)
-    out += ["", "## Batch and gradient accumulation", ""] + batch_table()
-    rate = f"{PACK_TOKENS_PER_CORE_S:,.0f}" if PACK_TOKENS_PER_CORE_S else "not measured"
-    out += ["", f"## CPU cores per GPU for Ray Data (tokenize+pack {rate} tokens/s per core)", ""] + cores_table()
-    out += ["", "## NVIDIA's ELECTRA-Base on 8 A100s (98% published)", ""] + nvidia_base_check()
+        out.append(efficiency_table(gpu, paper_batch))
+    out += ["", "## Batch and gradient accumulation", "", batch_table()]
+    rate = f"{PACK_TOKENS_PER_CORE_S:,.0f}"
+    out += ["", f"## CPU cores per GPU for Ray Data (tokenize+pack {rate} tokens/s per core)", "", cores_table()]
+    out += ["", "## NVIDIA's ELECTRA-Base on 8 A100s (98% published)", "", nvidia_base_check()]
     return "\n".join(out) + "\n"
 
 
