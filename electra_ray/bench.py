@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.model, args.rounds, args.steps, args.warmup, args.batch_size = "tiny", 1, 2, 2, 8
         args.compile_backend = "eager"  # traces as inductor would, without its minute of code generation
+        args.memory = False
     run_bench(args)
 
 
@@ -372,7 +373,7 @@ def run_bench(args) -> dict:
     results["mfu"] = {"flops_per_token": flops, **{kind: flops * tps / peak for kind, tps in median.items()}}
 
     # 4. memory per worker under ZeRO 0-3
-    if args.memory and not args.quick:
+    if args.memory:
         results["memory"] = measure_memory(model_cfg, vocab_size, tokenizer_dir, work, args.batch_size)
     results["wall_s"] = time.perf_counter() - started
     write_results(results, args.out)

@@ -87,25 +87,21 @@ def objective_check(
     at temperature 1e-8 is the generator's argmax in both (Gumbel noise and our inverse-CDF draw
     alike), so both discriminators see the same corrupted ids."""
     temperature = 1e-8
-    model.eval()
-    saved_temperature, model.temperature = model.temperature, temperature
     peer = peer_model(model, special, replace_prob=1.0, temperature=temperature)
     seen: dict[str, torch.Tensor] = {}
     hook = peer.generator.register_forward_pre_hook(lambda _, args: seen.update(generator_input=args[0]))
+    was_training, saved_temperature = model.training, model.temperature
+    model.eval()
+    model.temperature = temperature
     try:
         torch.manual_seed(seed)
         peer_out = peer(input_ids, attention_mask=attention_mask)
-    finally:
-        hook.remove()
-        model.temperature = saved_temperature
-    chosen = seen["generator_input"] == special["[MASK]"]  # [B, T]
-    # Our batch layout: each row's chosen positions, padded with weight-0 slots.
-    width = int(chosen.sum(1).max())
-    order = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)  # chosen positions first, in order
-    positions = order[:, :width]
-    weights = torch.gather(chosen, 1, positions).float()
-    model.temperature = temperature
-    try:
+        chosen = seen["generator_input"] == special["[MASK]"]  # [B, T]
+        # Our batch layout: each row's chosen positions, padded with weight-0 slots.
+        width = int(chosen.sum(1).max())
+        order = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)  # chosen positions first, in order
+        positions = order[:, :width]
+        weights = torch.gather(chosen, 1, positions).float()
         ours = model(
             input_ids=seen["generator_input"],
             original_ids=input_ids,
@@ -114,7 +110,9 @@ def objective_check(
             weights=weights,
         )
     finally:
+        hook.remove()
         model.temperature = saved_temperature
+        model.train(was_training)
     return ObjectiveCheck(
         peer_mlm=float(peer_out.mlm_loss),
         ours_mlm=float(ours.mlm_loss),
