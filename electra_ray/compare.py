@@ -522,12 +522,13 @@ def _sanity_lines(results: dict) -> list[str]:
         lines += [
             "",
             f"Held-out ({e0['sequences']} sequences), each exported ELECTRA checkpoint; the RTD gap is the "
-            f"constant predictor's loss minus the discriminator's on generator replacements:",
+            f"constant predictor's loss minus the discriminator's on generator replacements; the yardstick: "
+            f"bigram counts of the training split on the same fixed corruption (chance: 0.5):",
             "",
         ]
         headers = ("run", "step", "FLOPs", "AUC fixed corruption", "AUC generator replacements")
-        headers += ("AUC random replacements", "RTD gap (nats)")
-        lines += markdown_table(headers, map(_electra_row, electra), "lrrrrrr").split("\n")
+        headers += ("AUC random replacements", "RTD gap (nats)", "bigram counts: AUC fixed corruption")
+        lines += markdown_table(headers, map(_electra_row, electra), "lrrrrrrr").split("\n")
     mlm = sorted(
         (p for p in points if p["objective"] == "mlm" and "evaluation" in p), key=lambda p: (p["budget"], p["step"])
     )
@@ -537,8 +538,8 @@ def _sanity_lines(results: dict) -> list[str]:
             "## MLM baseline on held-out text",
             "",
         ]
-        headers = ("run", "step", "FLOPs", "MLM loss (nats)", "unigram entropy (nats)")
-        lines += markdown_table(headers, map(_mlm_row, mlm), "lrrrr").split("\n")
+        headers = ("run", "step", "FLOPs", "MLM loss (nats)", "unigram entropy (nats)", "bigram counts (nats)")
+        lines += markdown_table(headers, map(_mlm_row, mlm), "lrrrrr").split("\n")
     return lines + [""] if lines else []
 
 
@@ -564,6 +565,7 @@ def _electra_row(p: dict) -> list:
         f"{e['auc_generator_replacements']:.3f}",
         f"{e['auc_random_replacements']:.3f}",
         f"{e['rtd_loss_constant'] - e['rtd_loss_generator']:+.4f}",
+        _yardstick(e, "bigram_auc_fixed_corruption"),
     ]
 
 
@@ -575,7 +577,13 @@ def _mlm_row(p: dict) -> list:
         f"{p['flops']:.3g}",
         f"{e['mlm_loss']:.3f}",
         f"{e['unigram_entropy']:.3f}",
+        _yardstick(e, "bigram_mlm_loss"),
     ]
+
+
+def _yardstick(evaluation: dict, key: str) -> str:
+    """A bigram-counts figure of evaluate_export (the yardstick), "—" where it was not measured."""
+    return f"{evaluation[key]:.3f}" if key in evaluation else "—"
 
 
 def format_report(results: dict) -> str:

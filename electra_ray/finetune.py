@@ -35,6 +35,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+import transformers
 import yaml
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer, ElectraConfig, ElectraModel
@@ -50,6 +51,15 @@ from electra_ray.finetune_kinds import (
     TaskKind,
     load_classifier,
     load_task,
+)
+from electra_ray.finetune_protocol import (
+    chosen_lr,
+    constant_loss,
+    dev_split,
+    is_stuck,
+    linear_probe,
+    lr_label,
+    with_lr,
 )
 from electra_ray.finetune_qa import QA
 from electra_ray.finetune_tagging import TAGGING
@@ -135,7 +145,9 @@ def validate(cfg: FinetuneConfig) -> None:
     """Every setting in range and the settings consistent, before any file is read: each problem a
     FinetuneError naming the flag. Checked in order, so a later check may rely on an earlier one."""
     kind_checks = KINDS[cfg.task].checks(cfg) if cfg.task in KINDS else []
-    for check in (*_task_checks(cfg), *_number_checks(cfg), *_list_checks(cfg), *kind_checks):
+    cfg.lr_grid = _numbers(cfg.lr_grid)
+    checks = (*_task_checks(cfg), *_number_checks(cfg), *_list_checks(cfg), *_protocol_checks(cfg), *kind_checks)
+    for check in checks:
         ok, message = check()
         if not ok:
             raise FinetuneError(message)
@@ -241,6 +253,39 @@ def _list_checks(cfg: FinetuneConfig) -> list:
         ),
         lambda: (len(set(cfg.labels)) == len(cfg.labels), f"--labels lists a class twice: {list(cfg.labels)!r}"),
     ]
+
+
+def _protocol_checks(cfg: FinetuneConfig) -> list:
+    """The learning-rate grid, the dev split and the probe (finetune_protocol.py)."""
+    return [
+        lambda: (
+            isinstance(cfg.lr_grid, (list, tuple)) and all(_finite(v) and v > 0 for v in cfg.lr_grid),
+            f"--lr-grid must list finite numbers > 0, got {cfg.lr_grid!r}",
+        ),
+        lambda: (len(set(cfg.lr_grid)) == len(cfg.lr_grid), f"--lr-grid lists a rate twice: {list(cfg.lr_grid)}"),
+        lambda: (
+            _finite(cfg.dev_fraction) and 0 < cfg.dev_fraction < 1,
+            f"--dev-fraction must be a number in (0, 1), got {cfg.dev_fraction!r}",
+        ),
+        lambda: (
+            not cfg.lr_grid or cfg.task in ("classification", "regression"),
+            f"--lr-grid needs a dev split of the training examples: classification or regression, not {cfg.task}",
+        ),
+        lambda: (not cfg.probe or cfg.task == "classification", f"--probe needs classes: --task is {cfg.task}"),
+    ]
+
+
+def _numbers(values) -> list:
+    """A command line's or YAML's list of rates as numbers: YAML 1.1 reads 1e-4 (no dot) as text."""
+    if not isinstance(values, (list, tuple)):
+        return values
+    converted = []
+    for value in values:
+        try:
+            converted.append(float(value) if isinstance(value, str) else value)
+        except ValueError:
+            converted.append(value)
+    return converted
 
 
 # -- model and optimizer -------------------------------------------------------------------------
@@ -405,7 +450,8 @@ def train_seed(
 
 
 def summarize(runs: list[dict], names: tuple[str, ...]) -> dict[str, dict]:
-    """Mean, standard deviation (ddof=1: a sample of seeds) and median of each metric over seeds."""
+    """Mean, standard deviation (ddof=1: a sample of seeds) and median of each metric over seeds,
+    and how many of those seeds' runs were stuck at the constant predictor (counted in, flagged)."""
     summary = {}
     for name in names:
         values = np.array([run["metrics"][name] for run in runs])
@@ -414,6 +460,7 @@ def summarize(runs: list[dict], names: tuple[str, ...]) -> dict[str, dict]:
             "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
             "median": float(np.median(values)),
             "values": values.tolist(),
+            "stuck": sum(bool(run.get("stuck")) for run in runs),
         }
     return summary
 
@@ -421,38 +468,88 @@ def summarize(runs: list[dict], names: tuple[str, ...]) -> dict[str, dict]:
 # -- the verb ------------------------------------------------------------------------------------
 
 
-def run_seed(
-    cfg: FinetuneConfig,
-    model_dir: str,
-    tokenizer,
-    train,
-    evaluation,
-    labels: list | None,
-    seed: int,
-    out: str,
-    num_threads: int,
-) -> dict:
-    """Fine-tune with one seed, save the model with its tokenizer, score it on the eval data."""
+@dataclass
+class SeedData:
+    """What every seed's run reads: the encoder, its tokenizer and the task's data."""
+
+    model_dir: str
+    tokenizer: typing.Any
+    train: typing.Any
+    evaluation: typing.Any
+    labels: list | None
+    dev: typing.Any = None  # the split held apart from the training file (lr_grid, probe); None: none
+    constant_loss: float | None = None  # the constant predictor's training loss; None: not known
+
+
+def run_seed(cfg: FinetuneConfig, data: SeedData, seed: int, out: str, num_threads: int) -> dict:
+    """Fine-tune with one seed, save the model with its tokenizer, score it on the eval data (and
+    on the dev split, when there is one); flag it when it ended at the constant predictor's loss."""
     start = time.perf_counter()
     seed_dir = os.path.join(out, f"seed-{seed}")
-    train_loss = train_seed(cfg, model_dir, train, labels, seed, seed_dir, num_threads)
-    tokenizer.save_pretrained(seed_dir)
+    train_loss = train_seed(cfg, data.model_dir, data.train, data.labels, seed, seed_dir, num_threads)
+    data.tokenizer.save_pretrained(seed_dir)
     kind = KINDS[cfg.task]
-    metrics = kind.evaluate(kind.model_class.from_pretrained(seed_dir), evaluation, labels, cfg)
+    model = kind.model_class.from_pretrained(seed_dir)
+    metrics = kind.evaluate(model, data.evaluation, data.labels, cfg)
     run = {
         "seed": seed,
+        "lr": cfg.lr,
         "model": seed_dir,
         "train_loss": train_loss,
+        "stuck": is_stuck(train_loss, data.constant_loss),
         "metrics": metrics,
-        "seconds": time.perf_counter() - start,
     }
+    if data.dev is not None:
+        run["dev_metrics"] = kind.evaluate(model, data.dev, data.labels, cfg)
+    run["seconds"] = time.perf_counter() - start
     print(
-        f"seed {seed}: "
+        f"seed {seed}, lr {cfg.lr:g}: "
         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        + f" | train loss {train_loss:.4f} | {run['seconds']:.0f}s",
+        + f" | train loss {train_loss:.4f}"
+        + (" (STUCK at the constant predictor's loss)" if run["stuck"] else "")
+        + f" | {run['seconds']:.0f}s",
         flush=True,
     )
     return run
+
+
+def search_lr(cfg: FinetuneConfig, data: SeedData, out: str, num_threads: int) -> tuple[float, dict, dict]:
+    """The first seed fine-tuned at each rate of cfg.lr_grid, scored on the dev split. Returns (the
+    rate with the best dev score, that run, the search's record). The chosen run's model becomes
+    OUT/seed-N; the other rates' models, written under OUT/lr-search, are removed."""
+    kind, metric = KINDS[cfg.task], cfg.metric or KINDS[cfg.task].summary_metric(cfg)
+    sign = -1.0 if metric == "mse" else 1.0  # lower is better
+    seed, search_dir = cfg.seeds[0], os.path.join(out, "lr-search")
+    trials = {
+        lr: run_seed(with_lr(cfg, lr), data, seed, os.path.join(search_dir, lr_label(lr)), num_threads)
+        for lr in cfg.lr_grid
+    }
+    lr = chosen_lr({rate: sign * run["dev_metrics"][metric] for rate, run in trials.items()})
+    chosen = trials[lr]
+    os.replace(chosen["model"], os.path.join(out, f"seed-{seed}"))
+    chosen["model"] = os.path.join(out, f"seed-{seed}")
+    shutil.rmtree(search_dir)  # only this run's own models are in it
+    record = {
+        "grid": list(cfg.lr_grid),
+        "seed": seed,
+        "dev_metric": metric,
+        "dev_examples": kind.size(data.dev),
+        "chosen": lr,
+        "trials": [
+            {"lr": rate, "dev": run["dev_metrics"][metric], "train_loss": run["train_loss"], "stuck": run["stuck"]}
+            for rate, run in trials.items()
+        ],
+    }
+    print(f"lr search on {record['dev_examples']} dev examples ({metric}): chose {lr:g}", flush=True)
+    return lr, chosen, record
+
+
+def train_seeds(cfg: FinetuneConfig, data: SeedData, out: str, num_threads: int) -> tuple[list[dict], dict | None]:
+    """Every seed's run, at cfg.lr or, with cfg.lr_grid, at the rate the first seed chose on dev."""
+    if not cfg.lr_grid:
+        return [run_seed(cfg, data, seed, out, num_threads) for seed in cfg.seeds], None
+    lr, first, record = search_lr(cfg, data, out, num_threads)
+    return [first] + [run_seed(with_lr(cfg, lr), data, seed, out, num_threads) for seed in cfg.seeds[1:]], record
 
 
 def check_out(out: str) -> None:
@@ -468,6 +565,16 @@ def check_out(out: str) -> None:
     raise FinetuneError(
         f"--out {out} already exists and is not a fine-tuning output: nothing was written; choose a new --out"
     )
+
+
+def frozen_encoder(model_dir: str) -> ElectraModel:
+    """The pre-trained encoder alone (the discriminator's head, unused by a probe, left unread)."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "unexpected: discriminator_predictions.*" is the point here
+    try:
+        return ElectraModel.from_pretrained(model_dir)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
@@ -486,6 +593,18 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     max_len = min(cfg.max_seq_len, AutoConfig.from_pretrained(encoder_dir).max_position_embeddings)
     kind = KINDS[cfg.task]
     train, evaluation, labels = kind.load(cfg, tokenizer, max_len)
+    dev = None
+    if cfg.lr_grid or cfg.probe:  # held apart from the training examples: --eval is only ever reported
+        train, dev = dev_split(train, cfg.dev_fraction)
+    data = SeedData(
+        encoder_dir,
+        tokenizer,
+        train,
+        evaluation,
+        labels,
+        dev,
+        constant_loss(train, labels) if cfg.task == "classification" else None,
+    )
     os.makedirs(out, exist_ok=True)
     num_threads = cfg.threads
     if cfg.num_workers:
@@ -498,10 +617,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     )
     previous_threads = torch.get_num_threads()  # in this process, cfg.threads holds only while we run
     try:
-        runs = [
-            run_seed(cfg, encoder_dir, tokenizer, train, evaluation, labels, seed, out, num_threads)
-            for seed in cfg.seeds
-        ]
+        runs, lr_search = train_seeds(cfg, data, out, num_threads)
+        probe = linear_probe(frozen_encoder(encoder_dir), train, dev, evaluation) if cfg.probe else None
     finally:
         torch.set_num_threads(previous_threads)
     result = {
@@ -516,6 +633,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         "eval_examples": kind.size(evaluation),
         **kind.describe(train, evaluation),
         "majority_baseline": kind.baseline(train, evaluation, labels),
+        "lr": runs[0]["lr"],  # the rate every seed ran at: cfg.lr, or the one the grid chose
+        "lr_search": lr_search,
+        "constant_loss": data.constant_loss,
+        "probe": probe,
         "summary": summarize(runs, kind.metrics),
         "runs": runs,
         "config": dataclasses.asdict(cfg),
@@ -542,12 +663,17 @@ def finetune_task(cfg: FinetuneConfig) -> ray.ObjectRef:
 
 def format_summary(result: dict) -> str:
     metric, stats = result["metric"], result["summary"][result["metric"]]
+    stuck = stats.get("stuck", 0)
     line = (
         f"{metric} {stats['mean']:.4f} ± {stats['std']:.4f} (median {stats['median']:.4f}, "
-        f"{len(stats['values'])} seeds)"
+        f"{len(stats['values'])} seeds{f', {stuck} STUCK at the constant predictor' if stuck else ''}; "
+        f"lr {result.get('lr', result['config']['lr']):g}" + (" chosen on dev" if result.get("lr_search") else "") + ")"
     )
     if result["majority_baseline"] and metric in result["majority_baseline"]:
         line += f"; majority class: {result['majority_baseline'][metric]:.4f}"
+    if result.get("probe"):
+        mean, cls = result["probe"]["mean"]["accuracy"], result["probe"]["cls"]["accuracy"]
+        line += f"; linear probe accuracy: mean-pooled {mean:.4f}, [CLS] {cls:.4f}"
     return line
 
 

@@ -76,6 +76,20 @@ class FinetuneConfig:
     grad_clip: float = option(1.0, "gradient-norm clipping (0: off)")
     dropout: float = option(0.1, "dropout in the encoder and the task head while fine-tuning")
     seeds: list = option([0, 1, 2], "one fine-tuning run per seed (head initialisation, example order, dropout)")
+    lr_grid: list = option(
+        [],
+        "learning rates to choose --lr from (e.g. [1e-4, 3e-4, 1e-3]): the first seed is fine-tuned at each, "
+        "the rate with the best score on a dev split held apart from --train is kept for every seed and "
+        "reported; empty: --lr as given (classification and regression)",
+    )
+    dev_fraction: float = option(
+        0.1, "share of --train held apart as the dev split that --lr-grid and --probe choose on (never --eval)"
+    )
+    probe: bool = option(
+        False,
+        "also a frozen-encoder linear probe: logistic regression on the pre-trained encoder's mean-pooled and "
+        "[CLS] vectors, its regularisation chosen on the dev split, scored on --eval (classification)",
+    )
     max_train_examples: int = option(0, "fine-tune on the first N training examples only (0: all)")
     num_workers: int = option(1, "Ray Train workers (data-parallel); 0: train in this process, without Ray")
     threads: int = option(

@@ -42,19 +42,28 @@ NETWORKS = {
     ),
 }
 # Held-out figures (evaluate.evaluate_export, and heldout_auc from train.eval_every): label, unit.
+# The bigram rows are the yardstick (yardstick.py), beside the figures they are read against.
 FIGURES = {
     "sequences": "held-out sequences measured",
     "generator_mlm_loss": "generator MLM loss at masked positions (nats)",
     "mlm_loss": "MLM loss at masked positions (nats)",
     "unigram_entropy": "unigram entropy of the held-out tokens (nats; a context-free predictor's best loss)",
+    "bigram_mlm_loss": "bigram counts' loss at the same masked positions (nats; the yardstick)",
     "rtd_loss_generator": "discriminator RTD loss on generator replacements",
     "rtd_loss_constant": "RTD loss of the best constant predictor",
     "replaced_fraction_generator": "fraction of tokens the generator replaced",
     "auc_generator_replacements": "discriminator ROC-AUC on generator replacements",
     "auc_fixed_corruption": "discriminator ROC-AUC on a fixed unigram corruption",
+    "bigram_auc_fixed_corruption": "bigram counts' ROC-AUC on the same fixed corruption (the yardstick)",
     "auc_random_replacements": "discriminator ROC-AUC on uniformly random replacements",
     "heldout_auc": "discriminator ROC-AUC on the fixed corruption, measured during training",
 }
+
+YARDSTICK_NOTE = (
+    "\n\nRead each figure between two references: the unigram entropy and an AUC of 0.5 are what a "
+    "network that learned nothing reaches; the bigram counts' figures are what counting adjacent tokens "
+    "of the training split gives, measured the same way (the same masked positions, the same corruption)."
+)
 
 
 def front_matter(network: str) -> dict:
@@ -134,11 +143,12 @@ def model_card(network_name: str, network, cfg: Config, step: int, figures: dict
     """The README.md of one exported network (`network_name`: discriminator, generator or mlm)."""
     header = yaml.safe_dump(front_matter(network_name), sort_keys=False)
     header += "# license: set the license of these weights here (e.g. apache-2.0), as the corpus's terms allow\n"
-    figures = figure_rows(figures or {})
+    figures = figures or {}
+    rows = figure_rows(figures)
     layers = network.config.num_hidden_layers
     measured = (
-        table(figures)
-        if figures
+        table(rows) + (YARDSTICK_NOTE if "bigram_mlm_loss" in figures else "")
+        if rows
         else "Not measured: export the run's final checkpoint with `python -m electra_ray.pretrain` (which "
         "evaluates it), or run `python -m electra_ray.evaluate` on the export."
     )

@@ -288,9 +288,10 @@ def test_report_and_figures_of_two_budgets(tmp_path):
                 "auc_random_replacements": 0.8,
                 "rtd_loss_generator": 0.38,
                 "rtd_loss_constant": 0.40,
+                "bigram_auc_fixed_corruption": 0.9,
             }
         elif point["objective"] == "mlm":
-            point["evaluation"] = {"sequences": 4, "mlm_loss": 6.1, "unigram_entropy": 5.9}
+            point["evaluation"] = {"sequences": 4, "mlm_loss": 6.1, "unigram_entropy": 5.9, "bigram_mlm_loss": 3.6}
     check = {"rtd_drop_nats": 0.005, "rtd_drop_step": 20, "best_auc_random_replacements": 0.8, "passed": True}
     plans = [{"budget": b, **equal_compute_steps(cfg.pretrain, 8192, 2, b)} for b in (0.5, 1.0)]
     results.update(
@@ -308,8 +309,9 @@ def test_report_and_figures_of_two_budgets(tmp_path):
     assert "| ELECTRA | 20 | 2e+10 | 0.8000 ± 0.0100 | 0.8000 | 3 | x1 | 0.25 |" in report
     assert "| ELECTRA x1 | 20 | 0.0050 (step 20) | 0.800 | pass |" in report
     assert "| ELECTRA x0.5 | 10 | 0.0050 (step 20) | 0.800 | FAIL |" in report
-    assert "| ELECTRA x1 | 20 | 2e+10 | 0.600 | 0.550 | 0.800 | +0.0200 |" in report
-    assert "| MLM (BERT) x0.5 | 10 | 1e+10 | 6.100 | 5.900 |" in report and "Budgets" in report and "x0.5, x1" in report
+    assert "| ELECTRA x1 | 20 | 2e+10 | 0.600 | 0.550 | 0.800 | +0.0200 | 0.900 |" in report  # + the yardstick
+    assert "| MLM (BERT) x0.5 | 10 | 1e+10 | 6.100 | 5.900 | 3.600 |" in report
+    assert "Budgets" in report and "x0.5, x1" in report
     assert "Verdict: ELECTRA >= MLM" in report and "Random-init control (from_scratch): the encoder" in report
     for plot, name in ((plot_curve, "curve.png"), (plot_auc, "auc.png")):
         plot(results, str(tmp_path / name))

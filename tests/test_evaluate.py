@@ -157,3 +157,39 @@ def test_an_s3_export_is_fetched_and_measured(untrained_export, rclone_s3):
     client.put_object(Bucket="electra", Key="exports/unfinished/electra_ray.json", Body=b"{}")  # no manifest
     with pytest.raises(storage.StorageError, match=r"s3://electra/exports/unfinished is not a complete export"):
         evaluate_export("s3://electra/exports/unfinished")
+
+
+def test_the_yardstick_is_measured_beside_the_networks_and_cached_beside_the_export(untrained_export, monkeypatch):
+    """evaluate_export adds the bigram counts' figures on the same positions and corruption, counts
+    the training split once and reads the counts from beside the export after that."""
+    import glob
+    import os
+
+    from transformers import ElectraForMaskedLM
+
+    from electra_ray import yardstick
+    from electra_ray.data import load_sequences, tokenizer_from_json
+    from electra_ray.evaluate import evaluate_export, held_out_metrics, read_export_config, training_bigrams
+
+    measured = evaluate_export(untrained_export, max_sequences=4)
+    assert measured["bigram_mlm_loss"] < measured["unigram_entropy"]  # 40 addresses already hold bigram signal
+    assert 0.6 < measured["bigram_auc_fixed_corruption"] <= 1 and 0 <= measured["auc_fixed_corruption"] <= 1
+    (cache,) = glob.glob(os.path.join(os.path.dirname(untrained_export), "bigram-counts-*.npz"))
+
+    def counting_again(*args, **kwargs):
+        raise AssertionError("counted again despite the cache")
+
+    monkeypatch.setattr(yardstick.BigramCounts, "from_sequences", counting_again)
+    assert evaluate_export(untrained_export, max_sequences=4) == measured  # from the cache, the same figures
+    # the MLM baseline's masked LM: the loss's yardstick, no AUC
+    cfg = read_export_config(untrained_export)
+    with open(os.path.join(untrained_export, "generator", "tokenizer.json")) as f:
+        tokenizer_json = f.read()
+    special = tokenizer_from_json(tokenizer_json)[1]
+    sequences = load_sequences(cfg.data, tokenizer_json, "eval", 4)["input_ids"]
+    generator = ElectraForMaskedLM.from_pretrained(os.path.join(untrained_export, "generator")).eval()
+    bigrams = training_bigrams(cfg, tokenizer_json, os.path.dirname(cache))
+    baseline = held_out_metrics(generator, None, sequences, cfg, special, bigrams=bigrams)
+    assert baseline["bigram_mlm_loss"] == pytest.approx(measured["bigram_mlm_loss"])  # the same positions
+    assert "bigram_auc_fixed_corruption" not in baseline
+    assert "bigram_mlm_loss" not in held_out_metrics(generator, None, sequences, cfg, special)

@@ -101,4 +101,9 @@ def test_the_cards_carry_the_held_out_figures_measured_before_publishing(stage0_
         f"| discriminator ROC-AUC on a fixed unigram corruption | {measured['auc_fixed_corruption']:.4f} |" in figures
     )
     assert f"| generator MLM loss at masked positions (nats) | {measured['generator_mlm_loss']:.4f} |" in figures
+    # the yardstick beside them: what bigram counts of the training split reach, measured the same way
+    loss, auc = measured["bigram_mlm_loss"], measured["bigram_auc_fixed_corruption"]
+    assert f"| bigram counts' loss at the same masked positions (nats; the yardstick) | {loss:.4f} |" in figures
+    assert f"| bigram counts' ROC-AUC on the same fixed corruption (the yardstick) | {auc:.4f} |" in figures
+    assert "what counting adjacent tokens of the training split gives" in figures
     verify_directory(out)  # the cards were written before the manifest: every hash matches

@@ -43,7 +43,7 @@ def tiny_overrides(corpus, tokenizer_dir, out, **overrides) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_dir, tmp_path):
+def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_dir, tmp_path, capsys):
     cfg = tiny_config(
         small_corpus,
         tokenizer_dir,
@@ -88,7 +88,14 @@ def test_two_workers_zero2_learn_checkpoint_and_export(small_corpus, tokenizer_d
         "auc_fixed_corruption",
         "auc_generator_replacements",
         "auc_random_replacements",
+        "bigram_mlm_loss",
+        "bigram_auc_fixed_corruption",
     }
+    # the final report reads each figure against the yardstick, counted once into the run's directory
+    report = capsys.readouterr().out
+    assert f"bigram counts {result.evaluation['bigram_mlm_loss']:.3f})" in report
+    assert f"(chance 0.5, bigram counts {result.evaluation['bigram_auc_fixed_corruption']:.3f})" in report
+    assert len(glob.glob(os.path.join(result.run_dir, "bigram-counts-*.npz"))) == 1
 
 
 def test_zero3_with_accumulation_resumes_and_exports_full_weights(small_corpus, tokenizer_dir, tmp_path):
