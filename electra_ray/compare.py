@@ -487,6 +487,7 @@ def verdict(results: dict) -> str:
         if not beats:
             failures.append(f"{name} does not beat random init by more than the seeds' standard deviation")
     lines.append(f"Against random init (median {none['median']:.4f} ± {none['std']:.4f}): " + "; ".join(against) + ".")
+    lines += _probe_and_stuck_lines(points, final, control, failures)
     if failures:
         lines.append(
             "Verdict: the expected order (ELECTRA >= MLM, both above random init by more than the seeds' "
@@ -495,6 +496,29 @@ def verdict(results: dict) -> str:
     else:
         lines.append("Verdict: ELECTRA >= MLM, and both beat random init by more than the seeds' standard deviation.")
     return "\n".join(lines)
+
+
+def _probe_and_stuck_lines(points: list[dict], final: dict, control: dict, failures: list[str]) -> list[str]:
+    """The frozen-encoder probe's order (ELECTRA above random init and at least MLM: what the
+    features hold, with no fine-tune that can fail) and every fine-tune stuck at the constant
+    predictor, named; appends to `failures` what does not hold."""
+    lines = []
+    probes = {o: final[o]["finetune"].get("probe") for o in OBJECTIVES} | {"none": control["finetune"].get("probe")}
+    if all(probes.values()):
+        accuracy = {o: probe["mean"]["accuracy"] for o, probe in probes.items()}
+        lines.append(
+            f"Linear probe on the frozen encoder (mean-pooled, dev accuracy): ELECTRA {accuracy['electra']:.4f}, "
+            f"MLM {accuracy['mlm']:.4f}, random init {accuracy['none']:.4f}."
+        )
+        if accuracy["electra"] <= accuracy["none"]:
+            failures.append("ELECTRA's linear probe is not above random init's")
+        if accuracy["electra"] < accuracy["mlm"]:
+            failures.append("ELECTRA's linear probe is below MLM's")
+    stuck = [f"{point_name(p)} ({_score(p)['stuck']})" for p in points if _score(p).get("stuck")]
+    if stuck:
+        lines.append("Fine-tunes stuck at the constant predictor's loss (seeds): " + ", ".join(stuck) + ".")
+        failures.append("some fine-tunes are stuck at the constant predictor")
+    return lines
 
 
 def _run_label(objective: str, budget: float) -> str:
@@ -608,8 +632,14 @@ def format_report(results: dict) -> str:
         "- Budgets (multiples of pretrain.train.max_steps, each pair of runs from scratch, warm-up scaled alike): "
         + ", ".join(f"x{b:g}" for b in budgets)
         + ".",
-        f"- Fine-tuning: lr {ft['lr']}, layer-wise decay {ft['layer_decay']}, warm-up {ft['warmup']:.0%}, "
-        f"epochs {ft['epochs']}, batch {ft['batch_size']}, dropout {ft['dropout']}, seeds {ft['seeds']}.",
+        f"- Fine-tuning: {_lr_protocol(ft)}, layer-wise decay {ft['layer_decay']}, warm-up {ft['warmup']:.0%}, "
+        f"epochs {ft['epochs']}, batch {ft['batch_size']}, weight decay {ft['weight_decay']}, dropout "
+        f"{ft['dropout']}, seeds {ft['seeds']}"
+        + (
+            "; a linear probe (logistic regression) on each frozen encoder's mean-pooled and [CLS] vectors."
+            if ft.get("probe")
+            else "."
+        ),
         f"- Majority class on dev: {metric} {majority[metric]:.4f}." if majority and metric in majority else "",
         "- Random-init control (from_scratch): "
         + (
@@ -647,8 +677,9 @@ def format_report(results: dict) -> str:
 def _points_table(points: list[dict], metric: str) -> str:
     """One row per point: random init first, then per objective by budget and step."""
     headers = ("objective", "pre-training steps", "pre-training FLOPs", f"dev {metric} mean ± std", "median")
+    headers += ("seeds", "stuck", "fine-tune lr", "linear probe: mean-pooled", "[CLS]", "budget", "[CLS] spread")
     ordered = sorted(points, key=lambda p: (p["objective"] != "none", p["objective"], p["budget"], p["step"]))
-    return markdown_table((*headers, "seeds", "budget", "[CLS] spread"), map(_point_row, ordered), "lrrrrrrr")
+    return markdown_table(headers, map(_point_row, ordered), "lrrrrrrrrrrr")
 
 
 def _point_row(p: dict) -> list:
@@ -660,9 +691,32 @@ def _point_row(p: dict) -> list:
         f"{s['mean']:.4f} ± {s['std']:.4f}",
         f"{s['median']:.4f}",
         len(s["values"]),
+        f"**{s['stuck']} STUCK**" if s.get("stuck") else "0",  # at the constant predictor's training loss
+        _finetune_lr(p["finetune"]),
+        *_probe_cells(p["finetune"]),
         "—" if p["objective"] == "none" else f"x{p['budget']:g}",
         f"{p['cls_spread']:.3g}" if "cls_spread" in p else "—",  # a random init's is ~1e-4
     ]
+
+
+def _lr_protocol(ft: dict) -> str:
+    if not ft.get("lr_grid"):
+        return f"lr {ft['lr']}"
+    return (
+        f"lr chosen per checkpoint from {ft['lr_grid']} by the first seed's score on {ft['dev_fraction']:.0%} of "
+        f"the training sentences held apart (never on the dev set reported here)"
+    )
+
+
+def _finetune_lr(metrics: dict) -> str:
+    """The rate every seed ran at, "(dev)" when the grid chose it on the dev split."""
+    lr = metrics.get("lr", metrics.get("config", {}).get("lr"))
+    return "—" if lr is None else f"{lr:g}" + (" (dev)" if metrics.get("lr_search") else "")
+
+
+def _probe_cells(metrics: dict) -> list[str]:
+    probe = metrics.get("probe")
+    return [f"{probe[p]['accuracy']:.4f}" for p in ("mean", "cls")] if probe else ["—", "—"]
 
 
 def _plot_runs(axes, points: list[dict], value, color: str, marker: str, label: str) -> None:

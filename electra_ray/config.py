@@ -139,6 +139,13 @@ class ModelConfig:
         "embeddings) + its own delta (initialised at 0), so RTD gradients "
         "do not pull the generator's embeddings; the export merges the delta",
     )
+    local_attention: int = option(
+        0,
+        "local heads at initialisation (electra_ray/local_init.py) in the first N layers of each encoder that "
+        "reads its embeddings directly: a sinusoid position table and two heads per layer that attend to the "
+        "previous and the next token; the weights stay a plain ELECTRA model. 0: BERT's initialisation",
+        bounds=">= 0",
+    )
     init_from: str = option(
         "",
         "continue pre-training from existing weights (a directory or s3:// prefix): an export of "
@@ -186,6 +193,21 @@ class DataConfig:
     )
     eval_fraction: float = option(0.02, "fraction of documents held out for evaluation (by text hash)", bounds="[0, 1)")
     docs_per_block: int = option(64, "documents tokenized and packed together by one Ray Data task", bounds=">= 1")
+    # Corpora are often stored in an order (by date, source, topic): the files are read in an order
+    # drawn from train.seed (data.file_order) and each worker draws its batches from a buffer this large
+    # (data.shuffled_batches). Ray's local shuffle permutes what it holds once it holds 1.5x the buffer,
+    # then takes more in each time half is left. The shipped corpus, one file sorted by year, is 16.7k
+    # sequences at configs/tiny.yaml's settings: 16384 permutes all of it at once (Spearman's rho of a
+    # sequence's place and its year: 0.00); 8192 leaves its last years to the end (0.33; stored order
+    # with the former 256: 0.85). It holds 16384 x seq_len x 4 bytes per column (8 MB at seq_len 128), and
+    # up to 1.5x that.
+    shuffle_buffer: int = option(
+        16384,
+        "sequences each worker shuffles its batches from (at least 2 micro-batches); "
+        "larger mixes more documents, costs memory and delays each epoch's first batch "
+        "(until 1.5x this many sequences are tokenized)",
+        bounds=">= 1",
+    )
     packing: str = option(
         "concatenate",
         "how documents become sequences: concatenate (documents joined with [SEP] "
@@ -309,7 +331,7 @@ class TrainConfig:
         items=int,
     )
     # At most 2**32 - 1: search=optuna seeds numpy's RandomState with it, which takes no more.
-    seed: int = option(0, "random seed (model init, masking, sampling)", bounds="[0, 4294967295]")
+    seed: int = option(0, "random seed (model init, masking, sampling, data order)", bounds="[0, 4294967295]")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from electra_ray.config import generator_shape
+from electra_ray.local_init import local_attention_init
 from electra_ray.objective import ObjectiveOutput, electra_loss, masked_lm_loss
 
 ATTENTION = "electra_ray"  # SDPA, with our CPU dropout (below); the export's config does not name it
@@ -266,15 +267,21 @@ def build_model(
         else:
             use_fast_cpu_dropout(net)
     if objective == "mlm":
-        return MaskedLMPretrainingModel(*networks)
-    return ElectraPretrainingModel(
-        *networks,
-        rtd_weight,
-        temperature,
-        disentangled_embeddings=model_cfg.disentangled_embeddings,
-        corrective_weight=corrective_weight,
-        shared_layers=model_cfg.generator_layers,
-    )
+        model = MaskedLMPretrainingModel(*networks)
+    else:
+        model = ElectraPretrainingModel(
+            *networks,
+            rtd_weight,
+            temperature,
+            disentangled_embeddings=model_cfg.disentangled_embeddings,
+            corrective_weight=corrective_weight,
+            shared_layers=model_cfg.generator_layers,
+        )
+    if model_cfg.local_attention:  # after the sharing: the shared position table is written once
+        for index, name in enumerate(model.NETWORKS):
+            encoder = getattr(model, name).electra
+            local_attention_init(encoder, model_cfg.local_attention, set_positions=index == 0)
+    return model
 
 
 def compile_networks(model: nn.Module, backend: str = "inductor") -> nn.Module:

@@ -14,6 +14,7 @@ import pytest
 
 from electra_ray.compare import (
     OBJECTIVES,
+    _points_table,
     cls_spread,
     cls_vectors,
     compare,
@@ -191,6 +192,31 @@ def test_verdict_says_so_when_electra_leads_and_both_beat_random_init():
     )
 
 
+def test_the_probe_orders_the_encoders_and_stuck_fine_tunes_are_named():
+    results = _results(electra=(0.80, 0.01), mlm=(0.78, 0.01))
+    probes = {"none": (0.60, 0.55), "electra": (0.70, 0.66), "mlm": (0.72, 0.60)}  # ELECTRA's probe below MLM's
+    for point in results["points"]:
+        accuracy = probes[point["objective"]]
+        point["finetune"]["probe"] = {
+            p: {"accuracy": a, "dev_accuracy": a, "C": 1.0} for p, a in zip(("mean", "cls"), accuracy)
+        }
+        point["finetune"].update(lr=3e-4, lr_search={"chosen": 3e-4})
+    results["points"][1]["finetune"]["summary"]["accuracy"]["stuck"] = 2  # ELECTRA's full point
+    text = verdict(results)
+    assert (
+        "Linear probe on the frozen encoder (mean-pooled, dev accuracy): ELECTRA 0.7000, MLM 0.7200, "
+        "random init 0.6000." in text
+    )
+    assert "Fine-tunes stuck at the constant predictor's loss (seeds): electra-x1-step20 (2)." in text
+    assert "does not hold" in text and "ELECTRA's linear probe is below MLM's" in text
+    assert "some fine-tunes are stuck" in text and "not above random init" not in text
+    table = _points_table(results["points"], "accuracy")
+    assert (
+        "| ELECTRA | 20 | 2e+10 | 0.8000 ± 0.0100 | 0.8000 | 3 | **2 STUCK** | 0.0003 (dev) | 0.7000 | 0.6600 "
+        "| x1 | — |" in table
+    )
+
+
 def test_verdict_names_each_failure():
     text = verdict(_results(electra=(0.52, 0.05), mlm=(0.75, 0.01)))
     assert "the MLM baseline won by 23.0 points" in text and "ELECTRA +2.0 points, not more than" in text
@@ -305,8 +331,8 @@ def test_report_and_figures_of_two_budgets(tmp_path):
         timings={"pretrain_electra_s": 60.0, "total_s": 120.0},
     )
     report = format_report(results)
-    assert "| none (random init) | 0 | 0 | 0.5000 ± 0.0200 | 0.5000 | 3 | — | 0.25 |" in report
-    assert "| ELECTRA | 20 | 2e+10 | 0.8000 ± 0.0100 | 0.8000 | 3 | x1 | 0.25 |" in report
+    assert "| none (random init) | 0 | 0 | 0.5000 ± 0.0200 | 0.5000 | 3 | 0 | — | — | — | — | 0.25 |" in report
+    assert "| ELECTRA | 20 | 2e+10 | 0.8000 ± 0.0100 | 0.8000 | 3 | 0 | — | — | — | x1 | 0.25 |" in report
     assert "| ELECTRA x1 | 20 | 0.0050 (step 20) | 0.800 | pass |" in report
     assert "| ELECTRA x0.5 | 10 | 0.0050 (step 20) | 0.800 | FAIL |" in report
     assert "| ELECTRA x1 | 20 | 2e+10 | 0.600 | 0.550 | 0.800 | +0.0200 | 0.900 |" in report  # + the yardstick

@@ -33,6 +33,7 @@ from harness import tokenizer_json  # noqa: E402
 from electra_ray.config import load_config  # noqa: E402
 from electra_ray.data import load_sequences, tokenizer_from_json  # noqa: E402
 from electra_ray.heldout import detection_auc, fixed_corruption  # noqa: E402
+from electra_ray.local_init import local_attention_init  # noqa: E402
 from electra_ray.model import discriminator_config, use_fast_cpu_dropout  # noqa: E402
 from electra_ray.optim import lr_lambda  # noqa: E402
 
@@ -90,6 +91,10 @@ def main() -> None:
     parser.add_argument("--lr-embeddings-mult", type=float, default=1.0)
     parser.add_argument("--corrupt-prob", type=float, default=0.15)
     parser.add_argument("--arch", choices=["electra", "window"], default="electra")
+    parser.add_argument("--local-layers", type=int, default=0, help="electra_ray.local_init: layers with local heads")
+    parser.add_argument("--local-heads", type=int, default=2)
+    parser.add_argument("--sharpness", type=float, default=8.0)
+    parser.add_argument("--message", type=float, default=0.5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.set)
@@ -120,6 +125,10 @@ def main() -> None:
                 attention = layer.attention.self
                 attention.query.weight.mul_(0.0 if args.zero_queries else args.qk_scale)
                 attention.key.weight.mul_(args.qk_scale)
+    if args.local_layers:
+        local_attention_init(
+            net.electra, args.local_layers, args.local_heads, args.sharpness, args.position_scale, args.message
+        )
     embedding_module = net.electra.embeddings if args.arch == "electra" else net.embed
     embeddings = {id(p) for p in embedding_module.parameters()}
     groups = [
