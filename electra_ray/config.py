@@ -634,6 +634,10 @@ def validate(config: Config) -> None:
             f"train.eval_every ({t.eval_every}) must be 0 or a multiple of train.log_every ({t.log_every})",
         ),
         (
+            m.local_attention <= m.num_layers,
+            f"config key 'model.local_attention' must be <= model.num_layers ({m.num_layers}), got {m.local_attention}",
+        ),
+        (
             m.generator_layers <= m.num_layers,
             f"config key 'model.generator_layers' must be <= model.num_layers ({m.num_layers}), "
             f"got {m.generator_layers}",

@@ -3,11 +3,13 @@
 Driver side, `build_dataset` makes a Ray Data dataset of packed sequences: with
 data.packing=concatenate `[CLS] ... [SEP]` rows of documents concatenated, a [SEP] between them;
 with data.packing=segments google-research/electra's build_pretraining_dataset examples,
-`[CLS] A [SEP] B [SEP]` from whole sentences of one document, with token types. Worker side,
-`masked_batches` iterates the worker's shard and masks each batch afresh, so every epoch sees new
-masks. With data.whole_word_mask each row also carries `word_starts` (electra_ray.words: 1 where a
-token starts a word), found at tokenize time and packed as the ids are, for the masking to read.
-Reading the corpus itself (and choosing the held-out split) is electra_ray.documents'.
+`[CLS] A [SEP] B [SEP]` from whole sentences of one document, with token types; its files are
+read in an order drawn from train.seed (file_order). Worker side, `masked_batches` iterates the
+worker's shard, its batches drawn from a shuffle buffer (data.shuffle_buffer) reseeded every epoch,
+and masks each batch afresh, so every epoch sees new masks. With data.whole_word_mask each row
+also carries `word_starts` (electra_ray.words: 1 where a token starts a word), found at tokenize
+time and packed as the ids are, for the masking to read. Reading the corpus itself (and choosing
+the held-out split) is electra_ray.documents'.
 """
 
 from __future__ import annotations
@@ -316,10 +318,36 @@ def parquet_reader(num_files: int):
             del os.environ[FOOTER_ACTORS_VARIABLE]
 
 
-def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource: str = ""):
+def file_order(seed: int) -> ray.data.FileShuffleConfig:
+    """The order the corpus's files are read in: a permutation drawn from `seed` (train.seed), the
+    same in every execution of the dataset, so every epoch and every resumed run reads the files in
+    one order, and a resume that skips the consumed micro-batches of a re-executed epoch skips the
+    very batches it trained on.
+
+    Why not a new permutation each epoch: Ray Data's per-execution reseeding
+    (`reseed_after_execution=True`, FileShuffleConfig's default, as RandomSeedConfig's) draws from
+    the DataContext's execution count, which counts the executions that one copy of the dataset
+    has completed in one process. Ray Train's DataConfig copies the dataset for each worker group,
+    so a group restarted after a failure, or a run resumed with --resume, starts counting at 0
+    while its workers resume at epoch E: it would read epoch E in epoch 0's order. Epochs differ
+    instead in each worker's local shuffle (epoch_shuffle_seed).
+
+    Why files and not blocks as well: Ray's `randomize_block_order` is an all-to-all barrier that
+    holds every block of the epoch in the object store before the first one leaves (the whole
+    corpus on every epoch, spilled to disk beyond the store's share of memory, and training waits
+    for all of it to be read), and blocks are coarse: the shipped corpus reads as 8, so the order
+    of its years still showed through an 8192-sequence buffer for some seeds (|Spearman's rho| of a
+    sequence's place and its year up to 0.36). Reordering files costs nothing (it orders the read
+    tasks), and within a file the shuffle buffer (data.shuffle_buffer) mixes documents: its default
+    holds the whole shipped corpus."""
+    return ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=False)
+
+
+def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource: str = "", seed: int = 0):
     """Ray Data dataset of packed sequences (column `input_ids`, [seq_len] int32 per row, with
     data.packing=segments `token_type_ids` alike, with data.whole_word_mask `word_starts`, int8).
-    `resource`: a custom Ray resource every read/tokenize task requires (scaling.data_resource)."""
+    `resource`: a custom Ray resource every read/tokenize task requires (scaling.data_resource).
+    `seed` (train.seed): the order the files are read in (file_order)."""
     corpus = open_corpus(data_cfg.path, data_cfg.text_column)
     if data_cfg.whole_word_mask:
         check_segmenter(tokenizer_from_json(tokenizer_json)[0])  # here, not as a failure in every task
@@ -328,7 +356,11 @@ def build_dataset(data_cfg, tokenizer_json: str, split: str = "train", resource:
     remote_args = {"resources": {resource: 0.001}} if resource else {}
     with parquet_reader(len(corpus.files)):
         dataset = ray.data.read_parquet(
-            corpus.files, filesystem=filesystem, columns=[data_cfg.text_column], **remote_args
+            corpus.files,
+            filesystem=filesystem,
+            columns=[data_cfg.text_column],
+            shuffle=file_order(seed),
+            **remote_args,
         )
     return dataset.map_batches(
         _tokenize_block,
@@ -424,6 +456,35 @@ def mask_batch(
     )
 
 
+def epoch_shuffle_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one worker's local shuffle in one epoch: a new order every epoch (the files are
+    read in one order, file_order), a different one on each rank, the same in every run."""
+    return seed + 1000 * epoch + rank
+
+
+# Ray 2.60's local shuffle (ShufflingBatcher) cuts a batch from what is left of its current
+# permutation before it adds the next blocks in: with a buffer under 2 batches that can be fewer rows
+# than a batch, in mid-epoch, drop_last notwithstanding (a 16-sequence buffer with batches of 16 gave
+# batches of 9 to 16). From 2 batches up, what is left is always at least one batch.
+MIN_SHUFFLE_BATCHES = 2
+
+
+def shuffled_batches(shard, micro_batch: int, buffer: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of a worker's shard in full micro-batches of NumPy columns, drawn at random from
+    `buffer` sequences (data.shuffle_buffer; at least MIN_SHUFFLE_BATCHES micro-batches) with a
+    local shuffle seeded by `seed` (epoch_shuffle_seed). The same shard order and seed give the same
+    batches in every run: the trainer's DataConfig (driver.data_config) asks Ray Data to preserve
+    order, and the files are read in a seeded order (file_order)."""
+    return shard.iter_batches(
+        batch_size=micro_batch,
+        batch_format="numpy",
+        drop_last=True,
+        prefetch_batches=4,
+        local_shuffle_buffer_size=max(buffer, MIN_SHUFFLE_BATCHES * micro_batch),
+        local_shuffle_seed=seed,
+    )
+
+
 def masked_batches(
     shard,
     data_cfg,
@@ -434,18 +495,11 @@ def masked_batches(
     shuffle_seed: int,
     skip: int = 0,
 ) -> Iterator[MaskedBatch]:
-    """One epoch of a worker's shard, in micro-batches, each masked afresh. `skip`: micro-batches
-    already consumed before a resume, passed over unmasked (the masking stream is restored as it
-    was after them). The shard's order is the same in every run: the trainer's DataConfig asks
-    Ray Data to preserve order, and the shuffle is seeded."""
-    batches = shard.iter_batches(
-        batch_size=micro_batch,
-        batch_format="numpy",
-        drop_last=True,
-        prefetch_batches=4,
-        local_shuffle_buffer_size=micro_batch * 16,
-        local_shuffle_seed=shuffle_seed,
-    )
+    """One epoch of a worker's shard, in micro-batches (shuffled_batches, with data.shuffle_buffer),
+    each masked afresh. `skip`: micro-batches already consumed before a resume, passed over unmasked
+    (the masking stream is restored as it was after them): the epoch's order is the same in every
+    run, so they are the very batches the interrupted run trained on."""
+    batches = shuffled_batches(shard, micro_batch, data_cfg.shuffle_buffer, shuffle_seed)
     for batch in itertools.islice(batches, skip, None):
         yield mask_batch(
             batch["input_ids"],

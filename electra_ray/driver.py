@@ -141,6 +141,15 @@ def scaling_config(scaling: ScalingConfig) -> ray.train.ScalingConfig:
     )
 
 
+def data_config() -> ray.train.DataConfig:
+    """How Ray Train hands the dataset to the workers: `streaming_split` into one shard per worker,
+    with Ray Data told to preserve order. Without it blocks leave in the order their tasks finish,
+    and which worker gets which block, and in what order, would change from run to run; with it
+    (and the seeded file order, data.file_order) each worker's shard is the same in every run, so
+    a resume can skip what was consumed."""
+    return ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True))
+
+
 def build_trainer(
     train_fn: Callable,
     loop_config: dict,
@@ -171,7 +180,7 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=list(callbacks),
         ),
-        dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
+        dataset_config=data_config(),
         datasets=datasets,
     )
 

@@ -71,7 +71,7 @@ def run_pretraining(
         keep_checkpoints=cfg.train.keep_checkpoints,
         max_failures=cfg.train.max_failures,
         callbacks=(MetricsLogger(run_dir, tensorboard="tensorboard" in cfg.output.trackers), *callbacks),
-        datasets={"train": build_dataset(cfg.data, tokenizer_json, "train", cfg.scaling.data_resource)},
+        datasets={"train": build_dataset(cfg.data, tokenizer_json, "train", cfg.scaling.data_resource, cfg.train.seed)},
     )
     with tracking(cfg, run_dir) as tracked:  # MLflow / W&B (output.trackers), fed from metrics.jsonl
         return fit_and_export(cfg, trainer, args, run_dir, export_and_evaluate, tracked)

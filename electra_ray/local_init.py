@@ -18,9 +18,10 @@ rate, while a network handed its neighbours' embeddings reaches 0.78 in 500 step
 Everything else is BERT's initialisation, and the result is an ordinary `ElectraForPreTraining` /
 `ElectraForMaskedLM`: training may move every weight, the export and fine-tuning are unchanged.
 It is an initialisation, in the spirit of ALiBi's local bias (Press et al. 2022) without ALiBi's
-change to the architecture. Applies where the layers read the embeddings directly
-(embedding_size == hidden_size); a projected encoder (the generator at ¼ width) keeps its random
-attention and gets the structured position table it shares.
+change to the architecture. A narrower encoder that reads the shared embeddings through a
+projection (the generator at ¼ width, one head a layer) gets half its head size of position
+features through that projection (`position_features_through`), and its layers take the offsets
+in turn: −1 in the first, +1 in the second, ...
 """
 
 from __future__ import annotations
@@ -90,35 +91,58 @@ def local_attention_init(
     `layers` layers (see the module docstring). `sharpness`: the attention logit of the target
     neighbour above the mean, before the LayerNorm's scale. `message`: the norm of what a local head
     adds to the residual stream, as a share of the stream's (BERT's std 0.02 value and output give
-    ~0.03: a neighbour that whispers). `set_positions`: write the sinusoid
-    table (False: it is shared and was written already)."""
+    ~0.03: a neighbour that whispers). `set_positions`: write the sinusoid table (False: it is
+    shared and was written already, by the call for the encoder whose head size sets its width)."""
     embeddings = encoder.embeddings
     table = embeddings.position_embeddings.weight
-    attention = encoder.encoder.layer[0].attention.self
-    head_dim, dim = attention.attention_head_size, table.size(1)
-    count = head_dim // 2
-    token_norm = float(embeddings.word_embeddings.weight.norm(dim=1).mean())
+    head_dim = encoder.encoder.layer[0].attention.self.attention_head_size
     if set_positions:
-        sinusoid_positions(table, count, position_scale * token_norm)
-    if getattr(encoder, "embeddings_project", None) is not None:
-        return  # the layers read a random projection of the embeddings: no known position coordinates
-    # After the embeddings' LayerNorm the position features have a norm of about sqrt(dim) |p| / |w + p|;
-    # query·key / sqrt(head_dim) at the target is then scale² · feature_norm² / sqrt(head_dim).
-    feature_norm = math.sqrt(dim) * position_scale / math.sqrt(1 + position_scale**2)
-    scale = math.sqrt(sharpness * math.sqrt(head_dim)) / feature_norm
+        token_norm = float(embeddings.word_embeddings.weight.norm(dim=1).mean())
+        sinusoid_positions(table, head_dim // 2, position_scale * token_norm)
+    count = int((table.abs().sum(0) > 0).sum()) // 2  # the table's frequencies, whoever wrote it
     omegas = frequencies(count, table.size(0))
-    for layer in encoder.encoder.layer[:layers]:
+    # After the embeddings' LayerNorm the position features have a norm of about sqrt(dim) |p| / |w + p|.
+    feature_norm = math.sqrt(table.size(1)) * position_scale / math.sqrt(1 + position_scale**2)
+    project = getattr(encoder, "embeddings_project", None)
+    used = list(range(count))  # the frequencies the local heads read
+    if project is not None:  # a narrower encoder: half its head size carries every other frequency
+        used = list(range(0, count, 2))[: head_dim // 4]
+        feature_norm = position_features_through(project, used, feature_norm * math.sqrt(len(used) / count))
+    # query·key / sqrt(head_dim) at the target is scale² · feature_norm² / sqrt(head_dim) = sharpness.
+    scale = math.sqrt(sharpness * math.sqrt(head_dim)) / feature_norm
+    width = 2 * len(used)
+    wanted = offsets(heads)
+    for index, layer in enumerate(encoder.encoder.layer[:layers]):
         attention = layer.attention.self
-        for h, offset in enumerate(offsets(min(heads, attention.num_attention_heads))):
-            rows = slice(h * head_dim, h * head_dim + 2 * count)
-            attention.key.weight[h * head_dim : (h + 1) * head_dim].zero_()
-            attention.query.weight[h * head_dim : (h + 1) * head_dim].zero_()
-            attention.key.weight[rows, : 2 * count] = scale * torch.eye(2 * count)
-            attention.query.weight[rows, : 2 * count] = scale * rotation(omegas, offset)
-            attention.key.bias[h * head_dim : (h + 1) * head_dim].zero_()
-            attention.query.bias[h * head_dim : (h + 1) * head_dim].zero_()
+        local = min(heads, attention.num_attention_heads)  # with fewer heads, the offsets go on in the next layer
+        for h in range(local):
+            offset = wanted[(index * local + h) % len(wanted)]
+            head = slice(h * head_dim, (h + 1) * head_dim)
+            rows = slice(h * head_dim, h * head_dim + width)
+            inputs = slice(0, width) if project is not None else _feature_columns(used)
+            for linear in (attention.key, attention.query):
+                linear.weight[head].zero_()
+                linear.bias[head].zero_()
+            attention.key.weight[rows, inputs] = scale * torch.eye(width)
+            attention.query.weight[rows, inputs] = scale * rotation(omegas[used], offset)
             # value: a random projection that keeps the norm share; output: sized so |W_o W_v x| = message · |x|
-            attention.value.weight[h * head_dim : (h + 1) * head_dim].normal_(0.0, 1.0 / math.sqrt(dim))
-            layer.attention.output.dense.weight[:, h * head_dim : (h + 1) * head_dim].normal_(
-                0.0, message / math.sqrt(head_dim)
-            )
+            hidden = attention.value.weight.size(1)
+            attention.value.weight[head].normal_(0.0, 1.0 / math.sqrt(hidden))
+            layer.attention.output.dense.weight[:, head].normal_(0.0, message / math.sqrt(head_dim))
+
+
+def _feature_columns(used: list[int]) -> list[int]:
+    return [column for f in used for column in (2 * f, 2 * f + 1)]
+
+
+def position_features_through(project: nn.Linear, used: list[int], norm: float) -> float:
+    """Set the first 2·len(used) outputs of `project` (the embeddings' projection to a narrower
+    width) to copy those position features, scaled to the size of its other outputs (BERT's std
+    0.02 over the embedding's unit-scale coordinates), and clear their bias. Returns their norm."""
+    width, columns = 2 * len(used), _feature_columns(used)
+    project.weight[:width].zero_()
+    project.bias[:width].zero_()
+    per_coordinate = norm / math.sqrt(width)  # each copied feature's size before the copy
+    gain = 0.02 * math.sqrt(project.weight.size(1)) / per_coordinate
+    project.weight[:width, columns] = gain * torch.eye(width)
+    return gain * norm

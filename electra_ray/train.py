@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from electra_ray import checkpoint as checkpoints
 from electra_ray.config import Config
-from electra_ray.data import masked_batches, tokenizer_from_json
+from electra_ray.data import epoch_shuffle_seed, masked_batches, tokenizer_from_json
 from electra_ray.ds_config import compute_precision
 from electra_ray.engine import build_engine
 from electra_ray.errors import TrainingError
@@ -267,7 +267,7 @@ def device_batches(run: Worker, state: TrainState, epoch: int, skip: int):
         run.special,
         run.args.vocab_size,
         state.mask_rng,
-        shuffle_seed=run.cfg.train.seed + 1000 * epoch + run.rank,
+        shuffle_seed=epoch_shuffle_seed(run.cfg.train.seed, epoch, run.rank),
         skip=skip,
     )
     for batch in batches:

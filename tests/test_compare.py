@@ -50,6 +50,7 @@ def test_equal_compute_experiment_writes_table_curve_and_verdict(small_corpus, t
             "pretrain.model.embedding_size=64",
             "pretrain.model.intermediate_size=128",
             "pretrain.model.max_position_embeddings=64",
+            "pretrain.model.local_attention=2",
             "pretrain.train.max_steps=20",
             "pretrain.train.warmup_steps=5",
             "pretrain.train.log_every=5",
@@ -73,7 +74,11 @@ def test_equal_compute_experiment_writes_table_curve_and_verdict(small_corpus, t
         [("none", 0), ("electra", 10), ("electra", 20), ("mlm", mlm_steps // 2), ("mlm", mlm_steps)]
     )
     for (objective, step), point in points.items():
-        assert len(point["finetune"]["runs"]) == 3 and point["finetune"]["train_examples"] == 64
+        # the shipped protocol: 58 training sentences after the 10% dev split, the rate chosen on it, the probe
+        finetune = point["finetune"]
+        assert len(finetune["runs"]) == 3 and finetune["train_examples"] == 58
+        assert finetune["lr_search"]["chosen"] == finetune["lr"] in (1e-4, 3e-4, 1e-3)
+        assert set(finetune["probe"]) == {"mean", "cls"} and finetune["constant_loss"] > 0.5
         assert point["flops"] == (step * budget[objective]["step_flops"] if step else 0)
 
     # each objective pre-trained with its own masking, on the same tokenizer
@@ -86,6 +91,7 @@ def test_equal_compute_experiment_writes_table_curve_and_verdict(small_corpus, t
     report = open(os.path.join(out, "report.md")).read()
     assert "| ELECTRA | 20 |" in report and f"| MLM (BERT) | {mlm_steps} |" in report
     assert "| none (random init) | 0 | 0 |" in report and "dev accuracy mean ± std | median | seeds" in report
+    assert "| stuck | fine-tune lr | linear probe: mean-pooled |" in report and "Linear probe on the frozen" in report
     assert "At the full budget" in report and ("won by" in report or "a tie" in report)
     with open(os.path.join(out, "curve.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

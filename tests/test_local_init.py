@@ -42,17 +42,18 @@ def test_local_heads_attend_to_their_neighbour_from_the_start():
     assert attention_maps(plain.discriminator, ids)[0][:, :2, inner, inner - 1].mean() < 0.05
 
 
-def test_the_position_table_is_shared_and_the_generator_keeps_its_random_attention():
+def test_the_position_table_is_shared_and_the_narrow_generator_reads_it_through_its_projection():
     torch.manual_seed(0)
-    model = build_model(tiny(1).model, 1000)
+    model = build_model(tiny(2).model, 1000)
     table = model.discriminator.electra.embeddings.position_embeddings.weight
     assert table is model.generator.electra.embeddings.position_embeddings.weight
     head_dim = 128 // 4
     assert torch.all(table[:, head_dim:] == 0) and table[:, :head_dim].abs().max() > 0
-    torch.manual_seed(0)
-    plain = build_model(tiny(0).model, 1000)
-    generator = model.generator.electra.encoder.layer[0].attention.self.query.weight
-    assert torch.equal(generator, plain.generator.electra.encoder.layer[0].attention.self.query.weight)
+    ids = torch.randint(5, 1000, (2, 128))
+    inner = torch.arange(4, 124)
+    generator = attention_maps(model.generator, ids)  # ¼ width: one head a layer, the offsets in turn
+    assert generator[0][:, 0, inner, inner - 1].mean() > 0.2 and generator[0][:, 0, inner, inner + 1].mean() < 0.05
+    assert generator[1][:, 0, inner, inner + 1].mean() > 0.2 and generator[1][:, 0, inner, inner - 1].mean() < 0.05
 
 
 def test_no_two_positions_look_alike():
