@@ -6,7 +6,7 @@ import torch
 from transformers import ElectraForPreTraining
 
 from electra_ray.config import Config, apply_values
-from electra_ray.local_init import frequencies, offsets
+from electra_ray.local_init import frequencies, local_attention_init, offsets
 from electra_ray.model import build_model
 
 
@@ -42,13 +42,19 @@ def test_local_heads_attend_to_their_neighbour_from_the_start():
     assert attention_maps(plain.discriminator, ids)[0][:, :2, inner, inner - 1].mean() < 0.05
 
 
-def test_the_position_table_is_shared_and_the_narrow_generator_reads_it_through_its_projection():
+def test_the_position_table_is_shared_and_the_narrow_generator_keeps_bert_attention_unless_asked():
     torch.manual_seed(0)
     model = build_model(tiny(2).model, 1000)
     table = model.discriminator.electra.embeddings.position_embeddings.weight
     assert table is model.generator.electra.embeddings.position_embeddings.weight
     head_dim = 128 // 4
     assert torch.all(table[:, head_dim:] == 0) and table[:, :head_dim].abs().max() > 0
+    torch.manual_seed(0)
+    plain = build_model(tiny(0).model, 1000)
+    query = model.generator.electra.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(query, plain.generator.electra.encoder.layer[0].attention.self.query.weight)
+
+    local_attention_init(model.generator.electra, 2, set_positions=False, through_projection=True)
     ids = torch.randint(5, 1000, (2, 128))
     inner = torch.arange(4, 124)
     generator = attention_maps(model.generator, ids)  # ¼ width: one head a layer, the offsets in turn
