@@ -143,7 +143,8 @@ class ModelConfig:
         0,
         "local heads at initialisation (electra_ray/local_init.py) in the first N layers of each encoder that "
         "reads its embeddings directly: a sinusoid position table and two heads per layer that attend to the "
-        "previous and the next token; the weights stay a plain ELECTRA model. 0: BERT's initialisation",
+        "previous and the next token; the weights stay a plain ELECTRA model. N >= num_layers: every layer "
+        "(so tiny.yaml with --set model.num_layers=2 keeps working). 0: BERT's initialisation",
         bounds=">= 0",
     )
     init_from: str = option(
@@ -632,10 +633,6 @@ def validate(config: Config) -> None:
         (
             t.eval_every % t.log_every == 0,
             f"train.eval_every ({t.eval_every}) must be 0 or a multiple of train.log_every ({t.log_every})",
-        ),
-        (
-            m.local_attention <= m.num_layers,
-            f"config key 'model.local_attention' must be <= model.num_layers ({m.num_layers}), got {m.local_attention}",
         ),
         (
             m.generator_layers <= m.num_layers,
