@@ -26,6 +26,7 @@ through the projection, the offsets in turn layer by layer), which on the demo c
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -38,6 +39,12 @@ def offsets(heads: int) -> list[int]:
 
 
 def frequencies(count: int, max_positions: int, candidates: int = 2000) -> torch.Tensor:
+    """`searched_frequencies` as a float32 tensor (a new one each call: callers may keep it)."""
+    return torch.tensor(searched_frequencies(count, max_positions, candidates), dtype=torch.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def searched_frequencies(count: int, max_positions: int, candidates: int = 2000) -> tuple[float, ...]:
     """`count` angular frequencies in (0.05, π) whose mean cosine kernel K(m) = mean_f cos(ω_f m) is 1 at
     m = 0 and as low as a seeded search finds for every other offset 1 <= |m| < max_positions (about
     0.3 at 16 frequencies and 128 positions). A local head's logits are sharpness · K(j − i − δ):
@@ -52,7 +59,9 @@ def frequencies(count: int, max_positions: int, candidates: int = 2000) -> torch
         lobe = float(torch.cos(offsets_ * candidate).mean(1).max())
         if lobe < best_lobe:
             best, best_lobe = candidate, lobe
-    return best
+    # Cached: a model build asks for the same table three times (the position table, each
+    # encoder's heads), and the search takes ~70 ms on a CPU.
+    return tuple(best.tolist())
 
 
 def sinusoid_positions(table: torch.Tensor, count: int, norm: float) -> None:
