@@ -50,6 +50,7 @@ from electra_ray.errors import UserError
 from electra_ray.evaluate import evaluate_export
 from electra_ray.export import export, read_run_state
 from electra_ray.finetune import FinetuneConfig, finetune_task, model_directory
+from electra_ray.finetune_kinds import CLASSIFICATION
 from electra_ray.metrics import read_history
 from electra_ray.model import build_model, flops_per_token
 from electra_ray.pretrain import pretrain
@@ -394,7 +395,9 @@ def finetune_and_measure(
     measured = time.perf_counter()
     texts = dev_texts(dev_file, SPREAD_SENTENCES)
     for point in points:
-        point["cls_spread"] = cls_spread(cls_vectors(point["export"], texts, cfg.finetune.max_seq_len))
+        point["cls_spread"] = cls_spread(
+            cls_vectors(point["export"], texts, cfg.finetune.max_seq_len or CLASSIFICATION.default_max_seq_len)
+        )
         if point["objective"] != "none":
             point["evaluation"] = evaluate_export(point["export"], max_sequences=EVAL_SEQUENCES)
     for run in runs:

@@ -411,6 +411,11 @@ class Config:
             return self.output.local_dir
         return os.path.join("runs" if "://" in self.output.dir else self.output.dir, self.output.name)
 
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per worker per forward pass (validate checks the division is exact)."""
+        return self.train.batch_size // (self.scaling.num_workers * self.train.grad_accum)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

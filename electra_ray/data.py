@@ -403,6 +403,20 @@ def load_sequences(
     return {name: rows[:max_sequences] for name, rows in columns.items()} if max_sequences else columns
 
 
+def check_fills_a_batch(data_cfg, tokenizer_json: str, micro_batch: int, workers: int) -> None:
+    """A DataError, before training, when the whole training split packs into fewer sequences than
+    one micro-batch for every worker (training would find no full batch). Reads only as many
+    leading documents as those sequences need, so a corpus of any size costs a fraction of a second."""
+    wanted = micro_batch * workers
+    found = len(load_sequences(data_cfg, tokenizer_json, "train", max_sequences=wanted)["input_ids"])
+    if found < wanted:
+        raise DataError(
+            f"corpus {data_cfg.path} is too small: its training split packs into {found} sequences of "
+            f"{data_cfg.seq_len} tokens, and {workers} worker(s) need {micro_batch} each for one batch; "
+            f"lower train.batch_size or data.seq_len, or use a larger corpus"
+        )
+
+
 def leading_documents(documents: Iterator[str], data_cfg, tokenizer_json: str, wanted: int) -> list[str]:
     """The fewest leading `documents` whose packing starts with the `wanted` rows that packing all of
     them starts with; the rest is never read (the iterator is closed). Exact, so the held-out set does

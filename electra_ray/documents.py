@@ -63,7 +63,24 @@ def open_corpus(path: str, column: str = "text") -> pads.Dataset:
         raise DataError(f"column '{column}' of corpus {path} holds {dataset.schema.field(column).type}, not text")
     if rows == 0:
         raise DataError(f"corpus {path} is empty (0 rows)")
+    check_same_text_type(dataset, path, column)
     return dataset
+
+
+def check_same_text_type(dataset: pads.Dataset, path: str, column: str) -> None:
+    """Every file holds `column` as the same text type. The dataset's schema is its first file's;
+    a file that differs would otherwise fail deep inside a Ray Data read, as a traceback."""
+    expected = dataset.schema.field(column).type
+    for fragment in dataset.get_fragments():
+        with storage.s3_errors(path):
+            schema = fragment.physical_schema
+        if column not in schema.names:
+            raise DataError(f"corpus file {fragment.path} has no column '{column}' (the other files of {path} do)")
+        if schema.field(column).type != expected:
+            raise DataError(
+                f"corpus file {fragment.path} holds column '{column}' as {schema.field(column).type}, "
+                f"the first file of {path} as {expected}: every file must have the same schema"
+            )
 
 
 def check_finished(path: str) -> None:

@@ -146,6 +146,23 @@ def _lookup(tree: dict, path: str):
     return node
 
 
+def _refuse_scalar_section(tree: dict, path: str) -> None:
+    """A section of an owned key given as a value: DeepSpeed reads `"zero_optimization": true` as
+    stage 1, so it would pass the key-by-key check below while setting what we own."""
+    node, walked = tree, []
+    for part in path.split(".")[:-1]:
+        walked.append(part)
+        node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is _MISSING or node == "auto":
+            return
+        if not isinstance(node, dict):
+            section = ".".join(walked)
+            raise ConfigError(
+                f"train.deepspeed sets {section}={_show(node)}: {section} must be a mapping "
+                f"(its {path} is set by our config)"
+            )
+
+
 def _same(theirs, ours) -> bool:
     if isinstance(theirs, (list, tuple)) and isinstance(ours, (list, tuple)):
         return len(theirs) == len(ours) and all(_same(a, b) for a, b in zip(theirs, ours))
@@ -159,6 +176,7 @@ def _same(theirs, ours) -> bool:
 def check_conflicts(user: dict, cfg: Config, precision: str) -> None:
     """A ConfigError for the first key of `user` that disagrees with a key our config sets."""
     for owned in owned_keys(cfg, precision):
+        _refuse_scalar_section(user, owned.path)
         theirs = _lookup(user, owned.path)
         if theirs is _MISSING or theirs == "auto":
             continue

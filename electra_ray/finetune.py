@@ -109,13 +109,25 @@ BERT_SETTINGS = (
 )
 
 
+def read_model_config(model_dir: str) -> dict:
+    """A model directory's config.json as a mapping; anything else is one line naming the file."""
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as error:
+        raise FinetuneError(f"model config {path} cannot be read: {error}") from None
+    if not isinstance(config, dict):
+        raise FinetuneError(f"model config {path} is not a JSON object")
+    return config
+
+
 def electra_encoder(model_dir: str, out: str) -> str:
     """model_dir itself when it holds an ELECTRA model; a BERT-layout encoder (model_type bert, as
     the MiniLM package) converted to ELECTRA in OUT/encoder: the same modules under ELECTRA's names
     (initial_weights' conversion, as `model.init_from` does for pre-training), embedding_size =
     hidden_size, and its tokenizer without built-in padding or truncation."""
-    with open(os.path.join(model_dir, "config.json")) as f:
-        config = json.load(f)
+    config = read_model_config(model_dir)
     if config.get("model_type") != "bert":
         return model_dir
     target = os.path.join(out, "encoder")
@@ -185,8 +197,8 @@ def _number_checks(cfg: FinetuneConfig) -> list:
             f"--batch-size must be an integer >= 1, got {cfg.batch_size!r}",
         ),
         lambda: (
-            _integer(cfg.max_seq_len) and cfg.max_seq_len >= 3,  # [CLS], a token, [SEP]
-            f"--max-seq-len must be an integer >= 3, got {cfg.max_seq_len!r}",
+            _integer(cfg.max_seq_len) and (cfg.max_seq_len >= 3 or cfg.max_seq_len == 0),  # [CLS], a token, [SEP]
+            f"--max-seq-len must be an integer >= 3 (0: the task's own), got {cfg.max_seq_len!r}",
         ),
         lambda: (
             _finite(cfg.dropout) and 0 <= cfg.dropout < 1,
@@ -583,15 +595,23 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         if not storage.exists(path):
             raise TaskDataError(f"task file not found: {path}")
     out = output_directory(cfg.out, "finetune")
-    check_out(out)
+    with storage.exclusive_output(out):  # a second fine-tune into the same --out is refused
+        check_out(out)
+        return finetune_into(cfg, out)
+
+
+def finetune_into(cfg: FinetuneConfig, out: str) -> FinetuneResult:
+    """finetune's work, once `out` is checked and held."""
     model = cfg.model
     if storage.is_remote(model):  # an export published to S3: downloaded, its manifest checked
         model = storage.fetch_directory(model, os.path.join(out, "pretrained"))
     model_dir = model_directory(model)
     encoder_dir = electra_encoder(model_dir, out)  # what the workers load: model_dir, or it converted
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    max_len = min(cfg.max_seq_len, AutoConfig.from_pretrained(encoder_dir).max_position_embeddings)
     kind = KINDS[cfg.task]
+    positions = AutoConfig.from_pretrained(encoder_dir).max_position_embeddings
+    cfg = kind.fit_window(cfg, min(cfg.max_seq_len or kind.default_max_seq_len, positions))
+    max_len = cfg.max_seq_len
     train, evaluation, labels = kind.load(cfg, tokenizer, max_len)
     dev = None
     if cfg.lr_grid or cfg.probe:  # held apart from the training examples: --eval is only ever reported

@@ -46,11 +46,16 @@ class FinetuneConfig:
         "pearson/spearman/mse, exact_match/f1 or f1/precision/recall/accuracy are measured",
     )
     max_seq_len: int = option(
-        128,
+        0,
         "tokens per example, [CLS] and [SEP] included; longer examples are truncated (qa: the window; "
-        "SQuAD: 384; tagging: a longer sentence is cut between words into pieces)",
+        "tagging: a longer sentence is cut between words into pieces). 0: the task's own, capped by the "
+        "model's positions: 128, qa 384 (SQuAD's recipe)",
     )
-    doc_stride: int = option(128, "qa: tokens that successive windows over a long context share")
+    doc_stride: int = option(
+        0,
+        "qa: tokens that successive windows over a long context share; 0: 128, or half a window's "
+        "context where a window is shorter",
+    )
     max_query_len: int = option(64, "qa: a question's tokens beyond this are cut")
     max_answer_len: int = option(30, "qa: the longest answer span, in tokens")
     n_best: int = option(20, "qa: the highest start and end logits of a window paired in the answer search")

@@ -8,6 +8,7 @@ Sequence classification and regression live here; question answering in finetune
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,12 @@ class TaskKind:
     metrics: tuple[str, ...] = ()  # every metric `evaluate` returns, in the summary's order
     default_metric: str = ""  # the summary line's metric when --metric is empty
     model_class: type = ElectraForSequenceClassification  # loads a fine-tuned OUT/seed-N
+    default_max_seq_len: int = 128  # --max-seq-len 0 means this (capped by the model's positions)
+
+    def fit_window(self, cfg: FinetuneConfig, max_len: int) -> FinetuneConfig:
+        """cfg with the settings that depend on the window (`max_len`: --max-seq-len or the task's
+        own, capped by the model's positions) resolved; one that cannot fit is a FinetuneError."""
+        return dataclasses.replace(cfg, max_seq_len=max_len)
 
     def checks(self, cfg: FinetuneConfig) -> list[Check]:
         """The kind's own settings checks, run by finetune.validate before any file is read."""

@@ -93,7 +93,10 @@ def find_source(path: str) -> Source:
     kind = config.get("model_type")
     if kind not in ("electra", "bert"):
         raise ConfigError(f"model.init_from {path}: model_type {kind!r} is neither electra nor bert")
-    if kind == "electra" and config.get("architectures", [""])[0] == "ElectraForMaskedLM":
+    architectures = config.get("architectures") or [""]  # absent, null or [] all say nothing
+    if not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures):
+        raise ConfigError(f"model.init_from {path}: config.json's architectures must list class names")
+    if kind == "electra" and architectures[0] == "ElectraForMaskedLM":
         raise ConfigError(
             f"model.init_from {path} is an ELECTRA generator: name the discriminator, or a directory holding "
             f"discriminator/ and generator/"
@@ -138,6 +141,12 @@ def source_shape(source: Source) -> dict:
 def _generator_size(source: Source, shape: dict) -> float:
     """The generator_size whose scaled generator (model.scaled_generator_config) is the source's."""
     generator = source.generator_config
+    needed = ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers")
+    missing = [key for key in needed if not isinstance(generator.get(key), int) or generator[key] < 1]
+    if missing:
+        raise ConfigError(
+            f"model.init_from {source.path}: generator/config.json lacks a positive integer {', '.join(missing)}"
+        )
     scale = generator["hidden_size"] / shape["hidden_size"]
     built = generator_shape(shape["hidden_size"], shape["num_heads"], shape["intermediate_size"], scale)
     given = (generator["hidden_size"], generator["num_attention_heads"], generator["intermediate_size"])

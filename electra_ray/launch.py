@@ -13,7 +13,7 @@ import torch
 
 from electra_ray import storage
 from electra_ray.config import CONFIG_FILE, Config
-from electra_ray.data import build_dataset, load_sequences, tokenizer_from_json
+from electra_ray.data import build_dataset, check_fills_a_batch, load_sequences, tokenizer_from_json
 from electra_ray.driver import (
     build_trainer,
     check_resources,
@@ -58,7 +58,10 @@ def run_pretraining(
     if not storage.is_remote(cfg.run_dir):
         os.makedirs(cfg.run_dir, exist_ok=True)
     storage.write_text(storage.join(cfg.run_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=1))  # for --resume
-    tokenizer_json = given_tokenizer or prepare_tokenizer(cfg, run_dir)
+    tokenizer_json = given_tokenizer
+    if not tokenizer_json:
+        tokenizer_json = prepare_tokenizer(cfg, run_dir)
+        check_fills_a_batch(cfg.data, tokenizer_json, cfg.micro_batch, cfg.scaling.num_workers)
     threads = threads if threads and default_threads else default_threads  # a cluster keeps Ray's setting
     ray.data.DataContext.get_current().enable_progress_bars = False  # the training progress line suffices
     args = worker_args(cfg, tokenizer_json, threads)

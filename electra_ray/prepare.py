@@ -164,7 +164,15 @@ def prepare(
     if documents == "fortunes":
         files = _fortune_files(files, inputs)
     storage.check(out, write=True)
-    output = _Output(out)
+    with storage.exclusive_output(out):  # two prepares into one OUT: the second is refused
+        return _prepare_into(_Output(out), files, inputs, documents, field, shard_mb)
+
+
+def _prepare_into(
+    output: _Output, files: list[str], inputs: list[str], documents: str, field: str, shard_mb: float
+) -> PrepareResult:
+    """prepare's work, once OUT is checked and held."""
+    out = output.out
     result = PrepareResult([], 0, 0)
     texts, sources, size = [], [], 0
     listing = []  # {"name", "rows", "bytes"} of each shard, for _SUCCESS

@@ -118,6 +118,10 @@ def check_before_start(cfg: Config, export_and_evaluate: bool) -> tuple[bool, st
     given_tokenizer = read_tokenizer_json(tokenizer_dir) if tokenizer_dir else ""
     if not given_tokenizer:
         training_texts(cfg.data)
+    else:  # a corpus that fills no batch; with a tokenizer still to train, launch checks it after
+        from electra_ray.data import check_fills_a_batch  # imports Ray: only once the cheap checks passed
+
+        check_fills_a_batch(cfg.data, given_tokenizer, cfg.micro_batch, cfg.scaling.num_workers)
     return continuing, given_tokenizer
 
 

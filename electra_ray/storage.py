@@ -403,6 +403,78 @@ def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = Tr
     return previous
 
 
+class OutputBusy(StorageError):
+    """Another command is writing the same output right now."""
+
+
+LOCK_SUFFIX = ".electra-ray-lock"
+
+
+@contextlib.contextmanager
+def exclusive_output(dest: str) -> Iterator[None]:
+    """Hold `dest` for this process while the block runs: a second command pointed at the same
+    local output is refused in one line, instead of both passing their checks and mixing files.
+
+    Atomic, not check-then-create: an flock on `DEST.electra-ray-lock` beside the destination,
+    which the kernel releases if the process dies (a stale file is taken over, never trusted). The
+    holder removes the file afterwards. S3 has no lock: there two publishers stay safe because each
+    writes its own version and deletes only the one it read (see the block above)."""
+    if is_remote(dest):
+        yield
+        return
+    import fcntl  # POSIX only, like the rest of the local output rule
+
+    path = os.path.abspath(dest).rstrip(os.sep) + LOCK_SUFFIX
+    created = _make_parents(os.path.dirname(path), dest)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusy(
+                f"{dest} is being written by another command right now (it holds {path}): nothing was written"
+            ) from None
+        # The holder before us may have removed the file between our open and our lock: then our
+        # lock is on an orphan, and a third process could lock a new file. Lock what the path names.
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+        for directory in reversed(created):  # a refused command leaves no empty parents behind
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
+
+def _make_parents(directory: str, dest: str) -> list[str]:
+    """os.makedirs(directory), returning the directories it created (outermost first); a file in
+    the way is one line, not a NotADirectoryError."""
+    missing = []
+    while not os.path.isdir(directory):
+        if os.path.lexists(directory):
+            raise StorageError(f"cannot write {dest}: {directory} exists and is not a directory")
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    created = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+            created.append(directory)
+        except FileExistsError:
+            pass  # another command made it meanwhile: not ours to remove
+        except OSError as error:
+            raise StorageError(f"cannot write {dest}: {directory}: {error.strerror or error}") from None
+    return created
+
+
 def _s3_has_foreign_objects(dest: str) -> bool:
     """Objects under the prefix other than unfinished versions of ours (a first publish in progress)."""
     bucket, key = bucket_and_key(dest)

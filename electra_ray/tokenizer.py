@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -187,6 +187,18 @@ def lowercases(tokenizer: Tokenizer) -> bool:
     return walk(json.loads(tokenizer.to_str()).get("normalizer"))
 
 
+class counted:
+    """An iterator of texts that counts the non-empty ones it gave."""
+
+    def __init__(self, texts: Iterable[str]):
+        self.texts, self.count = iter(texts), 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.texts:
+            self.count += bool(text and text.strip())
+            yield text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = verb_parser("tokenizer", __doc__)
     parser.add_argument("--input", required=True, help="Parquet file, directory or s3:// prefix (one document per row)")
@@ -206,13 +218,15 @@ def main(argv: list[str] | None = None) -> None:
     def run():
         if args.vocab_size < len(SPECIAL_TOKENS) + 1:
             raise UserError(f"--vocab-size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {args.vocab_size}")
-        storage.check_output(args.out, "tokenizer", args.overwrite)  # before training: a refusal costs nothing
-        tokenizer = train_tokenizer(
-            iter_documents(args.input, args.column, "train", 0.0), args.vocab_size, args.cased
-        )  # all of it
-        with storage.staging_directory(args.out) as staging:
-            save_tokenizer(tokenizer, staging)
-            storage.publish_directory(staging, args.out, "tokenizer", args.overwrite)
+        with storage.exclusive_output(args.out):  # a second tokenizer into the same --out is refused
+            storage.check_output(args.out, "tokenizer", args.overwrite)  # before training: a refusal costs nothing
+            documents = counted(iter_documents(args.input, args.column, "train", 0.0))  # all of it
+            tokenizer = train_tokenizer(documents, args.vocab_size, args.cased)
+            if not documents.count:
+                raise UserError(f"no text in column {args.column!r} of {args.input}: every value is null or empty")
+            with storage.staging_directory(args.out) as staging:
+                save_tokenizer(tokenizer, staging)
+                storage.publish_directory(staging, args.out, "tokenizer", args.overwrite)
         print(f"tokenizer: {args.out} ({tokenizer.get_vocab_size()} tokens)")
 
     run_cli(run)

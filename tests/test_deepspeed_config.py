@@ -102,6 +102,12 @@ def test_yaml_files_and_their_exponents(tmp_path):
             "train.deepspeed sets zero_optimization.stage=3 but train.zero_stage=2: set train.zero_stage instead",
         ),
         (
+            {"zero_optimization": True},  # DeepSpeed reads it as stage 1
+            [],
+            "train.deepspeed sets zero_optimization=true: zero_optimization must be a mapping "
+            "(its zero_optimization.stage is set by our config)",
+        ),
+        (
             {"train_batch_size": 64},
             [],
             "train.deepspeed sets train_batch_size=64 but train.batch_size=128: set train.batch_size instead",

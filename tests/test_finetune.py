@@ -334,7 +334,7 @@ def test_an_export_and_task_files_on_s3(electra_export, rotten_tomatoes, rclone_
         ({"lr": 0.0}, "--lr must be a finite number > 0, got 0.0"),
         ({"epochs": 0}, "--epochs must be an integer >= 1, got 0"),
         ({"batch_size": -4}, "--batch-size must be an integer >= 1, got -4"),
-        ({"max_seq_len": 2}, "--max-seq-len must be an integer >= 3, got 2"),
+        ({"max_seq_len": 2}, "--max-seq-len must be an integer >= 3 (0: the task's own), got 2"),
         ({"dropout": 1.0}, "--dropout must be a number in [0, 1), got 1.0"),
         ({"warmup": -0.1}, "--warmup must be a number in [0, 1), got -0.1"),
         ({"layer_decay": 0.0}, "--layer-decay must be a number in (0, 1], got 0.0"),

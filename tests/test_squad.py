@@ -218,6 +218,21 @@ def test_qa_settings_out_of_range_name_the_flag():
         validate(FinetuneConfig(model="m", train="t.json", eval="e.json", task="qa", n_best=0))
 
 
+def test_the_readmes_qa_line_works_with_its_defaults():
+    """`finetune --task qa --model M --train T --eval E`: SQuAD's window (384) where the model has
+    the positions, else the model's, with a stride that fits; a stride the user gave that cannot fit
+    is refused naming it."""
+    from electra_ray.finetune_qa import QA
+
+    cfg = FinetuneConfig(model="m", train="t.json", eval="e.json", task="qa")
+    validate(cfg)  # refused before: 128 - 64 - 3 = 61 < 128
+    assert QA.default_max_seq_len == 384
+    assert (QA.fit_window(cfg, 384).max_seq_len, QA.fit_window(cfg, 384).doc_stride) == (384, 128)
+    assert (QA.fit_window(cfg, 128).max_seq_len, QA.fit_window(cfg, 128).doc_stride) == (128, 30)
+    with pytest.raises(FinetuneError, match=r"^--doc-stride \(100\) must be below .* the model's window \(128\)"):
+        QA.fit_window(FinetuneConfig(model="m", train="t.json", eval="e.json", task="qa", doc_stride=100), 128)
+
+
 # -- BERT-layout encoders and the end-to-end run -------------------------------------------------
 
 
