@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +68,31 @@ def cluster_address(scaling: ScalingConfig) -> str:
     return scaling.ray_address or os.environ.get("RAY_ADDRESS", "")
 
 
+CONNECT_WAIT_S = float(os.environ.get("ELECTRA_RAY_CONNECT_WAIT_S", 20))
+
+
+def check_reachable(address: str, wait_s: float = CONNECT_WAIT_S) -> None:
+    """A cluster address where nothing listens is one line after `wait_s`: ray.init would keep
+    retrying its connection to the GCS for minutes. Only host:port forms are probed ("auto" and
+    the like are Ray's to resolve)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    deadline, error = time.monotonic() + wait_s, None
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=min(5.0, wait_s)).close()
+            return
+        except OSError as failure:  # refused, unreachable, unknown host: a head node may be starting
+            error = failure
+            time.sleep(1.0)
+    raise UserError(
+        f"no Ray cluster answers at {address} (scaling.ray_address or RAY_ADDRESS) after {wait_s:.0f} s: "
+        f"{getattr(error, 'strerror', None) or error}; start the cluster, or leave the address empty for a local Ray"
+    )
+
+
 def connect_ray(scaling: ScalingConfig, local_cpus: int = 0) -> int:
     """Join the configured cluster or start a local Ray (with `local_cpus` logical CPUs; default:
     the workers' reservation plus room for Ray Data's tasks, which would otherwise wait forever
@@ -75,6 +101,7 @@ def connect_ray(scaling: ScalingConfig, local_cpus: int = 0) -> int:
     it reserves); 0 on a cluster or on GPUs (keep Ray's setting)."""
     if not ray.is_initialized():
         if cluster_address(scaling):
+            check_reachable(cluster_address(scaling))
             ray.init(address=cluster_address(scaling))
         else:
             start_local_ray(local_cpus or scaling.num_workers * max(1, int(scaling.cpus_per_worker or 1)) + 2)

@@ -65,6 +65,7 @@ from electra_ray.finetune_qa import QA
 from electra_ray.finetune_tagging import TAGGING
 from electra_ray.initial_weights import bert_encoder_weights
 from electra_ray.optim import lr_lambda, param_groups
+from electra_ray.progress import StepProgress
 from electra_ray.tasks import TaskDataError
 from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer
 from electra_ray.train import quiet_report_logging
@@ -385,6 +386,8 @@ def train_worker(loop_config: dict) -> list[dict]:
     order_rng = np.random.default_rng(args.seed)  # the same example order on every rank; each takes its part
     per_rank = cfg.batch_size // world
     history = []
+    # Rank 0 shows the run's progress (a bar on a terminal, ~10 lines in a log).
+    progress = StepProgress(cfg.epochs * steps_per_epoch, f"seed {args.seed}, lr {cfg.lr:g}") if rank == 0 else None
     for epoch in range(cfg.epochs):
         model.train()
         # Every step has batch_size examples: the last one is completed from the epoch's start.
@@ -399,9 +402,13 @@ def train_worker(loop_config: dict) -> list[dict]:
             optimizer.step()
             scheduler.step()
             loss_sum += loss.item()
+            if progress is not None:
+                progress.update(loss.item())
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch})
         if args.on_ray and epoch + 1 < cfg.epochs:
             ray.train.report(history[-1])
+    if progress is not None:
+        progress.close()
     save_trained(getattr(model, "module", model), args.out, args.on_ray, rank, history[-1])
     return history
 

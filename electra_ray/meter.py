@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from electra_ray.objective import STAT_NAMES, summarize
+from electra_ray.progress import format_eta
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,6 @@ def model_state_bytes(engine) -> int:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def format_eta(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 class Meter:

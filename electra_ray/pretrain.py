@@ -102,6 +102,7 @@ def check_before_start(cfg: Config, export_and_evaluate: bool) -> tuple[bool, st
     storage.check(cfg.output.dir, write=True)
     if not cfg.output.name:
         cfg.output.name = run_name("run")
+    storage.check(cfg.local_run_dir, write=True)  # metrics, the tokenizer: a file in the way is one line
     continuing = check_run_directory(cfg)
     run_dir = os.path.abspath(cfg.local_run_dir)
     if not continuing and run_dir != os.path.abspath(cfg.run_dir) and _holds_files(run_dir):

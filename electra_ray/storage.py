@@ -179,8 +179,11 @@ def bucket_and_key(url: str) -> tuple[str, str]:
 
 
 def check(path: str, write: bool = False) -> None:
-    """Fail fast, before any work, if an S3 path cannot be used: credentials, endpoint, bucket, access."""
+    """Fail fast, before any work, if a path cannot be used: for S3 credentials, endpoint, bucket,
+    access; for a local path to write, a file in the way or a directory that is not writable."""
     if not is_remote(path):
+        if write:
+            _check_local_writable(path)
         return
     import boto3
     from botocore.exceptions import NoCredentialsError
@@ -198,6 +201,17 @@ def check(path: str, write: bool = False) -> None:
             client.delete_object(Bucket=bucket, Key=probe)
         else:
             client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+
+
+def _check_local_writable(path: str) -> None:
+    """The nearest existing ancestor of `path` (or path itself) is a writable directory."""
+    nearest = os.path.abspath(path)
+    while not os.path.lexists(nearest):
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        raise StorageError(f"cannot write {path}: {nearest} exists and is not a directory")
+    if not os.access(nearest, os.W_OK):
+        raise StorageError(f"cannot write {path}: {nearest} is not writable")
 
 
 def exists(path: str) -> bool:
