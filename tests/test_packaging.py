@@ -82,3 +82,79 @@ def test_the_checkout_configs_directory_is_the_packaged_one():
 
     assert sorted(os.listdir(SHIPPED_CONFIGS)) == sorted(os.listdir(os.path.join(ROOT, "configs")))
     assert "tiny.yaml" in os.listdir(SHIPPED_CONFIGS)
+
+
+# -- what the package imports is what it declares (issue 30) -------------------------------------
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level names of every module electra_ray imports (at any depth of a function) that is
+    neither its own nor the standard library's."""
+    import ast
+
+    names = set()
+    package = os.path.join(ROOT, "electra_ray")
+    for directory, _, files in os.walk(package):
+        for file in files:
+            if not file.endswith(".py"):
+                continue
+            with open(os.path.join(directory, file)) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+    return {name for name in names if name != "electra_ray" and name not in sys.stdlib_module_names}
+
+
+def _declared() -> dict[str, set[str]]:
+    """Distribution names (normalized) of pyproject's dependencies and of each extra."""
+    import re
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=!~ ;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    return {"": names(project["dependencies"])} | {
+        extra: names(requirements) for extra, requirements in project["optional-dependencies"].items()
+    }
+
+
+# Modules imported only where an extra or an optional tool is named (each guarded where it is used).
+OPTIONAL = {"mlflow": "mlflow", "wandb": "wandb", "jieba": "zh", "optuna": "tune", "matplotlib": "bench"}
+# Imported only by the bench's peer comparison and the tests' real pretrained weights (Makefile).
+INSTALLED_BY_MAKEFILE = {"electra_pytorch"}
+
+
+def test_every_imported_package_is_declared():
+    import importlib.metadata
+
+    distributions = importlib.metadata.packages_distributions()
+    declared = _declared()
+    undeclared = []
+    for name in sorted(_third_party_imports() - INSTALLED_BY_MAKEFILE):
+        owners = {d.lower().replace("_", "-") for d in distributions.get(name, [])}
+        where = declared[OPTIONAL[name]] if name in OPTIONAL else declared[""]
+        if not owners & where:
+            undeclared.append(f"{name} (from {sorted(owners) or 'nothing installed'})")
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_the_tested_versions_are_the_installed_ones():
+    """constraints.txt names the versions the suite ran with (the checkpoint allow-list depends on
+    DeepSpeed's version); `make install` installs under it, so a change is a deliberate edit."""
+    import importlib.metadata
+
+    with open(os.path.join(ROOT, "constraints.txt")) as f:
+        pins = [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+    assert {pin.split("==")[0] for pin in pins} >= {"ray", "deepspeed", "transformers", "torch"}
+    for pin in pins:
+        name, version = pin.split("==")
+        installed = importlib.metadata.version(name)
+        assert installed.split("+")[0] == version.split("+")[0], (
+            f"{name} {installed} installed, constraints say {version}"
+        )
