@@ -340,3 +340,95 @@ def test_a_format_1_tokenizer_manifest_is_a_tokenizer():
     assert manifest.kind == "tokenizer" and manifest.version == ""
     export = storage.Manifest.parse(json.dumps({"files": {"discriminator/config.json": 3}}), "m")
     assert export.kind == "export"
+
+
+# -- one command per output at a time (issue 30) -------------------------------------------------
+
+HOLD = """
+import sys, time
+from electra_ray import storage
+with storage.exclusive_output(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_in_another_process(out: str, seconds: float = 60.0) -> subprocess.Popen:
+    """A real second process holding `out`: started, and returned once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, out, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_held_output_is_refused_in_one_line_and_freed_when_the_holder_dies(tmp_path):
+    out = str(tmp_path / "deep" / "out")
+    holder = hold_in_another_process(out)
+    try:
+        with pytest.raises(storage.OutputBusy, match=r"is being written by another command right now"):
+            with storage.exclusive_output(out):
+                pass
+        assert os.listdir(tmp_path) == ["deep"] and os.listdir(tmp_path / "deep") == ["out.electra-ray-lock"]
+    finally:
+        holder.kill()  # killed, not released: the kernel frees the flock, the file stays behind
+        holder.wait()
+    assert os.path.exists(out + storage.LOCK_SUFFIX)
+    with storage.exclusive_output(out):  # a stale lock file is taken over
+        os.makedirs(out)
+    assert os.listdir(tmp_path / "deep") == ["out"]  # the holder removes its lock file
+
+
+def test_a_refused_command_leaves_no_parent_directories(tmp_path):
+    out = str(tmp_path / "a" / "b" / "out")
+    with pytest.raises(RuntimeError):
+        with storage.exclusive_output(out):
+            assert os.path.isdir(tmp_path / "a" / "b")
+            raise RuntimeError("refused")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_in_the_way_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(storage.StorageError, match=r"notes.txt exists and is not a directory"):
+        with storage.exclusive_output(str(tmp_path / "notes.txt" / "out")):
+            pass
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "verb, argv",
+    [
+        ("tokenizer", ["--input", "{corpus}", "--vocab-size", "200", "--out", "{out}"]),
+        ("prepare", ["{texts}", "{out}"]),
+        ("finetune", ["--model", "m", "--train", "{train}", "--eval", "{train}", "--out", "{out}"]),
+    ],
+)
+def test_a_second_command_into_a_held_output_is_refused(verb, argv, small_corpus, tmp_path):
+    """What a second `finetune` / `prepare` / `tokenizer` into the same OUT meets while the first
+    runs: one line, exit 2, nothing written (the first is a real process holding OUT)."""
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("some text\n\nmore text\n")
+    (tmp_path / "train.parquet").write_bytes(b"")  # exists: the check that comes before OUT passes
+    out = str(tmp_path / "out")
+    fill = {
+        "corpus": small_corpus,
+        "out": out,
+        "texts": str(tmp_path / "texts"),
+        "train": str(tmp_path / "train.parquet"),
+    }
+    holder = hold_in_another_process(out)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", f"electra_ray.{verb}", *[a.format(**fill) for a in argv]],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines() == [
+        f"error: {out} is being written by another command right now "
+        f"(it holds {out}.electra-ray-lock): nothing was written"
+    ]
+    assert not os.path.exists(out)
