@@ -17,7 +17,14 @@ Train (--num-workers N data-parallel workers) or in this process (--num-workers 
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+if __name__ == "__main__":  # `python -m electra_ray.finetune`: a bad flag is refused before the imports
+    from electra_ray.cli import run_cli  # below (torch, transformers, Ray: seconds); main() re-reads it
+    from electra_ray.finetune_checks import checked_config
+
+    run_cli(lambda: checked_config(sys.argv[1:], __doc__))
+
 import dataclasses
 import json
 import math
@@ -36,14 +43,14 @@ import ray.train
 import ray.train.torch
 import torch
 import transformers
-import yaml
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoTokenizer, ElectraConfig, ElectraModel
 
 from electra_ray import storage
-from electra_ray.cli import output_directory, run_cli, verb_parser
-from electra_ray.config import ScalingConfig, apply_values
+from electra_ray.cli import output_directory, run_cli
+from electra_ray.config import ScalingConfig
 from electra_ray.driver import build_trainer, check_resources, connect_ray
+from electra_ray.finetune_checks import checked_config, validate
 from electra_ray.finetune_config import FinetuneConfig, FinetuneError
 from electra_ray.finetune_kinds import (
     CLASSIFICATION,
@@ -73,7 +80,7 @@ from electra_ray.train import quiet_report_logging
 # Every task kind, by its --task name (a new kind: a TaskKind subclass, added here; see finetune_kinds.py).
 KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (CLASSIFICATION, REGRESSION, QA, TAGGING)}
 # load_classifier, load_task: this module's names for them since before the kinds were split out.
-__all__ = ["FinetuneConfig", "FinetuneError", "KINDS", "finetune", "load_classifier", "load_task", "main"]
+__all__ = ["FinetuneConfig", "FinetuneError", "KINDS", "finetune", "load_classifier", "load_task", "main", "validate"]
 
 
 @dataclass
@@ -144,161 +151,6 @@ def electra_encoder(model_dir: str, out: str) -> str:
     encoder.save_pretrained(target)
     save_tokenizer(Tokenizer.from_str(read_tokenizer_json(model_dir)), target, config["max_position_embeddings"])
     return target
-
-
-def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def validate(cfg: FinetuneConfig) -> None:
-    """Every setting in range and the settings consistent, before any file is read: each problem a
-    FinetuneError naming the flag. Checked in order, so a later check may rely on an earlier one."""
-    kind_checks = KINDS[cfg.task].checks(cfg) if cfg.task in KINDS else []
-    cfg.lr_grid = _numbers(cfg.lr_grid)
-    checks = (*_task_checks(cfg), *_number_checks(cfg), *_list_checks(cfg), *_protocol_checks(cfg), *kind_checks)
-    for check in checks:
-        ok, message = check()
-        if not ok:
-            raise FinetuneError(message)
-
-
-# Each check: a function returning (whether the setting is good, the message when it is not).
-
-
-def _task_checks(cfg: FinetuneConfig) -> list:
-    """The task, its metric, and the three paths every fine-tuning needs."""
-    metrics = KINDS[cfg.task].metrics if cfg.task in KINDS else ()
-    return [
-        lambda: (cfg.task in KINDS, f"task must be one of {list(KINDS)}, got {cfg.task!r}"),
-        lambda: (
-            not cfg.metric or cfg.metric in metrics,
-            f"metric {cfg.metric!r} is not one of {list(metrics)} (the metrics of a {cfg.task} task)",
-        ),
-        *[
-            lambda name=name: (
-                isinstance(getattr(cfg, name), str) and getattr(cfg, name) != "",
-                f"--{name} is required: a path (local or s3://)",
-            )
-            for name in ("model", "train", "eval")
-        ],
-    ]
-
-
-def _number_checks(cfg: FinetuneConfig) -> list:
-    """Every number in its range."""
-    return [
-        lambda: (_finite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number > 0, got {cfg.lr!r}"),
-        lambda: (_integer(cfg.epochs) and cfg.epochs >= 1, f"--epochs must be an integer >= 1, got {cfg.epochs!r}"),
-        lambda: (
-            _integer(cfg.batch_size) and cfg.batch_size >= 1,
-            f"--batch-size must be an integer >= 1, got {cfg.batch_size!r}",
-        ),
-        lambda: (
-            _integer(cfg.max_seq_len) and (cfg.max_seq_len >= 3 or cfg.max_seq_len == 0),  # [CLS], a token, [SEP]
-            f"--max-seq-len must be an integer >= 3 (0: the task's own), got {cfg.max_seq_len!r}",
-        ),
-        lambda: (
-            _finite(cfg.dropout) and 0 <= cfg.dropout < 1,
-            f"--dropout must be a number in [0, 1), got {cfg.dropout!r}",
-        ),
-        lambda: (
-            _finite(cfg.warmup) and 0 <= cfg.warmup < 1,
-            f"--warmup must be a number in [0, 1), got {cfg.warmup!r}",
-        ),
-        lambda: (
-            _finite(cfg.layer_decay) and 0 < cfg.layer_decay <= 1,
-            f"--layer-decay must be a number in (0, 1], got {cfg.layer_decay!r}",
-        ),
-        lambda: (
-            _finite(cfg.weight_decay) and cfg.weight_decay >= 0,
-            f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay!r}",
-        ),
-        lambda: (
-            _finite(cfg.adam_eps) and cfg.adam_eps > 0,
-            f"--adam-eps must be a finite number > 0, got {cfg.adam_eps!r}",
-        ),
-        lambda: (
-            _finite(cfg.grad_clip) and cfg.grad_clip >= 0,
-            f"--grad-clip must be a finite number >= 0 (0: off), got {cfg.grad_clip!r}",
-        ),
-        lambda: (
-            _integer(cfg.num_workers) and cfg.num_workers >= 0,
-            f"--num-workers must be an integer >= 0 (0: in this process), got {cfg.num_workers!r}",
-        ),
-        lambda: (
-            _integer(cfg.threads) and cfg.threads >= 0,
-            f"--threads must be an integer >= 0 (0: the default), got {cfg.threads!r}",
-        ),
-        lambda: (
-            _integer(cfg.max_train_examples) and cfg.max_train_examples >= 0,
-            f"--max-train-examples must be an integer >= 0 (0: all), got {cfg.max_train_examples!r}",
-        ),
-    ]
-
-
-def _list_checks(cfg: FinetuneConfig) -> list:
-    """The seeds, the batch's split among the workers, the classes."""
-    return [
-        lambda: (
-            isinstance(cfg.seeds, (list, tuple)) and len(cfg.seeds) > 0 and all(map(_integer, cfg.seeds)),
-            f"--seeds must list one or more integers, got {cfg.seeds!r}",
-        ),
-        lambda: (
-            len(set(cfg.seeds)) == len(cfg.seeds),  # each seed's model is OUT/seed-N
-            f"--seeds lists a seed twice: {list(cfg.seeds)}",
-        ),
-        lambda: (
-            cfg.batch_size % max(1, cfg.num_workers) == 0,
-            f"batch_size ({cfg.batch_size}) must be divisible by num_workers ({cfg.num_workers})",
-        ),
-        lambda: (isinstance(cfg.labels, (list, tuple)), f"--labels must be a list, got {cfg.labels!r}"),
-        lambda: (
-            not cfg.labels or cfg.task == "classification",
-            f"--labels lists the classes of a classification task; --task is {cfg.task}",
-        ),
-        lambda: (
-            all(isinstance(v, (str, int, float, bool)) for v in cfg.labels),  # a label is one value
-            f"--labels must list single values (strings or numbers), got {list(cfg.labels)!r}",
-        ),
-        lambda: (len(set(cfg.labels)) == len(cfg.labels), f"--labels lists a class twice: {list(cfg.labels)!r}"),
-    ]
-
-
-def _protocol_checks(cfg: FinetuneConfig) -> list:
-    """The learning-rate grid, the dev split and the probe (finetune_protocol.py)."""
-    return [
-        lambda: (
-            isinstance(cfg.lr_grid, (list, tuple)) and all(_finite(v) and v > 0 for v in cfg.lr_grid),
-            f"--lr-grid must list finite numbers > 0, got {cfg.lr_grid!r}",
-        ),
-        lambda: (len(set(cfg.lr_grid)) == len(cfg.lr_grid), f"--lr-grid lists a rate twice: {list(cfg.lr_grid)}"),
-        lambda: (
-            _finite(cfg.dev_fraction) and 0 < cfg.dev_fraction < 1,
-            f"--dev-fraction must be a number in (0, 1), got {cfg.dev_fraction!r}",
-        ),
-        lambda: (
-            not cfg.lr_grid or cfg.task in ("classification", "regression"),
-            f"--lr-grid needs a dev split of the training examples: classification or regression, not {cfg.task}",
-        ),
-        lambda: (not cfg.probe or cfg.task == "classification", f"--probe needs classes: --task is {cfg.task}"),
-    ]
-
-
-def _numbers(values) -> list:
-    """A command line's or YAML's list of rates as numbers: YAML 1.1 reads 1e-4 (no dot) as text."""
-    if not isinstance(values, (list, tuple)):
-        return values
-    converted = []
-    for value in values:
-        try:
-            converted.append(float(value) if isinstance(value, str) else value)
-        except ValueError:
-            converted.append(value)
-    return converted
 
 
 # -- model and optimizer -------------------------------------------------------------------------
@@ -704,40 +556,9 @@ def format_summary(result: dict) -> str:
     return line
 
 
-def parser() -> argparse.ArgumentParser:
-    """One flag per FinetuneConfig field (--layer-decay for layer_decay), its help and default; a
-    boolean field is a flag and its negation (--use-gpu / --no-use-gpu)."""
-    parser = verb_parser("finetune", __doc__)
-    hints = typing.get_type_hints(FinetuneConfig)
-    for field in dataclasses.fields(FinetuneConfig):
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        flag, help = f"--{field.name.replace('_', '-')}", f"{field.metadata['help']} (default: {default!r})"
-        if hints[field.name] is bool:
-            parser.add_argument(
-                flag, dest=field.name, default=argparse.SUPPRESS, action=argparse.BooleanOptionalAction, help=help
-            )
-            continue
-        listed = hints[field.name] is list
-        parser.add_argument(
-            flag,
-            dest=field.name,
-            default=argparse.SUPPRESS,
-            required=field.name in ("model", "train", "eval"),
-            nargs="+" if listed else None,
-            type=yaml.safe_load if listed else str,
-            choices=field.metadata["choices"],
-            help=help,
-        )
-    return parser
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-
     def run():
-        cfg = FinetuneConfig()
-        apply_values(cfg, vars(args))
-        result = finetune(cfg)
+        result = finetune(checked_config(argv, __doc__))
         print(f"metrics: {os.path.join(result.out, 'metrics.json')}")
 
     run_cli(run)

@@ -9,7 +9,6 @@ Sequence classification and regression live here; question answering in finetune
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 import transformers
 from transformers import ElectraForSequenceClassification
 
+from electra_ray.finetune_checks import TASK_METRICS
 from electra_ray.finetune_config import FinetuneConfig, FinetuneError
 from electra_ray.model import use_fast_cpu_dropout
 from electra_ray.tasks import (
@@ -28,8 +28,6 @@ from electra_ray.tasks import (
     read_task_file,
     regression_metrics,
 )
-
-Check = Callable[[], "tuple[bool, str]"]  # (whether a setting is good, the message when it is not)
 
 
 class TaskKind:
@@ -50,10 +48,6 @@ class TaskKind:
         """cfg with the settings that depend on the window (`max_len`: --max-seq-len or the task's
         own, capped by the model's positions) resolved; one that cannot fit is a FinetuneError."""
         return dataclasses.replace(cfg, max_seq_len=max_len)
-
-    def checks(self, cfg: FinetuneConfig) -> list[Check]:
-        """The kind's own settings checks, run by finetune.validate before any file is read."""
-        return []
 
     def summary_metric(self, cfg: FinetuneConfig) -> str:
         """The summary line's metric when --metric is empty: default_metric, unless the kind's own
@@ -249,5 +243,5 @@ class SequenceKind(TaskKind):
         return majority_baseline(train, data, labels)
 
 
-CLASSIFICATION = SequenceKind("classification", ("accuracy", "f1", "mcc"))
-REGRESSION = SequenceKind("regression", ("pearson", "spearman", "mse"))
+CLASSIFICATION = SequenceKind("classification", TASK_METRICS["classification"])
+REGRESSION = SequenceKind("regression", TASK_METRICS["regression"])

@@ -17,54 +17,25 @@ import numpy as np
 import torch
 from transformers import ElectraForQuestionAnswering
 
+from electra_ray.finetune_checks import QA_MAX_SEQ_LEN, TASK_METRICS, qa_window
 from electra_ray.finetune_config import FinetuneConfig, FinetuneError
-from electra_ray.finetune_kinds import Check, TaskKind, new_head_model
+from electra_ray.finetune_kinds import TaskKind, new_head_model
 from electra_ray.squad import best_answers, features, read_squad, squad_metrics
 
 
 class QuestionAnswering(TaskKind):
     name = "qa"
-    metrics = ("exact_match", "f1")
+    metrics = TASK_METRICS["qa"]
     default_metric = "f1"
     model_class = ElectraForQuestionAnswering
 
-    default_max_seq_len = 384  # SQuAD's recipe (BERT, ELECTRA, Hugging Face's run_qa)
-
-    def checks(self, cfg: FinetuneConfig) -> list[Check]:
-        return [
-            lambda: (
-                isinstance(cfg.doc_stride, int) and cfg.doc_stride >= 0,
-                f"--doc-stride must be an integer >= 0 (0: what fits the window), got {cfg.doc_stride!r}",
-            ),
-            *[
-                lambda name=name: (
-                    isinstance(getattr(cfg, name), int) and getattr(cfg, name) >= 1,
-                    f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(cfg, name)!r}",
-                )
-                for name in ("max_query_len", "max_answer_len", "n_best")
-            ],
-            lambda: self._window_check(cfg, cfg.max_seq_len or self.default_max_seq_len, "--max-seq-len"),
-        ]
-
-    def _window_check(self, cfg: FinetuneConfig, max_len: int, what: str) -> tuple[bool, str]:
-        room = max_len - cfg.max_query_len - 3  # context tokens of a window: [CLS] question [SEP] context [SEP]
-        if room < 2:
-            return (
-                False,
-                f"a window of {what} {max_len} tokens leaves no context after --max-query-len {cfg.max_query_len}",
-            )
-        return (
-            room > cfg.doc_stride,
-            f"--doc-stride ({cfg.doc_stride}) must be below the context tokens of a window: {what} "
-            f"({max_len}) - --max-query-len ({cfg.max_query_len}) - 3 = {room}",
-        )
+    default_max_seq_len = QA_MAX_SEQ_LEN
 
     def fit_window(self, cfg: FinetuneConfig, max_len: int) -> FinetuneConfig:
         """The window capped by the model's positions may be shorter than asked: the stride, unless
         given, becomes what fits (128, or half the window's context)."""
-        room = max_len - cfg.max_query_len - 3
-        stride = cfg.doc_stride or min(128, room // 2)
-        ok, message = self._window_check(dataclasses.replace(cfg, doc_stride=stride), max_len, "the model's window")
+        stride = cfg.doc_stride or min(128, (max_len - cfg.max_query_len - 3) // 2)
+        ok, message = qa_window(dataclasses.replace(cfg, doc_stride=stride), max_len, "the model's window")
         if not ok:
             raise FinetuneError(message)
         return dataclasses.replace(cfg, max_seq_len=max_len, doc_stride=stride)

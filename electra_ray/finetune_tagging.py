@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from transformers import ElectraForTokenClassification
 
+from electra_ray.finetune_checks import TASK_METRICS
 from electra_ray.finetune_config import FinetuneConfig
-from electra_ray.finetune_kinds import Check, FinetuneError, TaskKind, new_head_model
+from electra_ray.finetune_kinds import FinetuneError, TaskKind, new_head_model
 from electra_ray.tagging import (
-    SCHEMES,
     Sentence,
     TaggedPieces,
     TaggingFormat,
@@ -123,26 +123,9 @@ class TaggingKind(TaskKind):
     """A tag per word, from CoNLL-style files (tagging.py); ElectraForTokenClassification."""
 
     name = "tagging"
-    metrics = ("f1", "precision", "recall", "accuracy")
+    metrics = TASK_METRICS["tagging"]
     default_metric = "f1"
     model_class = ElectraForTokenClassification
-
-    def checks(self, cfg: FinetuneConfig) -> list[Check]:
-        return [
-            lambda: (cfg.tag_scheme in SCHEMES, f"--tag-scheme must be one of {list(SCHEMES)}, got {cfg.tag_scheme!r}"),
-            *[
-                lambda name=name: (
-                    isinstance(getattr(cfg, name), int) and not isinstance(getattr(cfg, name), bool),
-                    f"--{name.replace('_', '-')} must be an integer (a column index; -1: the last), "
-                    f"got {getattr(cfg, name)!r}",
-                )
-                for name in ("token_column", "tag_column")
-            ],
-            lambda: (
-                cfg.token_column != cfg.tag_column,
-                f"--token-column and --tag-column are both {cfg.token_column}",
-            ),
-        ]
 
     def summary_metric(self, cfg: FinetuneConfig) -> str:
         return default_metric(cfg.tag_scheme)
