@@ -33,6 +33,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, ElectraModel
 
+from electra_ray import storage
 from electra_ray.cli import add_config_arguments, output_directory, run_cli, verb_parser
 from electra_ray.config import (
     Config,
@@ -281,8 +282,15 @@ def compare(cfg: CompareConfig, given: set[str]) -> dict:
     the random init) measured and fine-tuned, then results.json, the figures and report.md.
     Returns results.json's content and "out"."""
     out = output_directory(cfg.out, "compare")
-    if os.path.exists(out) and os.listdir(out):
-        raise UserError(f"output directory {out} is not empty; choose another (out=...)")
+    storage.check(out, write=True)  # a file in the way: one line
+    with storage.exclusive_output(out):  # a second compare into the same out is refused
+        if os.path.exists(out) and os.listdir(out):
+            raise UserError(f"output directory {out} is not empty; choose another (out=...)")
+        return run_compare(cfg, given, out)
+
+
+def run_compare(cfg: CompareConfig, given: set[str], out: str) -> dict:
+    """compare's work, once `out` is checked and held."""
     arm_config(cfg, given, "mlm", 1, out)  # a bad pre-training setting stops here, before any work
     started = time.perf_counter()
     task_files = write_movie_reviews(cfg.task, cfg.dev_fraction, os.path.join(out, "data"))

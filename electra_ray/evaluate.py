@@ -64,8 +64,11 @@ class ExportError(UserError):
 @contextlib.contextmanager
 def local_export(export_dir: str) -> Iterator[str]:
     """A local export directory: the path itself, or an s3:// export downloaded to a temporary
-    directory (storage.fetch_directory: refused unless its upload completed)."""
+    directory (storage.fetch_directory: refused unless its upload completed). A local export with
+    a manifest is checked against it first, as a fetched one is: every file's sha256."""
     if not storage.is_remote(export_dir):
+        if os.path.isdir(export_dir) and os.path.isfile(os.path.join(export_dir, storage.MANIFEST)):
+            storage.verify_directory(export_dir)
         yield export_dir
         return
     storage.check(export_dir)

@@ -191,16 +191,28 @@ def _numbers(values) -> list:
 # -- the settings of one kind --------------------------------------------------------------------
 
 
+def qa_query_len(cfg: FinetuneConfig, max_len: int) -> int:
+    """--max-query-len, or its default for a window of max_len tokens: 64 (SQuAD's), a quarter of a
+    shorter window (a 64-token window keeps 16 question tokens and 45 of context)."""
+    return cfg.max_query_len or min(64, max_len // 4)
+
+
+def qa_stride(cfg: FinetuneConfig, max_len: int) -> int:
+    """--doc-stride, or its default: 128 (SQuAD's), or half the context of a shorter window."""
+    return cfg.doc_stride or min(128, (max_len - qa_query_len(cfg, max_len) - 3) // 2)
+
+
 def qa_window(cfg: FinetuneConfig, max_len: int, what: str) -> tuple[bool, str]:
     """A QA window of max_len tokens holds [CLS] question [SEP] context [SEP] with a context longer
     than the stride. `what` names where max_len came from in the message."""
-    room = max_len - cfg.max_query_len - 3
+    query, stride = qa_query_len(cfg, max_len), qa_stride(cfg, max_len)
+    room = max_len - query - 3
     if room < 2:
-        return False, f"a window of {what} {max_len} tokens leaves no context after --max-query-len {cfg.max_query_len}"
+        return False, f"a window of {what} {max_len} tokens leaves no context after --max-query-len {query}"
     return (
-        room > cfg.doc_stride,
-        f"--doc-stride ({cfg.doc_stride}) must be below the context tokens of a window: {what} "
-        f"({max_len}) - --max-query-len ({cfg.max_query_len}) - 3 = {room}",
+        room > stride,
+        f"--doc-stride ({stride}) must be below the context tokens of a window: {what} "
+        f"({max_len}) - --max-query-len ({query}) - 3 = {room}",
     )
 
 
@@ -215,8 +227,12 @@ def qa_checks(cfg: FinetuneConfig) -> list[Check]:
                 _integer(getattr(cfg, name)) and getattr(cfg, name) >= 1,
                 f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(cfg, name)!r}",
             )
-            for name in ("max_query_len", "max_answer_len", "n_best")
+            for name in ("max_answer_len", "n_best")
         ],
+        lambda: (
+            _integer(cfg.max_query_len) and cfg.max_query_len >= 0,
+            f"--max-query-len must be an integer >= 0 (0: what fits the window), got {cfg.max_query_len!r}",
+        ),
         lambda: qa_window(cfg, cfg.max_seq_len or QA_MAX_SEQ_LEN, "--max-seq-len"),
     ]
 

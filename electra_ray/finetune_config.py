@@ -56,7 +56,9 @@ class FinetuneConfig:
         "qa: tokens that successive windows over a long context share; 0: 128, or half a window's "
         "context where a window is shorter",
     )
-    max_query_len: int = option(64, "qa: a question's tokens beyond this are cut")
+    max_query_len: int = option(
+        0, "qa: a question's tokens beyond this are cut; 0: 64, or a quarter of a window shorter than 256"
+    )
     max_answer_len: int = option(30, "qa: the longest answer span, in tokens")
     n_best: int = option(20, "qa: the highest start and end logits of a window paired in the answer search")
     tag_scheme: str = option(

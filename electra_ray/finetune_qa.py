@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import ElectraForQuestionAnswering
 
-from electra_ray.finetune_checks import QA_MAX_SEQ_LEN, TASK_METRICS, qa_window
+from electra_ray.finetune_checks import QA_MAX_SEQ_LEN, TASK_METRICS, qa_query_len, qa_stride, qa_window
 from electra_ray.finetune_config import FinetuneConfig, FinetuneError
 from electra_ray.finetune_kinds import TaskKind, new_head_model
 from electra_ray.squad import best_answers, features, read_squad, squad_metrics
@@ -32,13 +32,14 @@ class QuestionAnswering(TaskKind):
     default_max_seq_len = QA_MAX_SEQ_LEN
 
     def fit_window(self, cfg: FinetuneConfig, max_len: int) -> FinetuneConfig:
-        """The window capped by the model's positions may be shorter than asked: the stride, unless
-        given, becomes what fits (128, or half the window's context)."""
-        stride = cfg.doc_stride or min(128, (max_len - cfg.max_query_len - 3) // 2)
-        ok, message = qa_window(dataclasses.replace(cfg, doc_stride=stride), max_len, "the model's window")
+        """The window capped by the model's positions may be shorter than asked: the question's
+        tokens and the stride, unless given, become what fits (finetune_checks.qa_window)."""
+        ok, message = qa_window(cfg, max_len, "the model's window")
         if not ok:
             raise FinetuneError(message)
-        return dataclasses.replace(cfg, max_seq_len=max_len, doc_stride=stride)
+        return dataclasses.replace(
+            cfg, max_seq_len=max_len, max_query_len=qa_query_len(cfg, max_len), doc_stride=qa_stride(cfg, max_len)
+        )
 
     def load(self, cfg, tokenizer, max_len):
         questions = read_squad(cfg.train)

@@ -117,6 +117,60 @@ def unfinished_corpus(directory: str, ctx: dict) -> None:
     write(directory, "corpus/_PREPARING", "{}")
 
 
+def mixed_schemas(directory: str, ctx: dict) -> None:
+    os.makedirs(os.path.join(directory, "corpus"))
+    texts = ["a few words of text " * 40] * 50
+    pq.write_table(pa.table({"text": texts}), os.path.join(directory, "corpus", "a.parquet"))
+    pq.write_table(
+        pa.table({"text": pa.array(texts, pa.large_string())}), os.path.join(directory, "corpus", "b.parquet")
+    )
+
+
+def tiny_corpus(directory: str, ctx: dict) -> None:
+    pq.write_table(pa.table({"text": ["the cat sat", "on the mat"]}), os.path.join(directory, "tiny.parquet"))
+
+
+def null_texts(directory: str, ctx: dict) -> None:
+    pq.write_table(
+        pa.table({"text": pa.array([None, None, None], pa.string())}), os.path.join(directory, "nulls.parquet")
+    )
+
+
+def with_config(where: str, change: Callable[[dict], None]) -> Callable[[str, dict], None]:
+    """An export at `export/`, its `where` config.json changed by `change`."""
+
+    def setup(directory: str, ctx: dict) -> None:
+        an_export(directory, ctx)
+        path = os.path.join(directory, "export", where, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        change(config)
+        with open(path, "w") as f:
+            json.dump(config, f)
+
+    return setup
+
+
+def squad_file(directory: str, answer_start: int, name: str = "qa.json") -> None:
+    context = "Marie Curie won the Nobel Prize in 1903."
+    question = {"id": "q1", "question": "Who won?", "answers": [{"text": "Marie Curie", "answer_start": answer_start}]}
+    write(directory, name, json.dumps({"data": [{"paragraphs": [{"context": context, "qas": [question]}]}]}))
+
+
+def sweep_with_scratch(scratch: str) -> Callable[[str, dict], None]:
+    """A directory whose sweep.json names `scratch` (a path outside the temporary directory)."""
+
+    def setup(directory: str, ctx: dict) -> None:
+        user_files(directory, "home/notes.txt")
+        write(directory, "sweep/sweep.json", json.dumps({"scratch": scratch.format(dir=directory)}))
+
+    return setup
+
+
+def finetune_args(*more: str, model: str = "{dir}/export", train: str = "{dir}/train.parquet") -> list[str]:
+    return ["finetune", "--model", model, "--train", train, "--eval", train, "--num-workers", "0", *more]
+
+
 CFG = ["--set", "output.dir={dir}/runs", "data.path={corpus}", "data.tokenizer={tok}"]
 
 CASES = [
@@ -422,6 +476,212 @@ CASES = [
         lambda d, ctx: user_files(d, "home/notes.txt"),
     ),
     Case("compare bad key", ["compare", "--set", "pretrain.train.lr=-1"], "'pretrain.train.lr' must be"),
+    # -- issue 30: new inputs, and the findings of trying them as a new user would ------------------
+    # pretrain: outputs, corpora, the cluster address, a DeepSpeed file, init_from
+    Case(
+        "output dir under a file",
+        ["pretrain", *CFG, "output.dir={dir}/notes.txt/runs"],
+        "{dir}/notes.txt exists and is not a directory",
+        lambda d, ctx: user_files(d, "notes.txt"),
+    ),
+    Case(
+        "local dir under a file",
+        ["pretrain", *CFG, "output.local_dir={dir}/notes.txt/run"],
+        "{dir}/notes.txt exists and is not a directory",
+        lambda d, ctx: user_files(d, "notes.txt"),
+    ),
+    Case(
+        "corpus smaller than a batch",
+        ["pretrain", *CFG, "data.path={dir}/tiny.parquet", "data.eval_fraction=0"],
+        "is too small: its training split packs into",
+        tiny_corpus,
+    ),
+    Case(
+        "corpus files of two schemas",
+        ["pretrain", *CFG, "data.path={dir}/corpus"],
+        "every file must have the same schema",
+        mixed_schemas,
+    ),
+    Case("text column missing", ["pretrain", *CFG, "data.text_column=body"], "has no column 'body'"),
+    Case("tokenizer path missing", ["pretrain", *CFG, "data.tokenizer={dir}/nothing"], "{dir}/nothing"),
+    Case(
+        "ray address where nothing listens",
+        ["pretrain", *CFG, "scaling.ray_address=127.0.0.1:1"],
+        "no Ray cluster answers at 127.0.0.1:1",
+    ),
+    Case(
+        "deepspeed zero_optimization true",
+        ["pretrain", *CFG, "train.deepspeed={dir}/ds.json"],
+        "zero_optimization must be a mapping",
+        lambda d, ctx: write(d, "ds.json", '{"zero_optimization": true}'),
+    ),
+    Case(
+        "deepspeed file malformed",
+        ["pretrain", *CFG, "train.deepspeed={dir}/ds.json"],
+        "malformed JSON",
+        lambda d, ctx: write(d, "ds.json", '{"zero_optimization": {"stage": 2,}}'),
+    ),
+    Case(
+        "deepspeed file sets the batch",
+        ["pretrain", *CFG, "train.deepspeed={dir}/ds.yaml"],
+        "train.deepspeed sets train_batch_size=7",
+        lambda d, ctx: write(d, "ds.yaml", "train_batch_size: 7\n"),
+    ),
+    Case("deepspeed file missing", ["pretrain", *CFG, "train.deepspeed={dir}/ds.json"], "not found"),
+    Case(
+        "init_from architectures not a list",
+        ["pretrain", "--set", "output.dir={dir}/runs", "data.path={corpus}", "model.init_from={dir}/export"],
+        "architectures must list class names",
+        with_config("discriminator", lambda c: c.update(architectures="ElectraForMaskedLM")),
+    ),
+    Case(
+        "init_from generator config incomplete",
+        ["pretrain", "--set", "output.dir={dir}/runs", "data.path={corpus}", "model.init_from={dir}/export"],
+        "generator/config.json lacks a positive integer",
+        with_config("generator", lambda c: c.pop("num_attention_heads")),
+    ),
+    Case(
+        "init_from not a model",
+        ["pretrain", "--set", "output.dir={dir}/runs", "data.path={corpus}", "model.init_from={dir}/home"],
+        "no config.json",
+        lambda d, ctx: user_files(d, "home/notes.txt"),
+    ),
+    Case(
+        "init_from and a tokenizer",
+        ["pretrain", *CFG, "model.init_from={dir}/export"],
+        "data.tokenizer and model.init_from are both set",
+        an_export,
+    ),
+    Case(
+        "tracker uri with a password",
+        ["pretrain", *CFG, "output.trackers=[mlflow]", "output.mlflow_tracking_uri=https://me:s3cret@example.com"],
+        "MLFLOW_TRACKING_PASSWORD",
+    ),
+    Case("unknown tracker", ["pretrain", *CFG, "output.trackers=[tensorboard, foo]"], "'output.trackers' takes"),
+    # tokenizer, prepare, export, evaluate: outputs under files, inputs without text
+    Case(
+        "tokenizer on a null column",
+        ["tokenizer", "--input", "{dir}/nulls.parquet", "--vocab-size", "200", "--out", "{dir}/t"],
+        "no text in column 'text'",
+        null_texts,
+    ),
+    Case(
+        "tokenizer column missing",
+        ["tokenizer", "--input", "{corpus}", "--column", "body", "--vocab-size", "200", "--out", "{dir}/t"],
+        "has no column 'body'",
+    ),
+    Case(
+        "tokenizer out under a file",
+        ["tokenizer", "--input", "{corpus}", "--vocab-size", "200", "--out", "{dir}/notes.txt/t"],
+        "notes.txt",
+        lambda d, ctx: user_files(d, "notes.txt"),
+    ),
+    Case(
+        "prepare onto a file",
+        ["prepare", "{dir}/texts", "{dir}/notes.txt"],
+        "notes.txt exists and is not a directory",
+        lambda d, ctx: user_files(d, "texts/a.txt", "notes.txt"),
+    ),
+    Case(
+        "prepare onto an unfinished prepare",
+        ["prepare", "{dir}/texts", "{dir}/out"],
+        "_PREPARING",
+        lambda d, ctx: (user_files(d, "texts/a.txt"), write(d, "out/_PREPARING", "{}")),
+    ),
+    Case(
+        "export out under a file",
+        ["export", "{ckpt}", "{dir}/notes.txt/export"],
+        "notes.txt",
+        lambda d, ctx: user_files(d, "notes.txt"),
+    ),
+    Case(
+        "evaluate a tampered export",
+        ["evaluate", "{dir}/export"],
+        "does not match the sha256",
+        tampered_export,
+    ),
+    # finetune: flags, model configs, QA and tagging files
+    Case("finetune batch size 0", finetune_args("--batch-size", "0"), "--batch-size must be an integer >= 1, got 0"),
+    Case("finetune dropout 5", finetune_args("--dropout", "5"), "--dropout must be a number in [0, 1), got 5"),
+    Case("finetune seed twice", finetune_args("--seeds", "1", "1"), "--seeds lists a seed twice"),
+    Case(
+        "finetune missing train file",
+        finetune_args("--out", "{dir}/ft", train="{dir}/nothing.parquet"),
+        "task file not found: {dir}/nothing.parquet",
+        an_export,
+    ),
+    Case(
+        "finetune a corrupt model config",
+        finetune_args("--out", "{dir}/ft"),
+        "config.json cannot be read",
+        lambda d, ctx: (float_labels(d, ctx), an_export(d, ctx), write(d, "export/discriminator/config.json", "{")),
+    ),
+    Case(
+        "finetune qa stride too long",
+        [*finetune_args("--task", "qa", "--max-seq-len", "128", "--doc-stride", "100", train="{dir}/qa.json")],
+        "--doc-stride (100) must be below the context tokens of a window",
+        lambda d, ctx: squad_file(d, 0),
+    ),
+    Case(
+        "finetune qa negative answer start",
+        [*finetune_args("--task", "qa", "--out", "{dir}/ft", train="{dir}/qa.json")],
+        "answer_start",
+        lambda d, ctx: (an_export(d, ctx), squad_file(d, -5)),
+    ),
+    Case(
+        "finetune qa not json",
+        [*finetune_args("--task", "qa", "--out", "{dir}/ft", train="{dir}/qa.json")],
+        "qa.json",
+        lambda d, ctx: (an_export(d, ctx), write(d, "qa.json", '{"data": [')),
+    ),
+    Case(
+        "finetune tagging file without tags",
+        [*finetune_args("--task", "tagging", "--out", "{dir}/ft", train="{dir}/tags.txt")],
+        "tags.txt",
+        lambda d, ctx: (an_export(d, ctx), write(d, "tags.txt", "EU B-ORG\nrejects\n\n")),
+    ),
+    Case(
+        "finetune probe on regression",
+        finetune_args("--task", "regression", "--probe"),
+        "--probe needs classes",
+    ),
+    # tune: sweep directories that must not delete or be trusted, sweeps on S3
+    Case(
+        "tune resume a sweep whose scratch is a user directory",
+        ["tune", "--resume", "{dir}/sweep"],
+        "scratch",
+        sweep_with_scratch("{dir}/home"),
+    ),
+    Case(
+        "tune resume a corrupt sweep.json",
+        ["tune", "--resume", "{dir}/sweep"],
+        "sweep.json",
+        lambda d, ctx: write(d, "sweep/sweep.json", '{"scratch": '),
+    ),
+    Case(
+        "tune a key that is no config key",
+        ["tune", "--set", "out={dir}/sweep", "space.train.nope=[1, 2]"],
+        "train.nope",
+    ),
+    Case(
+        "tune onto S3 user data",
+        ["tune", "--set", "out={s3}/data", "pretrain.data.path={corpus}"],
+        "{s3}/data",
+        s3_objects,
+    ),
+    Case(
+        "compare out under a file",
+        ["compare", "--set", "out={dir}/notes.txt/cmp"],
+        "notes.txt",
+        lambda d, ctx: user_files(d, "notes.txt"),
+    ),
+    # tasks: never over the user's files
+    Case(
+        "tasks onto the user's files",
+        ["tasks", "movie-reviews", "--out", "{dir}/data"],
+        "{dir}/data",
+        lambda d, ctx: user_files(d, "data/train.parquet", "data/dev.parquet", "data/test.parquet"),
+    ),
 ]
 
 
@@ -578,7 +838,7 @@ def outcomes(rclone_s3, small_corpus, tokenizer_dir, stage0_checkpoint, tmp_path
 def test_the_battery_covers_every_verb():
     verbs = {case.argv[0] for case in CASES}
     assert verbs >= {"pretrain", "prepare", "tokenizer", "export", "evaluate", "finetune", "tune", "compare"}
-    assert len({case.id for case in CASES}) == len(CASES) >= 40
+    assert len({case.id for case in CASES}) == len(CASES) >= 90
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])

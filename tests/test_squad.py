@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertModel, ElectraModel
 
+from electra_ray.errors import UserError
 from electra_ray.finetune import FinetuneConfig, FinetuneError, electra_encoder, finetune, validate
 from electra_ray.squad import (
     Question,
@@ -137,6 +138,8 @@ def test_reads_v1_and_v2_questions(tmp_path):
         ([qa("a", start="4")], r"question 1 .*: an answer needs a 'text' and an integer 'answer_start'"),
         ([{**qa("a"), "answers": []}], r"question 1 .*: no answers, and not marked is_impossible$"),
         ([{"question": "Who?", "answers": []}], r"question 1 \(.*, id None\): no 'id' text$"),
+        # "Bowl" is at -8 counted from the context's end: a negative offset is still refused
+        ([qa("a", text="Bowl", start=-8)], r"question 1 .*: answer 'Bowl' has a negative answer_start \(-8\)$"),
     ],
 )
 def test_malformed_questions_are_one_line_errors_naming_file_and_question(tmp_path, qas, message):
@@ -211,7 +214,9 @@ def test_the_answer_search_picks_the_best_valid_span_over_windows(tokenizer):
 
 
 def test_qa_settings_out_of_range_name_the_flag():
-    cfg = FinetuneConfig(model="m", train="t.json", eval="e.json", task="qa", max_seq_len=128, doc_stride=64)
+    cfg = FinetuneConfig(
+        model="m", train="t.json", eval="e.json", task="qa", max_seq_len=128, max_query_len=64, doc_stride=64
+    )
     with pytest.raises(FinetuneError, match=r"^--doc-stride \(64\) must be below the context tokens of a window: "):
         validate(cfg)
     with pytest.raises(FinetuneError, match=r"^--n-best must be an integer >= 1, got 0$"):
@@ -227,8 +232,14 @@ def test_the_readmes_qa_line_works_with_its_defaults():
     cfg = FinetuneConfig(model="m", train="t.json", eval="e.json", task="qa")
     validate(cfg)  # refused before: 128 - 64 - 3 = 61 < 128
     assert QA.default_max_seq_len == 384
-    assert (QA.fit_window(cfg, 384).max_seq_len, QA.fit_window(cfg, 384).doc_stride) == (384, 128)
-    assert (QA.fit_window(cfg, 128).max_seq_len, QA.fit_window(cfg, 128).doc_stride) == (128, 30)
+
+    def window(max_len: int) -> tuple[int, int, int]:
+        fitted = QA.fit_window(cfg, max_len)
+        return fitted.max_seq_len, fitted.max_query_len, fitted.doc_stride
+
+    assert window(384) == (384, 64, 128)  # SQuAD's recipe
+    assert window(128) == (128, 32, 46)  # a quarter of the window for the question, half the rest as stride
+    assert window(64) == (64, 16, 22)  # the tiny model's positions
     with pytest.raises(FinetuneError, match=r"^--doc-stride \(100\) must be below .* the model's window \(128\)"):
         QA.fit_window(FinetuneConfig(model="m", train="t.json", eval="e.json", task="qa", doc_stride=100), 128)
 
@@ -303,6 +314,21 @@ def test_the_tasks_verb_writes_squad_subsets(squad_subset, tmp_path, monkeypatch
     assert len(dev) == 3 and all(len(q.answers) >= 1 for q in dev)  # dev lists several gold answers
     main(["squad", "--out", str(tmp_path / "again"), "--train-examples", "5", "--dev-examples", "3"])
     assert [q.id for q in read_squad(str(tmp_path / "again" / "dev.json"))] == [q.id for q in dev]  # seed fixed
+
+
+def test_squad_files_are_never_written_over_a_file(tmp_path, monkeypatch):
+    import electra_ray.squad
+
+    official = {name: squad_file(tmp_path / f"{name}-v1.1.json", [qa(name)]) for name in ("train", "dev")}
+    monkeypatch.setattr(electra_ray.squad, "squad_files", lambda cache: official)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dev.json").write_text("the user's own file")
+    with pytest.raises(UserError, match=r"dev.json already exists: it is left as it is"):
+        write_squad(str(out))
+    assert os.listdir(out) == ["dev.json"] and (out / "dev.json").read_text() == "the user's own file"
+    assert write_squad(str(tmp_path / "new")) == {"train": 1, "dev": 1}
+    assert [q.id for q in read_squad(str(tmp_path / "new" / "dev.json"))] == ["dev"]
 
 
 def test_training_on_v2_questions_lets_the_answer_search_answer_nothing(tokenizer, tmp_path):
