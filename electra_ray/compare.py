@@ -17,6 +17,14 @@ OUT/auc.png (ELECTRA's held-out ROC-AUCs against FLOPs) and OUT/results.json.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m electra_ray.compare`: a bad key is refused before the imports
+    from electra_ray.cli import run_cli  # below (torch, transformers, Ray: seconds); main() re-reads it
+    from electra_ray.compare_config import checked_config
+
+    run_cli(lambda: checked_config(sys.argv[1:], __doc__))
+
 import copy
 import dataclasses
 import glob
@@ -24,7 +32,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -34,30 +41,22 @@ import transformers
 from transformers import AutoTokenizer, ElectraModel
 
 from electra_ray import storage
-from electra_ray.cli import add_config_arguments, output_directory, run_cli, verb_parser
-from electra_ray.config import (
-    Config,
-    ConfigError,
-    apply_file_and_overrides,
-    apply_objective_masking,
-    check_bounds,
-    check_choices,
-    option,
-    validate,
-)
+from electra_ray.cli import output_directory, run_cli
+from electra_ray.compare_config import CompareConfig, checked_config, electra_steps, load_compare_config  # noqa: F401
+from electra_ray.config import Config, apply_objective_masking, validate
 from electra_ray.data import tokenizer_from_json
 from electra_ray.driver import shared_tokenizer
 from electra_ray.errors import UserError
 from electra_ray.evaluate import evaluate_export
 from electra_ray.export import export, read_run_state
-from electra_ray.finetune import FinetuneConfig, finetune_task, model_directory
+from electra_ray.finetune import finetune_task, model_directory
 from electra_ray.finetune_kinds import CLASSIFICATION
 from electra_ray.metrics import read_history
 from electra_ray.model import build_model, flops_per_token
 from electra_ray.pretrain import pretrain
 from electra_ray.report import markdown_table, pyplot
 from electra_ray.scoring import binary_entropy
-from electra_ray.tasks import MOVIE_REVIEWS_SOURCES, write_movie_reviews
+from electra_ray.tasks import write_movie_reviews
 from electra_ray.tokenizer import save_tokenizer
 
 OBJECTIVES = {"electra": "ELECTRA", "mlm": "MLM (BERT)"}
@@ -67,54 +66,6 @@ SPREAD_SENTENCES = 256  # dev sentences whose [CLS] vectors give cls_spread
 # predictor's at some logged step, or this held-out ROC-AUC on random replacements (the easy test).
 RTD_DROP_PASS = 0.02
 RANDOM_AUC_PASS = 0.7
-
-
-@dataclass
-class CompareConfig:
-    pretrain: Config = field(default_factory=Config)  # train.max_steps: ELECTRA's steps, the FLOPs budget
-    # model/train/eval/out are set here; each checkpoint's fine-tunes run in one Ray task (num_workers 0)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    task: str = option("rotten_tomatoes", "labeled data: a source of the movie-reviews package", MOVIE_REVIEWS_SOURCES)
-    dev_fraction: float = option(0.1, "fraction of the labeled data held out as dev (by text hash)")
-    points: int = option(
-        3, "checkpoints of each pre-training run that are fine-tuned, evenly spaced; the last is the full budget"
-    )
-    budgets: list = option(
-        [1],
-        "multiples of pretrain.train.max_steps: per budget both objectives pre-train from "
-        "scratch, ELECTRA round(budget x max_steps) steps and the MLM baseline the same FLOPs, "
-        "warm-up scaled alike (a learning curve); the verdict reads the largest",
-        bounds="> 0",
-        items=float,
-    )
-    from_scratch: bool = option(
-        True,
-        "also fine-tune the encoder with no pre-training (0 FLOPs): the random-init "
-        "control the verdict measures both objectives against",
-    )
-    out: str = option("", "output directory; empty: runs/compare-<date>-<time>")
-
-
-def load_compare_config(path: str | None, overrides: list[str]) -> tuple[CompareConfig, set[str]]:
-    cfg = CompareConfig()
-    given = apply_file_and_overrides(cfg, path, overrides)
-    check_choices(cfg)
-    # The comparison's own numbers (pretrain.* and finetune.* carry their ranges in their fields;
-    # arm_config checks the pre-training settings as a whole): dev_fraction 0 or 1 empties dev or train.
-    check_bounds(cfg, bounds={"points": ">= 1", "dev_fraction": "(0, 1)"})
-    if not cfg.budgets:
-        raise ConfigError("config key 'budgets' must list at least one number > 0, got []")
-    steps = [electra_steps(cfg.pretrain.train.max_steps, cfg.points, b) for b in cfg.budgets]
-    if len(set(steps)) < len(steps):  # two runs of the same length: the same point twice
-        raise ConfigError(
-            f"config key 'budgets' {cfg.budgets} gives ELECTRA {steps} steps (rounded to a multiple "
-            f"of points={cfg.points}): each budget must give its own number of steps"
-        )
-    if cfg.pretrain.data.eval_fraction == 0:  # checked here: evaluate_export would fail after pre-training
-        raise ConfigError(
-            "config key 'pretrain.data.eval_fraction' must be > 0: compare measures each checkpoint on held-out text"
-        )
-    return cfg, given
 
 
 def arm_config(
@@ -140,11 +91,6 @@ def arm_config(
     arm.output.dir, arm.output.name = out, name or objective
     validate(arm)
     return arm
-
-
-def electra_steps(max_steps: int, points: int, budget: float = 1.0) -> int:
-    """ELECTRA's steps at `budget` x max_steps, rounded to a multiple of `points` (at least `points`)."""
-    return max(points, round(budget * max_steps / points) * points)
 
 
 def equal_compute_steps(cfg: Config, vocab_size: int, points: int, budget: float = 1.0) -> dict[str, dict]:
@@ -800,21 +746,8 @@ def plot_auc(results: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = verb_parser(
-        "compare",
-        __doc__,
-        "e.g. --set points=2 finetune.seeds=[0,1,2,3,4] pretrain.train.max_steps=400 budgets=[0.25,0.5,1]",
-    )
-    add_config_arguments(
-        parser,
-        default=None,
-        help="YAML file: sections pretrain (a pre-training config), finetune (its settings), and task, "
-        "dev_fraction, points, budgets, from_scratch, out",
-    )
-    args = parser.parse_args(argv)
-
     def run():
-        result = compare(*load_compare_config(args.config, args.set))
+        result = compare(*checked_config(argv, __doc__))
         print(open(os.path.join(result["out"], "report.md")).read())
         print(f"report: {os.path.join(result['out'], 'report.md')}")
 
