@@ -24,6 +24,14 @@ EXPORT_DIR: a directory written by electra_ray.export (or pretrain's OUT/export)
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m electra_ray.evaluate`: a bad flag is refused before the imports
+    from electra_ray.cli import run_cli  # below (torch, transformers: seconds); main() re-reads it
+    from electra_ray.evaluate_args import checked_args
+
+    run_cli(lambda: checked_args(sys.argv[1:], __doc__))
+
 import contextlib
 import functools
 import hashlib
@@ -39,11 +47,12 @@ import torch.nn.functional as F
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 from electra_ray import storage
-from electra_ray.cli import run_cli, verb_parser
+from electra_ray.cli import run_cli
 from electra_ray.config import Config
 from electra_ray.data import load_sequences, mask_batch, tokenize_and_pack, tokenizer_from_json
 from electra_ray.documents import ReadStats, iter_documents
 from electra_ray.errors import UserError
+from electra_ray.evaluate_args import check_max_sequences, checked_args
 from electra_ray.export import EXPORT_METADATA
 from electra_ray.heldout import FixedCorruption, detection_auc, fixed_corruption
 from electra_ray.masking import MaskedBatch
@@ -106,13 +115,6 @@ def read_export_config(export_dir: str, shown: str = "") -> Config:
         return Config.from_dict(record["config"])
     except UserError as error:
         raise ExportError(f"{storage.join(shown, EXPORT_METADATA)}: {error}") from None
-
-
-def check_max_sequences(max_sequences) -> None:
-    if max_sequences is None:
-        return
-    if isinstance(max_sequences, bool) or not isinstance(max_sequences, int) or max_sequences < 1:
-        raise UserError(f"--max-sequences must be an integer >= 1, got {max_sequences!r}")
 
 
 def _load_network(kind, directory: str, shown: str):
@@ -443,20 +445,9 @@ def _yardstick_text(metrics: dict, key: str, unigram: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = verb_parser("evaluate", __doc__)
-    parser.add_argument("export", help="directory written by electra_ray.export / pretrain")
-    # Read as text and checked here: a bad value is one `error:` line, not argparse's usage + error.
-    parser.add_argument("--max-sequences", default="512", help="held-out sequences measured (default: 512)")
-    parser.add_argument("--json", help="also write the metrics to this JSON file")
-    args = parser.parse_args(argv)
-
     def run():
-        try:
-            max_sequences = int(args.max_sequences)
-        except ValueError:
-            raise UserError(f"--max-sequences must be an integer >= 1, got {args.max_sequences!r}") from None
-        check_max_sequences(max_sequences)
-        metrics = evaluate_export(args.export, max_sequences)
+        args = checked_args(argv, __doc__)
+        metrics = evaluate_export(args.export, args.max_sequences)
         print(format_report(metrics))
         if args.json:
             try:

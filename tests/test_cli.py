@@ -35,3 +35,33 @@ def test_a_verb_called_through_the_dispatcher_names_itself_so():
 def test_every_verb_has_a_main_that_takes_argv(verb):
     main = importlib.import_module(f"electra_ray.{verb}").main
     assert main.__code__.co_varnames[:1] == ("argv",)
+
+
+IMPORT_CHECK = (
+    "import runpy, sys\n"
+    "module = sys.argv.pop(1)\n"
+    "try:\n"
+    "    runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+    "except SystemExit as exit:\n"
+    "    print('exit', exit.code, [m for m in ('torch', 'transformers', 'ray', 'deepspeed') if m in sys.modules])\n"
+)
+
+
+@pytest.mark.parametrize(
+    "verb, argv",
+    [
+        ("pretrain", ["--set", "train.batch_size=0"]),
+        ("finetune", ["--model", "m", "--train", "t", "--eval", "e", "--dropout", "5"]),
+        ("evaluate", ["export", "--max-sequences", "0"]),
+        ("compare", ["--set", "points=0"]),
+        ("prepare", ["texts", "out", "--shard-mb", "0"]),
+        ("tokenizer", ["--input", "corpus", "--vocab-size", "0", "--out", "t"]),
+    ],
+)
+def test_a_bad_value_is_refused_before_torch_transformers_and_ray_load(verb, argv):
+    """A mistake on the command line costs the parsing, not seconds of imports (issue 30)."""
+    run = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK, f"electra_ray.{verb}", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert run.stdout.strip() == "exit 2 []", run.stdout + run.stderr[-2000:]
+    assert run.stderr.strip().startswith("error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr
