@@ -14,6 +14,12 @@ them (check refuses a password in output.mlflow_tracking_uri).
 A run is one tracker run named output.name: params are the flattened config ("train.lr"), metrics
 every numeric value of a report at its optimizer step, and the export's held-out evaluation as
 eval/... at the last step; it ends FINISHED, FAILED (an error), or KILLED (stopped early).
+
+A tracker is a copy of metrics.jsonl, never what decides a run's outcome: one that cannot start is
+a one-line error before training, but one that fails later (the server gone, a network error, its
+final status refused) is one warning line and skipped from then on (TrackerGroup). The run trains,
+exports and exits as it would have, and a run's own error is never hidden by a tracker's.
+A sweep's trials are tracked the same way from the sweep's driver (tune.TrialTrackers).
 """
 
 from __future__ import annotations
@@ -212,6 +218,83 @@ def build(output: OutputConfig, run_dir: str) -> list[Tracker]:
     return trackers
 
 
+# -- a run's trackers: a failure is one warning, never the run's end -------------------------------
+
+
+def first_line(error: BaseException) -> str:
+    """An error as one short line: a tracker client's message may span a whole HTTP response."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class TrackerGroup:
+    """The trackers of one run. A tracker that fails (a network error, a server gone) is warned
+    about once and skipped from then on, its finish included: the run goes on, its values stay in
+    `kept` (metrics.jsonl, or a sweep's Tune experiment), and an outage never turns a finished run
+    into an error. Only a start can fail the run (start_strict): then nothing was trained yet."""
+
+    def __init__(self, trackers: list[Tracker], kept: str = "metrics.jsonl"):
+        self.trackers, self.kept = trackers, kept
+        self.failed: set[int] = set()
+        self.finished = False
+
+    def start_strict(self, run_name: str, params: dict[str, object]) -> None:
+        """Start every tracker; one that cannot (credentials refused, a server error) is a
+        one-line UserError, after the ones already started are ended FAILED."""
+        for index, tracker in enumerate(self.trackers):
+            try:
+                tracker.start(run_name, params)
+            except Exception as error:  # whatever the tracker's client raises, as one line
+                self.failed.update(range(index, len(self.trackers)))  # never started: nothing to end
+                self.finish("FAILED")
+                raise UserError(f"{type(tracker).__name__} could not start the run: {first_line(error)}") from None
+
+    def start(self, run_name: str, params: dict[str, object]) -> None:
+        """Start every tracker; one that cannot is warned about and skipped (a sweep's trial goes on)."""
+        for index, tracker in enumerate(self.trackers):
+            try:
+                tracker.start(run_name, params)
+            except Exception as error:  # whatever the tracker's client raises; the run must not stop
+                self._fail(index, f"could not start the run {run_name}", error)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for index, tracker in self._working():
+            try:
+                tracker.log(metrics, step)
+            except Exception as error:  # whatever the tracker's client raises; training must not stop
+                self._fail(index, f"stopped logging at step {step}", error)
+
+    def finish(self, status: Status) -> None:
+        """End the runs of the trackers that still work, once; never raises (it runs after the
+        run's work is done, or while the run's own error is on its way out)."""
+        if self.finished:
+            return
+        self.finished = True
+        for index, tracker in self._working():
+            try:
+                tracker.finish(status)
+            except Exception as error:  # whatever the tracker's client raises
+                self._fail(index, f"could not end the run as {status}", error)
+
+    def _working(self) -> Iterator[tuple[int, Tracker]]:
+        return ((index, tracker) for index, tracker in enumerate(self.trackers) if index not in self.failed)
+
+    def _fail(self, index: int, what: str, error: Exception) -> None:
+        """Mark the tracker failed, with one line: which, what failed, why, where the values are."""
+        self.failed.add(index)
+        name = type(self.trackers[index]).__name__
+        warn(f"{name} {what}: {first_line(error)} (every value stays in {self.kept}); it is skipped from now on")
+
+
+def start_all(trackers: list[Tracker], run_name: str, params: dict[str, object]) -> None:
+    """Start every tracker, or raise a one-line UserError (TrackerGroup.start_strict)."""
+    TrackerGroup(trackers).start_strict(run_name, params)
+
+
 # -- following metrics.jsonl on the driver ----------------------------------------------------------
 
 
@@ -220,10 +303,10 @@ class MetricsFollower:
     polled every `interval` seconds, and once more at `stop` (nothing reported is left behind).
     Records already in the file (an earlier attempt's, when a run continues) are not sent again."""
 
-    def __init__(self, path: str, trackers: list[Tracker], interval: float = 1.0):
-        self.path, self.trackers, self.interval = path, trackers, interval
+    def __init__(self, path: str, trackers: list[Tracker] | TrackerGroup, interval: float = 1.0):
+        self.path, self.interval = path, interval
+        self.group = trackers if isinstance(trackers, TrackerGroup) else TrackerGroup(trackers)
         self.offset = os.path.getsize(path) if os.path.exists(path) else 0
-        self.failed: set[int] = set()
         self._lock = threading.Lock()  # the thread's polls and the driver's own values (TrackedRun.log)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-follower", daemon=True)
@@ -239,7 +322,10 @@ class MetricsFollower:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.poll()
+            try:
+                self.poll()
+            except OSError as error:  # the file unreadable for a moment: the next poll, or stop's, sends it
+                warn(f"cannot read {self.path} for the trackers: {first_line(error)}")
 
     def poll(self) -> None:
         """Send the complete lines written since the last poll (a line still being written waits)."""
@@ -257,30 +343,13 @@ class MetricsFollower:
                 except ValueError:
                     continue  # metrics.read_history warns about it
                 if isinstance(record, dict) and isinstance(record.get("step"), int):
-                    self._send(numeric(record), record["step"])
+                    self.group.log(numeric(record), record["step"])
 
     def send(self, metrics: dict[str, float], step: int) -> None:
         """Values of the driver's own (the export's evaluation), after every report written so far."""
         self.poll()
         with self._lock:
-            self._send(metrics, step)
-
-    def _send(self, metrics: dict[str, float], step: int) -> None:
-        """To every tracker; one that fails (a network error) is warned about once and skipped from
-        then on: training goes on, and metrics.jsonl keeps every value."""
-        for index, tracker in enumerate(self.trackers):
-            if index in self.failed:
-                continue
-            try:
-                tracker.log(metrics, step)
-            except Exception as error:  # whatever the tracker's client raises; training must not stop
-                self.failed.add(index)
-                print(
-                    f"warning: {type(tracker).__name__} stopped logging at step {step}: {error} "
-                    f"(every value stays in metrics.jsonl)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            self.group.log(metrics, step)
 
 
 @dataclass
@@ -298,13 +367,16 @@ class TrackedRun:
 @contextmanager
 def tracking(cfg: Config, run_dir: str) -> Iterator[TrackedRun]:
     """Start the run's trackers (none: nothing happens), forward metrics.jsonl to them while the
-    block runs, and finish them: FINISHED, KILLED if the block set `stopped`, FAILED on an error."""
+    block runs, and finish them: FINISHED, KILLED if the block set `stopped`, FAILED on an error.
+    A tracker that fails after its start is one warning line (TrackerGroup): the block's result,
+    or its own error, is what the caller gets."""
     trackers = build(cfg.output, run_dir)
     if not trackers:
         yield TrackedRun(None)
         return
-    start_all(trackers, cfg.output.name, flat_params(cfg.to_dict()))
-    run = TrackedRun(MetricsFollower(os.path.join(run_dir, "metrics.jsonl"), trackers).start())
+    group = TrackerGroup(trackers)
+    group.start_strict(cfg.output.name, flat_params(cfg.to_dict()))
+    run = TrackedRun(MetricsFollower(os.path.join(run_dir, "metrics.jsonl"), group).start())
     status: Status = "FAILED"
     try:
         yield run
@@ -313,19 +385,13 @@ def tracking(cfg: Config, run_dir: str) -> Iterator[TrackedRun]:
         status = "KILLED"
         raise
     finally:
-        run.follower.stop()
-        for tracker in trackers:
-            tracker.finish(status)
+        stop_following(run.follower)
+        group.finish(status)
 
 
-def start_all(trackers: list[Tracker], run_name: str, params: dict[str, object]) -> None:
-    """Start every tracker; one that cannot (credentials refused, a server error) is a one-line
-    error, after the ones already started are ended FAILED."""
-    for index, tracker in enumerate(trackers):
-        try:
-            tracker.start(run_name, params)
-        except Exception as error:  # whatever the tracker's client raises, as one line
-            for started in trackers[:index]:
-                started.finish("FAILED")
-            lines = str(error).strip().splitlines() or [type(error).__name__]
-            raise UserError(f"{type(tracker).__name__} could not start the run: {lines[0]}") from None
+def stop_following(follower: MetricsFollower) -> None:
+    """The last poll of metrics.jsonl; an unreadable file is a warning (the file keeps every value)."""
+    try:
+        follower.stop()
+    except OSError as error:
+        warn(f"cannot read {follower.path} for the trackers: {first_line(error)}")

@@ -12,9 +12,15 @@ task harder), so trials are ranked by
 - finetune_score, when a trial finishes (metric: finetune): its discriminator fine-tuned briefly on
   a labeled task (electra_ray.finetune), the median of the dev metric over the seeds.
 
-Writes OUT/tune (Tune's experiment: TensorBoard logs, what --resume restores), OUT/trials (each
-trial's pre-training run), OUT/results.csv, OUT/score.png (score against generator size, one line
-per λ) and OUT/best.yaml (the best trial's pre-training config, for `electra_ray.pretrain --config`).
+Writes OUT/tune (Tune's experiment: TensorBoard logs), OUT/trials (each trial's pre-training run),
+OUT/trials.json (each trial's values, status and last report: what --resume continues from),
+OUT/results.csv, OUT/score.png (score against generator size, one line per λ) and OUT/best.yaml
+(the best trial's pre-training config, for `electra_ray.pretrain --config`).
+
+--resume reads only JSON of ours from OUT (sweep.json, trials.json), checked as a config file is:
+never Tune's pickles (Tuner.restore would unpickle OUT/tune/tuner.pkl, which runs code, and an
+s3:// sweep's storage is shared). It runs again the trials that had not ended, each continuing its
+pre-training run from the run's latest checkpoint, and then the trials not yet started.
 OUT may be s3://bucket/prefix (what Tune needs on a multi-node cluster: every node writes there);
 then all of this goes there, and each trial keeps only scratch files (logs, its fine-tune) on the
 node that runs it.
@@ -25,13 +31,15 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import fnmatch
 import itertools
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +49,7 @@ import ray
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 
 from electra_ray import storage, trackers
 from electra_ray.cli import add_config_arguments, output_directory, run_cli, verb_parser
@@ -70,7 +79,16 @@ from electra_ray.tasks import MOVIE_REVIEWS_SOURCES, write_movie_reviews
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")  # {kind: [low, high]} in `space`
 METRICS = {"finetune": "finetune_score", "heldout_auc": "heldout_auc"}
-SWEEP_FILE = "sweep.json"  # in OUT: what --resume continues with
+SWEEP_FILE = "sweep.json"  # in OUT: the sweep's config, what --resume continues with
+RECORD_FILE = "trials.json"  # in OUT: every started trial's name, values, status, last report (TrialRecorder)
+RESUMED = "resumed_trial"  # a resumed session's trial config: an index into SweepSettings.resumed
+SCRATCH_ROOT = "electra-ray-sweeps"  # in each node's temporary directory: s3:// sweeps' scratch
+# Names that --resume accepts from the sweep's files: one path component each, of the form we give.
+SCRATCH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}-[0-9a-f]{12}")
+TRIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+RECORD_STATUSES = ("running", "ended", "error")  # running: started, not ended (--resume runs it again)
+# What Tune adds to every report: not the trial's own values.
+TUNE_KEYS = frozenset(AUTO_RESULT_KEYS) | frozenset(DEBUG_METRICS) | {"done", "checkpoint_dir_name"}
 
 
 @dataclass
@@ -121,6 +139,14 @@ def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
     cfg = SweepConfig()
     given = apply_file_and_overrides(cfg, path, overrides)
     apply_objective_masking(cfg.pretrain, {k.removeprefix("pretrain.") for k in given if k.startswith("pretrain.")})
+    complete_sweep_config(cfg)
+    return cfg
+
+
+def complete_sweep_config(cfg: SweepConfig) -> None:
+    """A sweep's settings as every later step takes them (a new sweep's, or sweep.json's on
+    --resume): the space flattened, distribution bounds as numbers, eval_every set, every error
+    found (check_sweep), and each listed value as the config holds it (typed_space)."""
     cfg.space = flatten_space(cfg.space)
     for key, values in cfg.space.items():
         if isinstance(values, dict) and isinstance(next(iter(values.values())), list):
@@ -132,7 +158,7 @@ def load_sweep_config(path: str | None, overrides: list[str]) -> SweepConfig:
     if cfg.pretrain.train.eval_every == 0:  # every report carries the metric ASHA needs
         cfg.pretrain.train.eval_every = cfg.pretrain.train.log_every
     check_sweep(cfg)
-    return cfg
+    cfg.space = typed_space(cfg)
 
 
 def flatten_space(space: dict, prefix: str = "") -> dict:
@@ -159,6 +185,25 @@ def trial_config(base: dict, params: dict) -> Config:
     return cfg
 
 
+def typed_value(base: dict, key: str, value):
+    """`value` of config key `key` as a trial's config holds it: 1 -> 1.0 for a float key, "1e-3"
+    (YAML 1.1's reading of 1e-3) -> 0.001."""
+    node = trial_config(base, {key: value})
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def typed_space(cfg: SweepConfig) -> dict:
+    """The space with each listed value typed (typed_value): a key's values compare and sort with
+    each other, in the results and the plot, and match what trials.json holds."""
+    base = cfg.pretrain.to_dict()
+    return {
+        key: [typed_value(base, key, value) for value in values] if isinstance(values, list) else values
+        for key, values in cfg.space.items()
+    }
+
+
 def check_sweep(cfg: SweepConfig) -> None:
     """Every error a sweep's settings can hold, before any trial starts: unknown or ill-typed keys,
     values the pre-training config rejects, distributions a grid cannot enumerate."""
@@ -177,6 +222,12 @@ def check_sweep(cfg: SweepConfig) -> None:
     )
     if not cfg.space:
         raise ConfigError("space is empty: name at least one pre-training key to search")
+    if cfg.pretrain.output.local_dir:
+        # Every trial would share it (and remove its finetune/ there): each gets its own instead.
+        raise ConfigError(
+            "pretrain.output.local_dir must be empty in a sweep: each trial gets its own local directory "
+            "(OUT/trials/<trial>, or a scratch directory for an s3:// sweep)"
+        )
     if cfg.metric == "heldout_auc" or cfg.asha:
         if cfg.pretrain.train.objective != "electra":
             raise ConfigError("a sweep ranks discriminators: pretrain.train.objective must be electra")
@@ -212,6 +263,19 @@ def check_sweep(cfg: SweepConfig) -> None:
                 raise ConfigError(f"space.{key} = {value!r}: {key} must be {error.allowed}") from None
             except ConfigError as error:
                 raise ConfigError(f"space.{key} = {value!r}: {error}") from None
+        if isinstance(cfg.space[key], dict):
+            check_distribution_fits(key, kind, type(typed_value(base, key, values[0])))
+
+
+def check_distribution_fits(key: str, kind: str, field_type: type) -> None:
+    """A distribution draws numbers a trial's config takes as they come: uniform and loguniform
+    draw fractions, which an integer key refuses, and no distribution draws text, flags or lists.
+    (Found now, not when every trial fails.)"""
+    if field_type is bool or field_type not in (int, float):
+        kind_name = field_type.__name__
+        raise ConfigError(f"space.{key}: {kind} draws numbers, {key} takes {kind_name}: give a list of values")
+    if field_type is int and kind != "randint":
+        raise ConfigError(f"space.{key}: {kind} draws fractions, {key} takes whole numbers: use randint")
 
 
 def expected_trials(cfg: SweepConfig) -> int:
@@ -231,7 +295,9 @@ def param_space(cfg: SweepConfig) -> dict:
     return space
 
 
-def search_algorithm(cfg: SweepConfig):
+def search_algorithm(cfg: SweepConfig, evaluated: list[TrialRecord] | None = None):
+    """Tune's search of param_space; for optuna, told the trials that `evaluated` ended (a resumed
+    sweep's: their values and last heldout_auc, the metric it optimizes)."""
     if cfg.search != "optuna":
         return None  # Tune's default: grid / random sampling of param_space
     try:  # here: optuna is an optional dependency (the `tune` extra), needed by this search only
@@ -240,7 +306,15 @@ def search_algorithm(cfg: SweepConfig):
         raise UserError(
             "search: optuna needs the optuna package (pip install optuna, or pip install -e '.[tune]')"
         ) from None
-    return OptunaSearch(seed=cfg.pretrain.train.seed)
+    known = [r for r in evaluated or [] if r.status == "ended" and math.isfinite(r.result.get("heldout_auc", math.nan))]
+    if not known:
+        return OptunaSearch(seed=cfg.pretrain.train.seed)
+    return OptunaSearch(
+        # Another seed than the first session's: its first draws would repeat the first session's.
+        seed=cfg.pretrain.train.seed + len(evaluated),
+        points_to_evaluate=[dict(r.params) for r in known],
+        evaluated_rewards=[r.result["heldout_auc"] for r in known],
+    )
 
 
 # -- a trial -------------------------------------------------------------------------------------
@@ -248,7 +322,9 @@ def search_algorithm(cfg: SweepConfig):
 
 @dataclass
 class SweepSettings:
-    """What every trial gets besides its own values; sweep.json keeps it for --resume."""
+    """What every trial gets besides its own values. sweep.json keeps it, for reading; --resume
+    derives it again from the sweep's config and the --resume path (sweep_settings), taking only
+    `scratch` from the file, after checking it."""
 
     pretrain: dict  # the trials' pre-training config (Config.to_dict()), before their `space` values
     out: str  # the sweep's output directory
@@ -258,14 +334,37 @@ class SweepSettings:
     threads: int = 0  # torch threads per worker on a single-node Ray (set at each start)
     concurrent: int = 0  # SweepConfig.max_concurrent_trials
     scratch: str = ""  # s3:// sweeps: names each node's scratch directory for the trials' local files
+    resumed: list = field(default_factory=list)  # a resumed session's trials: {"name", "params"} each
 
 
-def run_trial(params: dict, settings: SweepSettings) -> None:
+@dataclass
+class TrialRecord:
+    """One started trial, as OUT/trials.json keeps it."""
+
+    name: str  # its pre-training run: OUT/trials/<name>
+    params: dict  # its values of the space's keys
+    status: str = "running"  # RECORD_STATUSES: ended is finished or stopped by ASHA
+    result: dict = field(default_factory=dict)  # the numbers of its last report (step, heldout_auc, ...)
+    error: str = ""  # status error: the last line of the trial's error
+
+
+def trial_identity(config: dict, resumed: list[dict], default_name: str) -> tuple[str, dict]:
+    """A trial's name and values. A new trial's config is its values, its name Tune's; a resumed
+    session's trial config names its entry of SweepSettings.resumed (a name, or "" for a trial
+    not started before: then Tune's)."""
+    if RESUMED in config:
+        entry = resumed[config[RESUMED]]
+        return entry["name"] or default_name, dict(entry["params"])
+    return default_name, dict(config)
+
+
+def run_trial(config: dict, settings: SweepSettings) -> None:
     """One trial: pre-train with the trial's values, every report forwarded to Tune; then, for
     metric=finetune, export the discriminator, fine-tune it, and report finetune_score."""
+    name, params = trial_identity(config, settings.resumed, tune.get_context().get_trial_name())
     cfg = trial_config(settings.pretrain, params)
     cfg.output.dir = storage.join(settings.out, "trials")
-    cfg.output.name = tune.get_context().get_trial_name()  # the same after Tuner.restore: the run resumes
+    cfg.output.name = name  # a resumed trial's own: its run continues from its latest checkpoint
     if storage.is_remote(settings.out):
         cfg.output.local_dir = trial_scratch(settings, cfg.output.name)
     result = pretrain(cfg, export_and_evaluate=False, callbacks=(TuneReportCallback(),), threads=settings.threads)
@@ -278,7 +377,7 @@ def run_trial(params: dict, settings: SweepSettings) -> None:
     ft.model = export(result.checkpoint, os.path.join(run_dir, "export"), overwrite=True)  # the trial's own
     ft.train, ft.eval = settings.task_files
     ft.num_workers, ft.out = 0, os.path.join(run_dir, "finetune")
-    shutil.rmtree(ft.out, ignore_errors=True)  # an earlier attempt's (restored trial): this trial wrote it
+    shutil.rmtree(ft.out, ignore_errors=True)  # an earlier attempt's (resumed trial): this trial wrote it
     # A task of its own: the trial function holds no GPU (and almost no CPU) of its own.
     metrics = ray.get(finetune_task(ft))
     stats = metrics["summary"][metrics["metric"]]
@@ -290,11 +389,21 @@ def run_trial(params: dict, settings: SweepSettings) -> None:
     )
 
 
+def scratch_root() -> str:
+    return os.path.join(tempfile.gettempdir(), SCRATCH_ROOT)
+
+
 def trial_scratch(settings: SweepSettings, trial: str) -> str:
     """An s3:// sweep's local directory for a trial's logs, export and fine-tune, on the node that
-    runs it: the same path after an interruption (a restored trial's run reads its metrics.jsonl
+    runs it: the same path after an interruption (a resumed trial's run reads its metrics.jsonl
     again), a new one for each sweep."""
-    return os.path.join(tempfile.gettempdir(), "electra-ray-sweeps", settings.scratch, trial)
+    return os.path.join(scratch_root(), settings.scratch, trial)
+
+
+def new_scratch(out: str) -> str:
+    """A new s3:// sweep's scratch name: the prefix's last part, made a safe name, and a random suffix."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(out)).lstrip(".-")[:64] or "sweep"
+    return f"{readable}-{os.urandom(6).hex()}"
 
 
 def keep_trial_records(cfg: Config, export_dir: str = "", finetune_metrics: dict | None = None) -> None:
@@ -309,6 +418,257 @@ def keep_trial_records(cfg: Config, export_dir: str = "", finetune_metrics: dict
         storage.write_text(storage.join(cfg.run_dir, "finetune.json"), json.dumps(finetune_metrics, indent=1))
 
 
+# -- what the driver keeps of the trials ---------------------------------------------------------
+
+
+def reported_numbers(result: dict) -> dict[str, float]:
+    """The numbers a trial reported (step included), without what Tune adds to every report."""
+    return {
+        key: value
+        for key, value in result.items()
+        if key not in TUNE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def trial_error(trial) -> str:
+    """The last line of a failed trial's error, from Tune's text file (error.txt) beside the trial;
+    never its pickled copy."""
+    try:
+        with open(trial.error_file) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+    except (OSError, TypeError):  # no file (TypeError: no path)
+        return "error"
+    return lines[-1].strip()[:300] if lines else "error"
+
+
+def write_json(path: str, value) -> None:
+    """A JSON file a crash never leaves half written: locally a new file renamed into place; on
+    S3 one PUT, which is atomic."""
+    text = json.dumps(value, indent=1)
+    if storage.is_remote(path):
+        storage.write_text(path, text)
+        return
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def write_records(out: str, records: list[TrialRecord]) -> None:
+    write_json(storage.join(out, RECORD_FILE), {"trials": [dataclasses.asdict(r) for r in records]})
+
+
+class TrialRecorder(tune.Callback):
+    """Keeps OUT/trials.json from the driver: a trial's name and values when it starts, its last
+    report and status when it ends (ended: finished, or stopped by ASHA; error). A trial still
+    `running` there when the sweep stops (Ctrl-C, a crash) is what --resume runs again."""
+
+    def __init__(self, out: str, records: list[TrialRecord], resumed: list[dict]):
+        self.out, self.resumed = out, resumed
+        self.records = {record.name: record for record in records}
+        self.names: dict[str, str] = {}  # Tune's trial id -> our name
+
+    def record(self, trial) -> TrialRecord:
+        if trial.trial_id not in self.names:
+            name, params = trial_identity(trial.config, self.resumed, str(trial))
+            self.names[trial.trial_id] = name
+            self.records.setdefault(name, TrialRecord(name, params))
+        return self.records[self.names[trial.trial_id]]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        record = self.record(trial)
+        record.status, record.error = "running", ""
+        self.save()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.record(trial).result = reported_numbers(result)  # written when the trial ends
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # Tune calls this for a trial that returned or that ASHA stopped, not for one stopped by Ctrl-C.
+        self.record(trial).status = "ended"
+        self.save()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        record = self.record(trial)
+        record.status, record.error = "error", trial_error(trial)
+        self.save()
+
+    def save(self) -> None:
+        write_records(self.out, list(self.records.values()))
+
+
+class TrialTrackers(tune.Callback):
+    """MLflow and W&B for a sweep's trials (pretrain.output.trackers), from this, the driver's,
+    process: one tracker run per trial, named as its pre-training run, with its whole pre-training
+    config as params and every report at its step. The credentials (WANDB_API_KEY,
+    MLFLOW_TRACKING_TOKEN, ...) stay in the driver's environment: Ray's WandbLoggerCallback would
+    copy WANDB_API_KEY into its logging actor's runtime_env, which the Ray dashboard and the State
+    API show to anyone who can reach them. A tracker that fails is one warning line (TrackerGroup):
+    the sweep goes on."""
+
+    def __init__(self, output: OutputConfig, base: dict, resumed: list[dict], directory: str, max_steps: int):
+        self.output, self.base, self.resumed = output, base, resumed
+        self.directory, self.max_steps = directory, max_steps
+        self.groups: dict[str, trackers.TrackerGroup] = {}  # Tune's trial id -> its trackers
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        name, params = trial_identity(trial.config, self.resumed, str(trial))
+        group = trackers.TrackerGroup(trackers.build(self.output, self.directory), kept="the sweep's tune/ directory")
+        group.start(name, trackers.flat_params(trial_config(self.base, params).to_dict()))
+        self.groups[trial.trial_id] = group
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        group = self.groups.get(trial.trial_id)
+        numbers = reported_numbers(result)
+        if group is not None and isinstance(numbers.get("step"), int):
+            group.log(trackers.numeric(numbers), numbers["step"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        step = reported_numbers(trial.last_result).get("step", 0)
+        self.finish(trial.trial_id, "FINISHED" if step >= self.max_steps else "KILLED")  # KILLED: by ASHA
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.finish(trial.trial_id, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        for trial_id in list(self.groups):  # still running: the sweep was interrupted
+            self.finish(trial_id, "KILLED")
+
+    def finish(self, trial_id: str, status: trackers.Status) -> None:
+        group = self.groups.pop(trial_id, None)
+        if group is not None:
+            group.finish(status)
+
+
+def tracker_callbacks(output: OutputConfig, settings: SweepSettings, max_steps: int) -> list[tune.Callback]:
+    """The sweep's MLflow / W&B callback (TrialTrackers) if pretrain.output.trackers names one.
+    W&B writes its files into OUT/wandb, or for an s3:// sweep into the current directory (unless
+    WANDB_DIR says otherwise)."""
+    if not trackers.external(output):
+        return []
+    directory = os.getcwd() if storage.is_remote(settings.out) else settings.out
+    return [TrialTrackers(output, settings.pretrain, settings.resumed, directory, max_steps)]
+
+
+# -- reading a sweep's files back (--resume): data, checked -----------------------------------------
+
+
+def refuse(resume: str, problem: str) -> UserError:
+    return UserError(f"cannot resume {resume}: {problem}")
+
+
+def read_sweep_json(path: str, resume: str):
+    """A JSON file of the sweep, parsed (and nothing else: no pickle, no code)."""
+    name = os.path.basename(path)
+    if not storage.exists(path):
+        raise refuse(resume, f"no {name} there (is it a directory of electra_ray.tune?)")
+    try:
+        return json.loads(storage.read_text(path))
+    except ValueError as error:  # UnicodeDecodeError included
+        raise refuse(resume, f"its {name} is not readable JSON ({error})") from None
+
+
+def saved_sweep_config(saved, out: str, resume: str) -> SweepConfig:
+    """The sweep's config from sweep.json, checked as a sweep file given on the command line is."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("sweep"), dict):
+        raise refuse(resume, f"its {SWEEP_FILE} is not a sweep's (no 'sweep' section)")
+    cfg = SweepConfig()
+    try:
+        apply_values(cfg, saved["sweep"])
+        complete_sweep_config(cfg)
+    except ConfigError as error:
+        raise refuse(resume, f"its {SWEEP_FILE} is refused: {error}") from None
+    cfg.out = out  # where it is now: a moved sweep reads and writes its new place
+    return cfg
+
+
+def saved_scratch(saved: dict, out: str, resume: str) -> str:
+    """sweep.json's scratch name, used only if it is one we give (new_scratch): a single name under
+    the scratch root, never a path (the sweep removes that directory at its end)."""
+    settings = saved.get("settings")
+    scratch = settings.get("scratch", "") if isinstance(settings, dict) else ""
+    if not isinstance(scratch, str) or (scratch and not SCRATCH_NAME.fullmatch(scratch)):
+        raise refuse(
+            resume,
+            f"its {SWEEP_FILE} names the scratch directory {scratch!r}, which electra_ray.tune never "
+            f"writes (a name like sweep-0123456789ab): was the file changed?",
+        )
+    if not storage.is_remote(out):
+        return ""  # a local sweep's trials write into OUT itself
+    return scratch or new_scratch(out)
+
+
+def read_records(out: str, cfg: SweepConfig, resume: str = "") -> list[TrialRecord]:
+    """OUT/trials.json, every entry checked: a name we give, values of the sweep's space, a status,
+    numbers; and no more trials than the sweep has."""
+    resume = resume or out
+    saved = read_sweep_json(storage.join(out, RECORD_FILE), resume)
+    entries = saved.get("trials") if isinstance(saved, dict) else None
+    if not isinstance(entries, list):
+        raise refuse(resume, f"its {RECORD_FILE} is not a list of trials")
+    records = [record_from(entry, cfg, f"{RECORD_FILE} entry {index}", resume) for index, entry in enumerate(entries)]
+    if len({r.name for r in records}) < len(records):
+        raise refuse(resume, f"its {RECORD_FILE} names a trial twice")
+    if len(records) > expected_trials(cfg) or (cfg.search == "grid" and missing_grid_points(cfg, records) is None):
+        raise refuse(resume, f"its {RECORD_FILE} holds trials that the sweep's space does not")
+    return records
+
+
+def record_from(entry, cfg: SweepConfig, where: str, resume: str) -> TrialRecord:
+    fields = {f.name for f in dataclasses.fields(TrialRecord)}
+    if not isinstance(entry, dict) or set(entry) != fields:
+        raise refuse(resume, f"{where} is not a trial's record (keys: {', '.join(sorted(fields))})")
+    record = TrialRecord(**entry)
+    if not isinstance(record.name, str) or not TRIAL_NAME.fullmatch(record.name):
+        raise refuse(resume, f"{where}: {record.name!r} is not a trial name electra_ray.tune gives")
+    if record.status not in RECORD_STATUSES or not isinstance(record.error, str):
+        raise refuse(resume, f"{where}: status must be one of {list(RECORD_STATUSES)}, error a text")
+    if not isinstance(record.result, dict) or reported_numbers(record.result) != record.result:
+        raise refuse(resume, f"{where}: result must map names to numbers")
+    check_params(record.params, cfg, where, resume)
+    record.error = record.error[:300]
+    return record
+
+
+def check_params(params, cfg: SweepConfig, where: str, resume: str) -> None:
+    """A recorded trial's values: exactly the space's keys, each a value of the space."""
+    if not isinstance(params, dict) or set(params) != set(cfg.space):
+        raise refuse(resume, f"{where}: params must give exactly the searched keys {sorted(cfg.space)}")
+    for key, value in params.items():
+        values = cfg.space[key]
+        if isinstance(values, list):
+            inside = value in values
+        else:
+            ((kind, (low, high)),) = values.items()
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            inside = number and low <= value <= high and (kind != "randint" or isinstance(value, int))
+        if not inside:
+            raise refuse(resume, f"{where}: {key} = {value!r} is not in the sweep's space")
+
+
+def grid_points(cfg: SweepConfig) -> list[dict]:
+    """Every trial of a grid, as Tune's grid search makes them: each combination, num_samples times."""
+    combinations = [dict(zip(cfg.space, values)) for values in itertools.product(*cfg.space.values())]
+    return combinations * cfg.num_samples
+
+
+def point_key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def missing_grid_points(cfg: SweepConfig, records: list[TrialRecord]) -> list[dict] | None:
+    """The grid's trials that no record holds (a trial started before counts once); None if the
+    records hold a point more often than the grid does."""
+    left = Counter(point_key(r.params) for r in records)
+    missing = []
+    for point in grid_points(cfg):
+        if left[point_key(point)]:
+            left[point_key(point)] -= 1
+        else:
+            missing.append(point)
+    return None if +left else missing
+
+
 # -- the sweep -----------------------------------------------------------------------------------
 
 
@@ -321,20 +681,59 @@ class SweepResult:
     interrupted: bool  # stopped before every trial ended: continue with --resume OUT
 
 
+@dataclass
+class Session:
+    """What one Tuner runs: named trials (SweepSettings.resumed), or trials the search draws."""
+
+    resumed: list[dict] = field(default_factory=list)  # {"name": ... ("": a new trial), "params": ...}
+    searched: int = 0  # Tune's num_samples over param_space (a grid: its repeats)
+
+
 def sweep(cfg: SweepConfig | None = None, resume: str = "") -> SweepResult:
     """Run a sweep (or continue the one in directory `resume`) and summarize it."""
-    cfg, settings = resume_sweep(resume) if resume else new_sweep(cfg)
-    concurrent, settings.threads = start_ray(cfg.pretrain.scaling, settings.concurrent)
+    if resume:
+        cfg, settings, records = resume_sweep(resume)
+        sessions = resume_sessions(cfg, records)
+    else:
+        cfg, settings = new_sweep(cfg)
+        records, sessions = [], [Session(searched=cfg.num_samples)]
+    if sessions:
+        concurrent, settings.threads = start_ray(cfg.pretrain.scaling, settings.concurrent)
+    for session in sessions:
+        records = run_session(cfg, settings, session, records, concurrent)
+        if any(record.status == "running" for record in records):
+            break  # interrupted: the next session waits for --resume
+    return summarize(cfg, settings, records)
+
+
+def resume_sessions(cfg: SweepConfig, records: list[TrialRecord]) -> list[Session]:
+    """What --resume runs: first the trials that had not ended (by name: each continues its run from
+    its latest checkpoint), then the trials not started yet (a grid's by value, with the first;
+    random's and optuna's drawn, optuna told the trials that ended). Nothing: only the summary."""
+    again = [{"name": r.name, "params": r.params} for r in records if r.status != "ended"]
+    if cfg.search == "grid":
+        new = [{"name": "", "params": point} for point in missing_grid_points(cfg, records) or []]
+        return [Session(resumed=again + new)] if again or new else []
+    sessions = [Session(resumed=again)] if again else []
+    if len(records) < cfg.num_samples:
+        sessions.append(Session(searched=cfg.num_samples - len(records)))
+    return sessions
+
+
+def run_session(
+    cfg: SweepConfig, settings: SweepSettings, session: Session, records: list[TrialRecord], concurrent: int
+) -> list[TrialRecord]:
+    """One Tuner over `session`'s trials, into OUT/tune; returns trials.json as it left it."""
+    settings.resumed = session.resumed
     # The trial function itself holds (almost) nothing; its TorchTrainer asks for the workers.
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"CPU": 0.01})
     experiment, filesystem = experiment_storage(settings.out)
-    if resume:
-        tuner = tune.Tuner.restore(
-            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
-        )
-    else:
-        tuner = new_tuner(cfg, trainable, experiment, concurrent, filesystem)
-    return summarize(tuner.fit(), cfg, settings)
+    callbacks = [
+        TrialRecorder(settings.out, records, session.resumed),
+        *tracker_callbacks(cfg.pretrain.output, settings, cfg.pretrain.train.max_steps),
+    ]
+    new_tuner(cfg, trainable, experiment, concurrent, filesystem, session, records, callbacks).fit()
+    return read_records(settings.out, cfg)
 
 
 def experiment_storage(out: str) -> tuple[str, pafs.FileSystem | None]:
@@ -348,31 +747,47 @@ def experiment_storage(out: str) -> tuple[str, pafs.FileSystem | None]:
     return inner, filesystem
 
 
-def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SweepSettings]:
-    """A new sweep's directory, with the tokenizer every trial shares (so that heldout_auc sees
-    the same text), the task files of metric=finetune, and sweep.json."""
-    out = cfg.out.rstrip("/") if storage.is_remote(cfg.out) else output_directory(cfg.out, "sweep")
-    trackers.check(cfg.pretrain.output)  # before anything is written or Ray starts
-    check_new_output(out)
+def base_config(cfg: SweepConfig, out: str) -> Config:
+    """The trials' pre-training config before their values: in OUT, without MLflow and W&B, which
+    follow the trials from this driver (TrialTrackers): a trial's own run would log twice, from a
+    process without the driver's credentials."""
     base = copy.deepcopy(cfg.pretrain)
     base.output.dir, base.output.name = out, "shared"
-    # MLflow and W&B follow the trials through Tune's callbacks, on this driver (tracker_callbacks):
-    # a trial's own run would log twice, from a process without the driver's credentials.
     base.output.trackers = [name for name in base.output.trackers if name not in trackers.EXTERNAL]
-    sweep_tokenizer(base, out)
-    settings = SweepSettings(
+    return base
+
+
+def task_paths(out: str) -> list[str]:
+    """Where task_files writes the (train, dev) files of metric=finetune."""
+    return [storage.join(out, "data", name) for name in ("train.parquet", "dev.parquet")]
+
+
+def sweep_settings(cfg: SweepConfig, base: Config, out: str, scratch: str) -> SweepSettings:
+    return SweepSettings(
         pretrain=base.to_dict(),
         out=out,
         metric=cfg.metric,
         finetune=dataclasses.asdict(cfg.finetune),
+        task_files=task_paths(out) if cfg.metric == "finetune" else [],
         concurrent=cfg.max_concurrent_trials,
+        scratch=scratch,
     )
-    if storage.is_remote(out):
-        settings.scratch = f"{os.path.basename(out)}-{os.urandom(6).hex()}"
+
+
+def new_sweep(cfg: SweepConfig) -> tuple[SweepConfig, SweepSettings]:
+    """A new sweep's directory, with the tokenizer every trial shares (so that heldout_auc sees
+    the same text), the task files of metric=finetune, sweep.json and an empty trials.json."""
+    out = cfg.out.rstrip("/") if storage.is_remote(cfg.out) else output_directory(cfg.out, "sweep")
+    trackers.check(cfg.pretrain.output)  # before anything is written or Ray starts
+    check_new_output(out)
+    base = base_config(cfg, out)
+    sweep_tokenizer(base, out)
     if cfg.metric == "finetune":
-        settings.task_files = task_files(cfg, out)
+        task_files(cfg, out)
+    settings = sweep_settings(cfg, base, out, new_scratch(out) if storage.is_remote(out) else "")
     saved = {"sweep": dataclasses.asdict(cfg), "settings": dataclasses.asdict(settings)}
     storage.write_text(storage.join(out, SWEEP_FILE), json.dumps(saved, indent=1))
+    write_records(out, [])
     return cfg, settings
 
 
@@ -423,16 +838,25 @@ def upload_file(path: str, url: str) -> None:
         storage.s3_client().upload_file(path, bucket, key)
 
 
-def resume_sweep(resume: str) -> tuple[SweepConfig, SweepSettings]:
-    """The config and settings of the sweep in directory `resume`, as its sweep.json saved them."""
+def resume_sweep(resume: str) -> tuple[SweepConfig, SweepSettings, list[TrialRecord]]:
+    """The sweep in directory `resume`: its config from sweep.json and its trials from trials.json,
+    both parsed as data and checked (no pickle is read: see the module's docstring); the settings
+    derived again for where the sweep is now (a moved sweep's files stay in their new place)."""
     out = resume.rstrip("/") if storage.is_remote(resume) else os.path.abspath(resume)
     storage.check(out)
-    if not storage.exists(storage.join(out, SWEEP_FILE)):
-        raise UserError(f"cannot resume {resume}: no {SWEEP_FILE} there (is it a directory of electra_ray.tune?)")
-    saved = json.loads(storage.read_text(storage.join(out, SWEEP_FILE)))
-    cfg = SweepConfig()
-    apply_values(cfg, saved["sweep"])
-    return cfg, SweepSettings(**saved["settings"])
+    saved = read_sweep_json(storage.join(out, SWEEP_FILE), resume)
+    cfg = saved_sweep_config(saved, out, resume)
+    scratch = saved_scratch(saved, out, resume)
+    records = read_records(out, cfg, resume)
+    trackers.check(cfg.pretrain.output)  # before Ray starts
+    base = base_config(cfg, out)
+    if not base.data.tokenizer:  # the sweep trained one into OUT/tokenizer (sweep_tokenizer)
+        base.data.tokenizer = storage.join(out, "tokenizer")
+    settings = sweep_settings(cfg, base, out, scratch)
+    for path in [base.data.tokenizer, *settings.task_files]:
+        if not storage.exists(path):
+            raise refuse(resume, f"{path} is missing (the sweep wrote it at its start)")
+    return cfg, settings, records
 
 
 def start_ray(scaling: ScalingConfig, concurrent: int) -> tuple[int, int]:
@@ -452,10 +876,20 @@ def start_ray(scaling: ScalingConfig, concurrent: int) -> tuple[int, int]:
 
 
 def new_tuner(
-    cfg: SweepConfig, trainable, experiment: str, concurrent: int, filesystem: pafs.FileSystem | None = None
+    cfg: SweepConfig,
+    trainable,
+    experiment: str,
+    concurrent: int,
+    filesystem: pafs.FileSystem | None = None,
+    session: Session | None = None,
+    records: list[TrialRecord] | None = None,
+    callbacks: list[tune.Callback] | None = None,
 ) -> tune.Tuner:
-    """The Tuner of a new sweep: its search, ASHA on heldout_auc, `concurrent` trials at a time (0:
-    no limit); the experiment at `experiment` (experiment_storage: in `filesystem` if given)."""
+    """The Tuner of one session (default: a new sweep's): its search, or its named trials; ASHA on
+    heldout_auc, `concurrent` trials at a time (0: no limit); the experiment at `experiment`
+    (experiment_storage: in `filesystem` if given). A resumed session writes into the same
+    experiment directory, its trials under new directories of their own."""
+    session = session or Session(searched=cfg.num_samples)
     scheduler = None
     if cfg.asha:
         grace = cfg.grace_period or max(1, cfg.pretrain.train.max_steps // 4)
@@ -468,15 +902,19 @@ def new_tuner(
             reduction_factor=cfg.reduction_factor,
             stop_last_trials=False,
         )
+    if session.resumed:
+        space, search, samples = {RESUMED: tune.grid_search(list(range(len(session.resumed))))}, None, 1
+    else:
+        space, search, samples = param_space(cfg), search_algorithm(cfg, records), session.searched
     return tune.Tuner(
         trainable,
-        param_space=param_space(cfg),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric="heldout_auc",
             mode="max",
             scheduler=scheduler,
-            search_alg=search_algorithm(cfg),
-            num_samples=cfg.num_samples,
+            search_alg=search,
+            num_samples=samples,
             max_concurrent_trials=concurrent or None,
         ),
         run_config=tune.RunConfig(
@@ -484,34 +922,16 @@ def new_tuner(
             storage_path=os.path.dirname(experiment),
             storage_filesystem=filesystem,
             verbose=1,
-            callbacks=tracker_callbacks(cfg.pretrain.output),
+            callbacks=callbacks,
         ),
     )
 
 
-def tracker_callbacks(output: OutputConfig) -> list:
-    """Tune's own MLflow / W&B loggers for the trackers of pretrain.output.trackers: one tracker
-    run per trial, with the trial's searched values as params and every report as metrics. They
-    run in this (the driver's) process; credentials come from its environment (trackers.py)."""
-    callbacks = []
-    if "mlflow" in output.trackers:  # here: optional packages, imported only when asked for
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-        # tracking_uri None: MLflow reads MLFLOW_TRACKING_URI itself, so the URI is not pickled with the experiment.
-        uri = output.mlflow_tracking_uri or None
-        callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=trackers.mlflow_experiment(output)))
-    if "wandb" in output.trackers:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
-        callbacks.append(WandbLoggerCallback(project=trackers.wandb_project(output)))
-    return callbacks
-
-
-def summarize(grid, cfg: SweepConfig, settings: SweepSettings) -> SweepResult:
+def summarize(cfg: SweepConfig, settings: SweepSettings, records: list[TrialRecord]) -> SweepResult:
     """The trials' rows; unless the sweep was interrupted, ranked and written: results.csv,
     score.png and best.yaml."""
     out = settings.out
-    rows = trial_rows(grid, cfg)
+    rows = trial_rows(records, cfg)
     interrupted = len(rows) < expected_trials(cfg) or any(row["status"] == "unfinished" for row in rows)
     if interrupted:
         print(
@@ -526,9 +946,27 @@ def summarize(grid, cfg: SweepConfig, settings: SweepSettings) -> SweepResult:
         plot_scores(rows, cfg, os.path.join(directory, "score.png"))
         if best is not None:
             write_best_config(best, settings.pretrain, cfg, os.path.join(directory, "best.yaml"), out)
-    if storage.is_remote(out) and settings.scratch:  # this node's scratch: the trials published their files
-        shutil.rmtree(trial_scratch(settings, ""), ignore_errors=True)
+    remove_scratch(settings)  # this node's: the trials published their files
     return SweepResult(out, cfg, rows, best, interrupted=False)
+
+
+def remove_scratch(settings: SweepSettings) -> None:
+    """An s3:// sweep's scratch directory on this node, and nothing else: a name of ours (never a
+    path), directly under the scratch root, which must be this user's directory and no link (the
+    temporary directory is shared with other users)."""
+    if not storage.is_remote(settings.out) or not settings.scratch:
+        return
+    root, target = scratch_root(), trial_scratch(settings, "").rstrip(os.sep)
+    if not SCRATCH_NAME.fullmatch(settings.scratch) or os.path.dirname(target) != root:
+        raise UserError(f"refusing to remove {target}: not a scratch directory of electra_ray.tune")
+    try:
+        owned = os.lstat(root).st_uid == os.getuid() and not os.path.islink(root)
+    except FileNotFoundError:
+        return  # no trial ran on this node
+    if not owned or os.path.realpath(os.path.dirname(target)) != os.path.realpath(root):
+        print(f"warning: not removing {target}: {root} is a link or another user's", file=sys.stderr, flush=True)
+        return
+    shutil.rmtree(target, ignore_errors=True)  # rmtree refuses a link itself: it removes nothing then
 
 
 @contextmanager
@@ -544,52 +982,48 @@ def results_directory(out: str) -> Iterator[str]:
             upload_file(os.path.join(local, name), storage.join(out, name))
 
 
-def trial_rows(grid, cfg: SweepConfig) -> list[dict]:
+def trial_rows(records: list[TrialRecord], cfg: SweepConfig) -> list[dict]:
     """One row per trial: its values, its last report, and how it ended."""
     max_steps = cfg.pretrain.train.max_steps
     rows = []
-    saved = saved_statuses(grid.experiment_path, grid.filesystem)
-    # The ResultGrid has no per-trial status; its experiment analysis holds the trials it was built from.
-    for trial, result in zip(grid._experiment_analysis.trials, grid):
-        metrics = result.metrics or {}
-        step = metrics.get("step", 0)
-        trial_status = saved.get(trial.trial_id, trial.status)
-        if trial_status == "ERROR":
+    for record in records:
+        result = record.result
+        step = result.get("step", 0)
+        if record.status == "error":
             status = "error"
-        elif trial_status != "TERMINATED":
+        elif record.status == "running":
             status = "unfinished"  # interrupted: --resume continues it
-        elif step >= max_steps and (cfg.metric != "finetune" or "finetune_score" in metrics):
+        elif step >= max_steps and (cfg.metric != "finetune" or "finetune_score" in result):
             status = "finished"
         else:
             status = "stopped by ASHA"
         rows.append(
             {
-                "trial": trial.trial_id,
-                **{key: trial.config[key] for key in cfg.space},
+                "trial": record.name,
+                **{key: record.params[key] for key in cfg.space},
                 "status": status,
                 "step": step,
-                "heldout_auc": metrics.get("heldout_auc", math.nan),
-                "finetune_score": metrics.get("finetune_score", math.nan),
-                "finetune_std": metrics.get("finetune_std", math.nan),
-                "error": str(result.error or "").strip().splitlines()[-1][:300] if result.error else "",
+                "heldout_auc": result.get("heldout_auc", math.nan),
+                "finetune_score": result.get("finetune_score", math.nan),
+                "finetune_std": result.get("finetune_std", math.nan),
+                "error": record.error,
             }
         )
-    return sorted(rows, key=lambda row: [row[key] for key in cfg.space])
+    return sorted(rows, key=lambda row: [order_key(row[key]) for key in cfg.space])
 
 
-def saved_statuses(experiment_dir: str, filesystem: pafs.FileSystem | None = None) -> dict[str, str]:
-    """Trial id -> status as Tune last saved the experiment (in `filesystem`: the ResultGrid's, S3
-    for an s3:// sweep). After Ctrl-C the trials in memory are all stopped (TERMINATED), while the
-    saved state, which Tuner.restore continues from, still says which were RUNNING or PENDING."""
-    filesystem = filesystem or pafs.LocalFileSystem()
-    entries = filesystem.get_file_info(pafs.FileSelector(experiment_dir, allow_not_found=True))
-    # One file per session (named by its start time): the newest session's is the latest state.
-    states = sorted(e.path for e in entries if fnmatch.fnmatch(e.base_name, "experiment_state-*.json"))
-    if not states:
-        return {}
-    with filesystem.open_input_stream(states[-1]) as f:
-        trials = [json.loads(state) if isinstance(state, str) else state for state, _ in json.load(f)["trial_data"]]
-    return {trial["trial_id"]: trial["status"] for trial in trials}
+def order_key(value) -> tuple:
+    """Sorts any values of a space's key: numbers by size, anything else (text, lists) by its text."""
+    if isinstance(value, (int, float)):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def format_value(value) -> str:
+    """A value of a searched key as labels and headers show it: numbers short (0.333), the rest as it is."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def score(row: dict, metric: str) -> float:
@@ -641,37 +1075,55 @@ def format_table(rows: list[dict], cfg: SweepConfig) -> str:
     return markdown_table(columns, ([cell(row[c]) for c in columns] for row in ordered))
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def x_positions(rows: list[dict], x_key: str) -> tuple[dict[str, float], list[str]]:
+    """Where each value of the plot's x key goes (by its text, format_value): the number itself if
+    every value is one, else 0, 1, 2, ... in order (text, lists: one tick each). Returns the
+    positions and, for the latter, the tick labels."""
+    values = sorted({format_value(r[x_key]): r[x_key] for r in rows}.items(), key=lambda item: order_key(item[1]))
+    if all(is_number(value) for _, value in values):
+        return {text: value for text, value in values}, []
+    return {text: index for index, (text, _) in enumerate(values)}, [text for text, _ in values]
+
+
 def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
     """Score against generator size (or the first searched key), one line per λ (or the second
-    key); trials ASHA stopped are drawn hollow at their last heldout_auc."""
+    key); trials ASHA stopped are drawn hollow at their last heldout_auc. Any key may be text
+    (train.optimizer): its values are ticks of their own."""
     plt = pyplot()
     keys = list(cfg.space)
     x_key = "model.generator_size" if "model.generator_size" in keys else keys[0]
     others = [k for k in keys if k != x_key]
     line_key = "train.rtd_weight" if "train.rtd_weight" in others else (others[0] if others else None)
+    positions, ticks = x_positions(rows, x_key)
+
+    def x(row: dict) -> float:
+        return positions[format_value(row[x_key])]
+
     panels = ["heldout_auc"] + (["finetune_score"] if cfg.metric == "finetune" else [])
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for axis, metric in zip(axes[0], panels):
         groups = itertools.groupby(
-            sorted(rows, key=lambda r: (r[line_key] if line_key else 0, r[x_key])),
-            key=lambda r: r[line_key] if line_key else None,
+            sorted(rows, key=lambda r: (order_key(r[line_key]) if line_key else (), order_key(r[x_key]))),
+            key=lambda r: format_value(r[line_key]) if line_key else None,
         )
         for value, group in groups:
             group = [r for r in group if not math.isnan(r[metric])]
             if not group:
                 continue
-            label = f"{line_key.split('.')[-1]} = {value:g}" if line_key else None
+            label = f"{line_key.split('.')[-1]} = {value}" if line_key else None
             # The line joins finished trials (the mean where values repeat); trials stopped early,
             # measured at fewer steps, are hollow markers off the line.
             finished = [r for r in group if r["status"] == "finished"]
-            xs = sorted({r[x_key] for r in finished})
-            means = [
-                sum(r[metric] for r in finished if r[x_key] == x) / sum(r[x_key] == x for r in finished) for x in xs
-            ]
+            xs = sorted({x(r) for r in finished})
+            means = [sum(r[metric] for r in finished if x(r) == p) / sum(x(r) == p for r in finished) for p in xs]
             (line,) = axis.plot(xs, means, marker="o", label=label if xs else None)
             stopped = [r for r in group if r["status"] != "finished"]
             axis.scatter(
-                [r[x_key] for r in stopped],
+                [x(r) for r in stopped],
                 [r[metric] for r in stopped],
                 s=60,
                 facecolors="white",
@@ -679,7 +1131,9 @@ def plot_scores(rows: list[dict], cfg: SweepConfig, path: str) -> None:
                 zorder=3,
                 label=None if xs else label,
             )
-        if all(isinstance(r[x_key], (int, float)) and r[x_key] > 0 for r in rows):
+        if ticks:
+            axis.set_xticks(range(len(ticks)), ticks)
+        elif all(p > 0 for p in positions.values()):
             axis.set_xscale("log", base=2)
         axis.set_xlabel(x_key)
         axis.set_ylabel(
@@ -708,7 +1162,7 @@ def write_best_config(best: dict, base: dict, cfg: SweepConfig, path: str, out: 
     command += f"python -m electra_ray.pretrain --config {'best.yaml' if command else shown}"
     header = (
         f"# The best trial ({best['trial']}) of the sweep in {out} by "
-        f"{METRICS[cfg.metric]}: " + ", ".join(f"{key} = {best[key]}" for key in cfg.space) + "\n"
+        f"{METRICS[cfg.metric]}: " + ", ".join(f"{key} = {format_value(best[key])}" for key in cfg.space) + "\n"
         f"# Pre-train with it: {command}\n"
     )
     with open(path, "w") as f:

@@ -110,12 +110,17 @@ def wandb_records(run_dir: str, timeout_s: float = 60) -> dict[str, list[dict]]:
 
 
 def read_wandb_file(run_dir: str) -> dict[str, list]:
-    """The records of run_dir's offline run-<id>.wandb file: LevelDB log records (7-byte headers,
-    32 KiB blocks) holding protobuf Records, after a 7-byte ':W&B' header. W&B has no Python
-    reader of its own any more."""
+    """The records of run_dir's one offline run (read_wandb_records)."""
+    (path,) = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    return read_wandb_records(path)
+
+
+def read_wandb_records(path: str) -> dict[str, list]:
+    """The records of an offline run-<id>.wandb file: LevelDB log records (7-byte headers, 32 KiB
+    blocks) holding protobuf Records, after a 7-byte ':W&B' header. W&B has no Python reader of
+    its own any more."""
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
     with open(path, "rb") as f:
         data = f.read()
     assert data[:4] == b":W&B"
@@ -262,18 +267,157 @@ def test_a_tracker_that_cannot_start_is_one_line(mlflow_server):
     assert "\n" not in str(error.value)
 
 
-def test_a_sweep_tracks_trials_with_tunes_callbacks(tmp_path, small_corpus, tokenizer_dir, mlflow_server):
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+# -- a tracker that fails after its start: one warning line, the run's own outcome stands -----------
+
+
+class FakeTracker:
+    """A Tracker that fails where told ("log", "finish") and keeps what it was sent."""
+
+    def __init__(self, fails: str = ""):
+        self.fails, self.logged, self.finished = fails, [], []
+
+    def start(self, run_name, params):
+        pass
+
+    def log(self, metrics, step):
+        if self.fails == "log":
+            raise ConnectionError("Connection refused\nwith a second line nobody needs")
+        self.logged.append(step)
+
+    def finish(self, status):
+        if self.fails == "finish":
+            raise ConnectionError("API request to endpoint /api/2.0/mlflow/runs/update failed")
+        self.finished.append(status)
+
+
+def tracked_with(monkeypatch, tmp_path, fakes: list[FakeTracker]):
+    """trackers.tracking (what launch.run_pretraining wraps a run in) with `fakes` as the trackers."""
+    from electra_ray import trackers
+
+    monkeypatch.setattr(trackers, "build", lambda output, run_dir: fakes)
+    cfg = load_config(None, ["output.name=run"])
+    return trackers.tracking(cfg, str(tmp_path))
+
+
+def warnings_of(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning: ")]
+
+
+def test_a_tracker_failure_is_one_warning_and_the_run_ends_as_it_ran(tmp_path, monkeypatch, capsys):
+    good, broken_log, broken_finish = FakeTracker(), FakeTracker("log"), FakeTracker("finish")
+    with tracked_with(monkeypatch, tmp_path, [broken_log, good, broken_finish]) as run:
+        with open(tmp_path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 5, "loss": 3.0}) + "\n")
+        run.log({"eval/auc": 0.6}, 10)  # the export's evaluation: after every record written so far
+    warnings = warnings_of(capsys.readouterr().err)
+    assert warnings == [
+        "warning: FakeTracker stopped logging at step 5: Connection refused (every value stays in metrics.jsonl); "
+        "it is skipped from now on",
+        "warning: FakeTracker could not end the run as FINISHED: API request to endpoint "
+        "/api/2.0/mlflow/runs/update failed (every value stays in metrics.jsonl); it is skipped from now on",
+    ]
+    assert good.logged == [5, 10] and good.finished == ["FINISHED"]
+    assert broken_log.finished == []  # failed: not asked again (an outage would make it wait for its retries)
+
+
+def test_a_tracker_failing_at_the_end_never_hides_the_runs_own_error(tmp_path, monkeypatch, capsys):
+    good, broken_finish = FakeTracker(), FakeTracker("finish")
+    with pytest.raises(RuntimeError, match="^the run's own error$"):
+        with tracked_with(monkeypatch, tmp_path, [broken_finish, good]):
+            raise RuntimeError("the run's own error")
+    assert good.finished == ["FAILED"]
+    assert len(warnings_of(capsys.readouterr().err)) == 1
+
+
+def test_a_tracker_that_fails_to_start_ends_the_started_ones_and_is_one_line():
+    class NoStart(FakeTracker):
+        def start(self, run_name, params):
+            raise PermissionError("401 Unauthorized\n<html>...</html>")
+
+    started, broken_finish = FakeTracker(), FakeTracker("finish")
+    with pytest.raises(UserError, match=r"^NoStart could not start the run: 401 Unauthorized$"):
+        start_all([started, broken_finish, NoStart()], "run", {})
+    assert started.finished == ["FAILED"]
+
+
+# -- a sweep's trials are tracked from the driver; the W&B key never reaches Ray --------------------
+
+
+class FakeTrial:
+    """What Tune hands its callbacks: a trial's id, config, last result and name (str)."""
+
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id, self.config, self.last_result = trial_id, config, {}
+        self.local_path, self.experiment_dir_name = "", "tune"
+
+    def __str__(self):
+        return f"run_trial_{self.trial_id}"
+
+
+def drive(callback, trial: FakeTrial, reports: list[dict]) -> None:
+    """The calls Tune makes to a callback for a trial that reports `reports` and returns."""
+    callback.setup()
+    callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    for report in reports:
+        trial.last_result = report
+        callback.on_trial_result(iteration=1, trials=[trial], trial=trial, result=report)
+    callback.on_trial_complete(iteration=2, trials=[trial], trial=trial)
+    callback.on_experiment_end(trials=[trial])
+
+
+@pytest.fixture
+def remote_calls(monkeypatch) -> list[dict]:
+    """Every ray.remote(...) call's options (where a runtime_env would be), instead of an actor.
+    The modules that call ray.remote when imported are imported first."""
+    import ray
+    import ray.air.integrations.wandb  # noqa: F401
+    import ray.data  # noqa: F401
+
+    import electra_ray.tune  # noqa: F401
+
+    calls: list[dict] = []
+
+    def record(*args, **options):
+        calls.append(options)
+        raise RuntimeError("no actor in this test")
+
+    monkeypatch.setattr(ray, "remote", record)
+    return calls
+
+
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_rays_wandb_callback_would_put_the_key_in_an_actors_runtime_env(monkeypatch, offline_wandb, remote_calls):
+    """Why sweeps do not use it: the key would be shown by the dashboard and the State API."""
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    from electra_ray.tune import load_sweep_config, new_sweep, tracker_callbacks
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    # Its actor is pinned to this node, which would start a local Ray here (ray.init on first use).
+    monkeypatch.setattr("ray.air.integrations.wandb._force_on_current_node", lambda: {})
+    with pytest.raises(RuntimeError, match="no actor in this test"):
+        drive(WandbLoggerCallback(project="sweeps"), FakeTrial("a_00000", {"x": 1}), [])
+    assert remote_calls[0]["runtime_env"] == {"env_vars": {"WANDB_API_KEY": FAKE_KEY}}
 
+
+def test_a_sweep_tracks_trials_from_the_driver_without_giving_ray_the_key(
+    tmp_path, small_corpus, tokenizer_dir, mlflow_server, offline_wandb, monkeypatch, remote_calls
+):
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from electra_ray.tune import TrialTrackers, load_sweep_config, new_sweep, tracker_callbacks
+
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     overrides = [
         f"pretrain.data.path={small_corpus}",
         f"pretrain.data.tokenizer={tokenizer_dir}",
         "pretrain.output.trackers=[tensorboard, mlflow, wandb]",
         f"pretrain.output.mlflow_tracking_uri={mlflow_server.uri}",
+        "pretrain.output.mlflow_experiment=sweep-trials",
         "pretrain.output.wandb_project=sweeps",
+        "pretrain.train.max_steps=20",
+        "space={train.rtd_weight: [1, 50]}",
         "metric=heldout_auc",
     ]
     unreachable = f"pretrain.output.mlflow_tracking_uri=http://127.0.0.1:{_free_port()}"
@@ -282,12 +426,32 @@ def test_a_sweep_tracks_trials_with_tunes_callbacks(tmp_path, small_corpus, toke
     assert not (tmp_path / "refused").exists()  # refused before anything is written
 
     cfg, settings = new_sweep(load_sweep_config(None, [*overrides, f"out={tmp_path / 'sweep'}"]))
-    # The trials' own runs keep TensorBoard only: Tune's callbacks, on the driver, track them.
+    # The trials' own runs keep TensorBoard only: the driver's callback tracks them.
     assert settings.pretrain["output"]["trackers"] == ["tensorboard"]
-    mlflow_callback, wandb_callback = tracker_callbacks(cfg.pretrain.output)
-    assert isinstance(mlflow_callback, MLflowLoggerCallback) and isinstance(wandb_callback, WandbLoggerCallback)
-    assert mlflow_callback.tracking_uri == mlflow_server.uri and mlflow_callback.experiment_name == "electra-ray"
-    assert wandb_callback.project == "sweeps"
+    (callback,) = tracker_callbacks(cfg.pretrain.output, settings, cfg.pretrain.train.max_steps)
+    assert isinstance(callback, TrialTrackers)
+    reports = [
+        {"step": 10, "heldout_auc": 0.55, "loss": 3.0, "training_iteration": 1, "pid": 4242, "time_this_iter_s": 1.5},
+        {"step": 20, "heldout_auc": 0.6, "loss": 2.5, "training_iteration": 2, "pid": 4242, "time_this_iter_s": 1.5},
+    ]
+    assert not ray.is_initialized()
+    drive(callback, FakeTrial("a_00000", {"train.rtd_weight": 50.0}), reports)
+
+    # No actor, no runtime_env: the callback works in this process, without even connecting to Ray.
+    assert remote_calls == [] and not ray.is_initialized()
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("sweep-trials").experiment_id])
+    assert run.info.run_name == "run_trial_a_00000" and run.info.status == "FINISHED"
+    assert run.data.params["train.rtd_weight"] == "50.0" and run.data.params["train.max_steps"] == "20"
+    assert set(run.data.metrics) == {"heldout_auc", "loss"}  # not Tune's own fields
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "heldout_auc")] == [
+        (10, 0.55),
+        (20, 0.6),
+    ]
+    records = wandb_records(settings.out)  # OUT/wandb: written by this process
+    assert records["exit"] == [0]
+    assert [(h["_step"], h["heldout_auc"]) for h in records["history"]] == [(10, 0.55), (20, 0.6)]
+    assert any(c.get("train.rtd_weight") == 50.0 for c in records["config"])
 
 
 # -- end to end: one tiny pre-training run on a real local Ray --------------------------------------
@@ -334,3 +498,42 @@ def test_pretraining_reports_to_mlflow_and_wandb(small_corpus, tokenizer_dir, tm
     logged = {h["_step"]: h["loss"] for h in records["history"] if "loss" in h}
     assert logged == pytest.approx(losses)
     assert any(c.get("train.max_steps") == 10 for c in records["config"])
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("local_ray")
+def test_an_mlflow_outage_leaves_a_finished_run_finished(small_corpus, tokenizer_dir, tmp_path, monkeypatch, capsys):
+    """The tracking server goes away right after the run's start: every log and the run's end fail.
+    The run still trains, exports and returns (the CLI exits 0), with one warning line."""
+    from electra_ray.trackers import MetricsFollower
+
+    server = MlflowServer(str(tmp_path)).wait()  # this test's own: it stops it
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused connection fails at once
+    original_start = MetricsFollower.start
+
+    def start_after_an_outage(follower):
+        server.stop()  # by the pid of the process group this test started
+        return original_start(follower)
+
+    monkeypatch.setattr(MetricsFollower, "start", start_after_an_outage)
+    overrides = {
+        **{f"model.{key}": value for key, value in TINY_MODEL.items()},
+        "data.path": small_corpus,
+        "data.tokenizer": tokenizer_dir,
+        "data.seq_len": 32,
+        "train.batch_size": 8,
+        "train.max_steps": 10,
+        "train.warmup_steps": 2,
+        "train.log_every": 5,
+        "train.checkpoint_every": 10,
+        "scaling.num_workers": 1,
+        "scaling.cpus_per_worker": 1,
+        "output.dir": str(tmp_path / "runs"),
+        "output.name": "outage",
+        "output.trackers": "[mlflow]",
+        "output.mlflow_tracking_uri": server.uri,
+    }
+    result = pretrain_verb.pretrain(load_config(None, [f"{k}={v}" for k, v in overrides.items()]))
+    assert [h["step"] for h in result.history] == [5, 10] and os.path.isdir(result.export)
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "MlflowTracker" in line]
+    assert warning.startswith("warning: MlflowTracker stopped logging at step 5: ") and "skipped from now on" in warning

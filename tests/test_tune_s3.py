@@ -40,15 +40,20 @@ def bucket_objects(client) -> dict[str, int]:
     return {item["Key"]: item["Size"] for page in pages for item in page.get("Contents", [])}
 
 
-def tune_results(client) -> dict[str, list[dict]]:
-    """Every report each trial made to Tune, read from the experiment in the bucket."""
-    reports = {}
-    for key in bucket_objects(client):
-        parts = key.split("/")  # exp/tune/<trial>/result.json
-        if parts[1:2] == ["tune"] and parts[-1] == "result.json" and len(parts) == 4:
-            body = client.get_object(Bucket="sweeps", Key=key)["Body"].read().decode()
-            reports[parts[2]] = [json.loads(line) for line in body.splitlines() if line.strip()]
-    return reports
+def finished_trials(client) -> set[str]:
+    """The trials that ended with their fine-tune, as the driver's exp/trials.json says."""
+    try:
+        body = client.get_object(Bucket="sweeps", Key="exp/trials.json")["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return set()
+    records = json.loads(body)["trials"]
+    return {r["name"] for r in records if r["status"] == "ended" and "finetune_score" in r["result"]}
+
+
+def run_history(client, trial: str) -> list[dict]:
+    """The trial's own pre-training records, as it published them (exp/trials/<trial>/metrics.jsonl)."""
+    body = client.get_object(Bucket="sweeps", Key=f"exp/trials/{trial}/metrics.jsonl")["Body"].read().decode()
+    return [r for r in map(json.loads, body.splitlines()) if "step" in r]
 
 
 def test_sweep_on_s3_is_interrupted_resumed_and_summarized_there(tmp_path, small_corpus):
@@ -77,7 +82,7 @@ def run_sweep_and_check(tmp_path, corpus):
     try:
         deadline = time.time() + 600
         # Ctrl-C once one trial has finished, fine-tune included (as Tune synced it to the bucket).
-        while not any("finetune_score" in r for reports in tune_results(client).values() for r in reports):
+        while not finished_trials(client):
             assert first.poll() is None, log.read_text()[-3000:]
             assert time.time() < deadline, "no trial finished in 10 minutes"
             time.sleep(1)
@@ -88,7 +93,7 @@ def run_sweep_and_check(tmp_path, corpus):
             first.kill()
     assert f"continue with: python -m electra_ray.tune --resume {OUT}" in log.read_text(), log.read_text()[-3000:]
     assert not storage.exists(f"{OUT}/results.csv")
-    done_before = {t for t, reports in tune_results(client).items() if any("finetune_score" in r for r in reports)}
+    done_before = finished_trials(client)
     assert len(done_before) == 1
 
     resumed = subprocess.run(
@@ -104,28 +109,27 @@ def run_sweep_and_check(tmp_path, corpus):
     objects = bucket_objects(client)
     rows = list(csv.DictReader(io.StringIO(storage.read_text(f"{OUT}/results.csv"))))
     assert sorted(float(r["train.rtd_weight"]) for r in rows) == [1.0, 50.0]
-    reports = tune_results(client)
-    assert len(reports) == 2
     for row in rows:
-        (history,) = [r for name, r in reports.items() if row["trial"] in name]
         assert row["status"] == "finished" and int(row["step"]) == 10 and row["rank"] in ("1", "2"), row
-        assert float(row["finetune_score"]) == history[-1]["finetune_score"]
-        # The trial's pre-training run: config, checkpoint (Ray Train's storage), records, export.
-        trial = next(name for name in objects if name.startswith("exp/trials/") and row["trial"] in name).split("/")[2]
+        # The trial's pre-training run (named as the row's trial): config, checkpoint (Ray Train's
+        # storage), records, export, and its fine-tune's metrics, which the row shows.
+        trial = row["trial"]
         prefix = f"exp/trials/{trial}/"
         assert {f"{prefix}config.json", f"{prefix}metrics.jsonl", f"{prefix}finetune.json"} <= set(objects)
         assert any(k.startswith(f"{prefix}checkpoint_") and k.endswith("run_state.json") for k in objects)
         assert storage.read_manifest(f"{OUT}/trials/{trial}/export").kind == "export"
+        finetune = json.loads(storage.read_text(f"{OUT}/trials/{trial}/finetune.json"))
+        assert float(row["finetune_score"]) == finetune["summary"][finetune["metric"]]["median"]
+        assert run_history(client, trial)[-1]["step"] == 10
     # The trial that had finished before the interruption was not run again.
-    for name, history in reports.items():
-        if any(done in name for done in done_before):
-            assert [r["step"] for r in history] == [5, 10, 10]
-    # Tune's experiment (what --resume restored: one state file per session), the shared
-    # tokenizer and task files, the results.
+    for name in done_before:
+        assert [r["step"] for r in run_history(client, name)] == [5, 10]
+    # Tune's experiment (one state file per session), the shared tokenizer and task files, the results.
     assert len([k for k in objects if k.startswith("exp/tune/experiment_state-")]) == 2
     assert any(k.startswith("exp/tune/") and "events.out.tfevents" in k for k in objects)
     assert storage.read_manifest(f"{OUT}/tokenizer").kind == "tokenizer"
-    assert {"exp/sweep.json", "exp/data/train.parquet", "exp/data/dev.parquet", "exp/score.png"} <= set(objects)
+    assert {"exp/sweep.json", "exp/trials.json", "exp/data/train.parquet", "exp/data/dev.parquet"} <= set(objects)
+    assert "exp/score.png" in objects
     best = yaml.safe_load(storage.read_text(f"{OUT}/best.yaml"))
     assert best["data"]["tokenizer"] == f"{OUT}/tokenizer" and best["train"]["rtd_weight"] in (1, 50)
 
