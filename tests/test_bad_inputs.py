@@ -157,14 +157,23 @@ def squad_file(directory: str, answer_start: int, name: str = "qa.json") -> None
     write(directory, name, json.dumps({"data": [{"paragraphs": [{"context": context, "qas": [question]}]}]}))
 
 
-def sweep_with_scratch(scratch: str) -> Callable[[str, dict], None]:
-    """A directory whose sweep.json names `scratch` (a path outside the temporary directory)."""
+def a_sweep(directory: str, ctx: dict, change: Callable[[dict], None] = lambda saved: None) -> None:
+    """sweep/: a new sweep as `tune` leaves it before any trial, its sweep.json then changed."""
+    from electra_ray.tune import SWEEP_FILE, load_sweep_config, new_sweep
 
-    def setup(directory: str, ctx: dict) -> None:
-        user_files(directory, "home/notes.txt")
-        write(directory, "sweep/sweep.json", json.dumps({"scratch": scratch.format(dir=directory)}))
+    overrides = [f"pretrain.data.path={ctx['corpus']}", f"pretrain.data.tokenizer={ctx['tok']}"]
+    _, settings = new_sweep(load_sweep_config(None, [*overrides, f"out={directory}/sweep"]))
+    path = os.path.join(settings.out, SWEEP_FILE)
+    with open(path) as f:
+        saved = json.load(f)
+    change(saved)
+    write(directory, f"sweep/{SWEEP_FILE}", json.dumps(saved))
 
-    return setup
+
+def sweep_with_scratch(directory: str, ctx: dict) -> None:
+    """A sweep whose sweep.json names the user's directory as its scratch (a path, not our name)."""
+    user_files(directory, "home/notes.txt")
+    a_sweep(directory, ctx, lambda saved: saved["settings"].update(scratch=os.path.join(directory, "home")))
 
 
 def finetune_args(*more: str, model: str = "{dir}/export", train: str = "{dir}/train.parquet") -> list[str]:
@@ -649,14 +658,27 @@ CASES = [
     Case(
         "tune resume a sweep whose scratch is a user directory",
         ["tune", "--resume", "{dir}/sweep"],
-        "scratch",
-        sweep_with_scratch("{dir}/home"),
+        "names the scratch directory",
+        sweep_with_scratch,
     ),
     Case(
         "tune resume a corrupt sweep.json",
         ["tune", "--resume", "{dir}/sweep"],
-        "sweep.json",
-        lambda d, ctx: write(d, "sweep/sweep.json", '{"scratch": '),
+        "its sweep.json is not readable JSON",
+        lambda d, ctx: (a_sweep(d, ctx), write(d, "sweep/sweep.json", '{"sweep": {')),
+    ),
+    Case(
+        "tune resume a trial record naming a path",
+        ["tune", "--resume", "{dir}/sweep"],
+        "is not a trial name electra_ray.tune gives",
+        lambda d, ctx: (
+            a_sweep(d, ctx),
+            write(
+                d,
+                "sweep/trials.json",
+                json.dumps({"trials": [{"name": "../../elsewhere", "params": {}, "status": "ended", "result": {}}]}),
+            ),
+        ),
     ),
     Case(
         "tune a key that is no config key",
