@@ -54,6 +54,7 @@ IMPORT_CHECK = (
         ("finetune", ["--model", "m", "--train", "t", "--eval", "e", "--dropout", "5"]),
         ("evaluate", ["export", "--max-sequences", "0"]),
         ("compare", ["--set", "points=0"]),
+        ("tune", ["--set", "num_samples=0"]),
         ("prepare", ["texts", "out", "--shard-mb", "0"]),
         ("tokenizer", ["--input", "corpus", "--vocab-size", "0", "--out", "t"]),
     ],
