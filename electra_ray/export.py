@@ -13,15 +13,20 @@ which is what `ElectraForSequenceClassification.from_pretrained` takes (it drops
 head and adds a new classifier). ZeRO shards are consolidated to fp32 first, whatever the stage.
 CHECKPOINT and OUT may be s3:// URLs; OUT appears complete or not at all, with a `_MANIFEST.json`
 of every file's sha256 (storage.publish_directory). An existing OUT is replaced only if it is an
-earlier export and --overwrite is given; `electra_ray.storage.fetch_directory(URL, DIR)` downloads
-only a complete, hash-checked export. Checkpoint files are loaded weights-only (checkpoint.py).
+earlier export and --overwrite is given; a second export into a local OUT while one runs is
+refused. If the disk fills (or a file-size limit is reached), what was written is removed, an
+earlier export at OUT is kept, and the command stops with one line. A killed export leaves at most
+an unpublished `OUT.partial-*` directory beside OUT, which is never read as an export.
+`electra_ray.storage.fetch_directory(URL, DIR)` downloads only a complete, hash-checked export.
+Checkpoint files are loaded weights-only (checkpoint.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from tokenizers import Tokenizer
@@ -31,6 +36,7 @@ from electra_ray.checkpoint import (
     CHECKPOINT_TAG,
     RUN_STATE,
     TOKENIZER_DIR,
+    disk_full_reason,
     run_state_file,
     safe_loading,
     verify_pickles,
@@ -112,29 +118,63 @@ def export(
     measure: Callable[[str], dict] | None = None,
 ) -> str:
     """Checkpoint (local or s3://) -> HF-format export at `out` (local or s3://), published whole.
-    An existing `out` is replaced only if it is an earlier export and `overwrite` is set.
+    An existing `out` is replaced only if it is an earlier export and `overwrite` is set; another
+    command writing the same local `out` meanwhile is refused (storage.OutputBusy). A full disk
+    (or file-size limit) is a UserError: what was written is removed, an earlier export is kept.
     `measure(directory)`: held-out figures of the export written there, before it is published,
     for its model cards (pretrain passes its evaluation)."""
     storage.check(checkpoint)
     storage.check_output(out, "export", overwrite)  # before the work: refused outputs cost nothing
     if not storage.is_remote(checkpoint) and not os.path.isdir(checkpoint):
         raise UserError(f"no checkpoint directory at {checkpoint}")
+    # Held from here to the publish: two exports into one `out` would both have passed the check
+    # above. Checked again under it: another export may have published there meanwhile.
+    with storage.exclusive_output(out):
+        previous = storage.check_output(out, "export", overwrite, probe=False)
+        model, cfg, tokenizer_json, step = load_checkpoint(checkpoint)
+        source = checkpoint if storage.is_remote(checkpoint) else os.path.abspath(checkpoint)
+        figures = run_figures(checkpoint, step)  # what the run measured at this step, if its records are beside it
+        # The staging directory (and all in it) is removed if anything below fails.
+        with storage.staging_directory(out) as staging, disk_full_is_a_user_error(out, previous is not None):
+            write_export(model, cfg, tokenizer_json, source, staging, step, figures)
+            if measure:  # the cards again, with the export's own held-out figures
+                write_model_cards(staging, model.exported_networks(), cfg, step, {**figures, **measure(staging)})
+            return storage.publish_directory(staging, out, "export", overwrite, progress)
+
+
+def load_checkpoint(checkpoint: str) -> tuple:
+    """(joint model, Config, tokenizer JSON, step) of a checkpoint (local or s3://); a damaged one
+    is a UserError."""
     with storage.local_directory(checkpoint) as checkpoint_dir:
         try:
             model, cfg, tokenizer_json = load_pretraining_model(checkpoint_dir)
             step = int(read_run_state(checkpoint_dir).get("step", 0))
-        except UserError:
+        except (UserError, MemoryError, torch.OutOfMemoryError):
             raise
         except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:  # a truncated or corrupt file
             first_line = (str(error).splitlines() or [""])[0][:300]
             raise UserError(f"cannot read checkpoint {checkpoint}: {type(error).__name__}: {first_line}") from None
-    source = checkpoint if storage.is_remote(checkpoint) else os.path.abspath(checkpoint)
-    figures = run_figures(checkpoint, step)  # what the run measured at this step, if its records are beside it
-    with storage.staging_directory(out) as staging:
-        write_export(model, cfg, tokenizer_json, source, staging, step, figures)
-        if measure:  # the cards again, with the export's own held-out figures
-            write_model_cards(staging, model.exported_networks(), cfg, step, {**figures, **measure(staging)})
-        return storage.publish_directory(staging, out, "export", overwrite, progress)
+    return model, cfg, tokenizer_json, step
+
+
+@contextlib.contextmanager
+def disk_full_is_a_user_error(out: str, replacing: bool) -> Iterator[None]:
+    """A write in the block that fails for want of space (a full disk, the file-size limit, a
+    quota) becomes one line: safetensors, tokenizers and torch would raise it as a traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        reason = disk_full_reason(error)
+        if reason is None:
+            raise
+        kept = f"the export already at {out} is unchanged" if replacing else "nothing was published"
+        detail = (str(error).splitlines() or [""])[0][:200]
+        raise UserError(
+            f"cannot write the export {out}: {reason} ({type(error).__name__}: {detail}); what was written "
+            f"is removed and {kept}: free space (or raise the file-size limit) and export again"
+        ) from None
 
 
 def write_export(
@@ -145,11 +185,27 @@ def write_export(
     tokenizer = Tokenizer.from_str(tokenizer_json)
     networks = model.exported_networks()
     for name, network in networks.items():
-        network.save_pretrained(os.path.join(directory, name))
+        with quiet_progress_bars():
+            network.save_pretrained(os.path.join(directory, name))
         save_tokenizer(tokenizer, os.path.join(directory, name), model_max_length=cfg.model.max_position_embeddings)
     write_model_cards(directory, networks, cfg, step, figures)
     with open(os.path.join(directory, EXPORT_METADATA), "w") as f:
         json.dump({"checkpoint": checkpoint, "config": cfg.to_dict()}, f, indent=1)
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """No "Writing model shards" bar of transformers on stderr for a model of one shard: an export's
+    output is its result line, or its one-line error."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> None:

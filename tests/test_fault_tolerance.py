@@ -1,11 +1,14 @@
 """Fault tolerance on a real local Ray: a worker killed from outside, a driver stopped and resumed,
-a corrupt newest checkpoint, non-finite losses. Each interrupted run must end with exactly the
-weights of the same run left alone: checkpoints hold the data position and every random stream,
-Ray Data delivers each worker's shard in the same order, and gloo's sums are deterministic."""
+a corrupt newest checkpoint, a full disk while a checkpoint is written, non-finite losses. Each
+interrupted run must end with exactly the weights of the same run left alone (checkpoints hold the
+data position and every random stream, Ray Data delivers each worker's shard in the same order,
+and gloo's sums are deterministic), or stop with one line."""
 
+import contextlib
 import glob
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -257,3 +260,71 @@ def test_resume_refuses_a_code_running_checkpoint_without_running_it(reference, 
         pretrain(cfg, export_and_evaluate=False)
     assert not marker.exists()
     assert checkpoints_in(run_dir)[-1] == newest  # nothing trained, nothing saved
+
+
+@contextlib.contextmanager
+def workers_file_size_limited(limit: int):
+    """While the block runs, every Ray Train worker of this test's Ray gets RLIMIT_FSIZE=`limit`
+    as soon as it is alive (prlimit from outside, as `os.kill` kills one above). Python ignores
+    SIGXFSZ, so a write past the limit fails with EFBIG, as one on a full disk fails with ENOSPC.
+    Only our Ray's workers: other Ray instances on this machine are left alone. Yields the pids."""
+    from ray.util.state import list_actors
+
+    limited: list[int] = []
+    done = threading.Event()
+
+    def limit_new_workers():
+        address = ray.get_runtime_context().gcs_address
+        while not done.is_set():
+            with contextlib.suppress(Exception):  # the state API between two runs, or a worker gone meanwhile
+                alive = list_actors(address=address, filters=[("state", "=", "ALIVE")])
+                for actor in alive:
+                    if "RayTrainWorker" in actor.class_name and actor.pid not in limited:
+                        hard = resource.prlimit(actor.pid, resource.RLIMIT_FSIZE)[1]
+                        resource.prlimit(actor.pid, resource.RLIMIT_FSIZE, (limit, hard))
+                        limited.append(actor.pid)
+            done.wait(0.2)
+
+    watcher = threading.Thread(target=limit_new_workers, daemon=True)
+    watcher.start()
+    try:
+        yield limited
+    finally:
+        done.set()
+        watcher.join(timeout=30)
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_stops_in_one_line_and_keeps_the_previous(
+    reference, small_corpus, tokenizer_dir, tmp_path
+):
+    """The reference's steps 16 and 24 are kept, 24 damaged: the run resumes from 16 and its next
+    checkpoint (step 24) meets a file-size limit of 300 kB in the workers (the weights files are
+    larger; Ray's own logs smaller). The run stops with one line, the step-16 checkpoint stays the
+    one to resume from, nothing of step 24's new checkpoint is left; with space again the run
+    resumes and ends with the reference's weights."""
+    import shutil
+
+    from electra_ray.errors import UserError
+
+    first, weights = reference
+    run_dir = os.path.join(tmp_path, "run")
+    shutil.copytree(first.run_dir, run_dir)
+    for shard in glob.glob(os.path.join(checkpoints_in(run_dir)[-1], "model", "*optim_states.pt")):
+        with open(shard, "r+b") as f:
+            f.truncate(100)
+    registered, directories = registered_checkpoints(run_dir), checkpoints_in(run_dir)
+    cfg = tiny_config(small_corpus, tokenizer_dir, tmp_path, **STEPS)
+
+    with workers_file_size_limited(300_000) as limited:
+        with pytest.raises(UserError) as stopped:
+            pretrain(cfg, export_and_evaluate=False)
+    message = str(stopped.value)
+    assert len(limited) == 2 and "\n" not in message
+    assert message.startswith("training stopped: cannot write the checkpoint of step 24: file too large (rank ")
+    assert "nothing of it was kept and the latest complete checkpoint is unchanged" in message
+    assert registered_checkpoints(run_dir) == registered and checkpoints_in(run_dir) == directories
+
+    result = pretrain(cfg, export_and_evaluate=False)  # space again
+    assert registered_checkpoints(run_dir)[-1] not in registered
+    assert [h["step"] for h in result.history][-2:] == [20, 24]
+    assert_same_weights(discriminator_weights(result.checkpoint), weights)

@@ -111,6 +111,7 @@ def _third_party_imports() -> set[str]:
 def _declared() -> dict[str, set[str]]:
     """Distribution names (normalized) of pyproject's dependencies and of each extra."""
     import re
+
     import tomllib
 
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:

@@ -83,3 +83,29 @@ def test_a_truncated_checkpoint_is_a_one_line_error_for_export(stage0_checkpoint
     with pytest.raises(UserError, match=f"cannot read checkpoint {checkpoint}: RuntimeError"):
         export(checkpoint, str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_users_force_no_weights_only_variable_does_not_make_checkpoints_unreadable(
+    stage0_checkpoint, tmp_path, monkeypatch
+):
+    """With TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 in the environment, forcing weights-only as well made
+    torch refuse every load ("Only one of ..."): every checkpoint looked unreadable. The user's
+    variable is set aside while checkpoints load (still weights-only), and put back after."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    checkpoints.verify_pickles(stage0_checkpoint)
+    assert checkpoints.load_rng_state(os.path.join(stage0_checkpoint, "rng_rank0.pt"))["torch"].dtype == torch.uint8
+    marker = tmp_path / "ran"
+    write_code_running_pickle(tmp_path / "evil.pt", str(marker))
+    with pytest.raises(checkpoints.UnsafeCheckpointError, match="Unsupported global: GLOBAL exec"):
+        checkpoints.verify_pickles(str(tmp_path))
+    assert not marker.exists()
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+    run = subprocess.run(  # the verb, as a user with that variable runs it
+        [sys.executable, "-m", "electra_ray.export", stage0_checkpoint, str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == f"export: {tmp_path / 'out'}"
