@@ -23,6 +23,14 @@ Checkpoint files are loaded weights-only (checkpoint.py).
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m electra_ray.export`: a bad path is refused before the imports
+    from electra_ray.cli import run_cli  # below (torch, transformers: seconds); main() re-reads it
+    from electra_ray.export_args import checked_args
+
+    run_cli(lambda: checked_args(sys.argv[1:], __doc__))
+
 import contextlib
 import json
 import os
@@ -41,10 +49,11 @@ from electra_ray.checkpoint import (
     safe_loading,
     verify_pickles,
 )
-from electra_ray.cli import run_cli, verb_parser
+from electra_ray.cli import run_cli
 from electra_ray.config import Config
 from electra_ray.data import tokenizer_from_json
 from electra_ray.errors import UserError
+from electra_ray.export_args import checked_args
 from electra_ray.model import build_pretraining_model
 from electra_ray.model_card import run_figures, write_model_cards
 from electra_ray.tokenizer import save_tokenizer
@@ -209,26 +218,12 @@ def quiet_progress_bars() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = verb_parser("export", __doc__)
-    parser.add_argument(
-        "checkpoint", nargs="?", help="a checkpoint directory written by electra_ray.pretrain (or s3://...)"
-    )
-    parser.add_argument("out", nargs="?", help="output directory, or s3://bucket/prefix")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an earlier export at OUT (only the files its manifest lists are removed)",
-    )
-    parser.add_argument("--verify", metavar="EXPORT", help="check every file of an export against its manifest")
-    args = parser.parse_args(argv)
-
     def run():
+        args = checked_args(argv, __doc__)
         if args.verify:
             manifest = storage.verify_directory(args.verify)
             print(f"verified: {args.verify} ({len(manifest.files)} files, sha256 as its manifest lists)")
             return
-        if not (args.checkpoint and args.out):
-            raise UserError("give CHECKPOINT and OUT (or --verify EXPORT)")
         print(f"export: {export(args.checkpoint, args.out, overwrite=args.overwrite)}")
 
     run_cli(run)

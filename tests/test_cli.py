@@ -55,6 +55,7 @@ IMPORT_CHECK = (
         ("evaluate", ["export", "--max-sequences", "0"]),
         ("compare", ["--set", "points=0"]),
         ("tune", ["--set", "num_samples=0"]),
+        ("export", ["no-such-checkpoint", "out"]),
         ("prepare", ["texts", "out", "--shard-mb", "0"]),
         ("tokenizer", ["--input", "corpus", "--vocab-size", "0", "--out", "t"]),
     ],
