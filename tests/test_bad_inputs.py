@@ -676,7 +676,13 @@ CASES = [
             write(
                 d,
                 "sweep/trials.json",
-                json.dumps({"trials": [{"name": "../../elsewhere", "params": {}, "status": "ended", "result": {}}]}),
+                json.dumps(
+                    {
+                        "trials": [
+                            {"name": "../../elsewhere", "params": {}, "status": "ended", "result": {}, "error": ""}
+                        ]
+                    }
+                ),
             ),
         ),
     ),
