@@ -141,7 +141,7 @@ def synthetic_pairs(n, seed=0):
     return first, second, same
 
 
-def test_pair_classification_from_tsv(electra_export, tmp_path):
+def test_pair_classification_from_tsv(electra_export, tmp_path, capsys):
     first, second, same = synthetic_pairs(96)
     labels = np.where(same, "equivalent", "different")
     for name, rows in (("train", slice(0, 64)), ("dev", slice(64, 96))):
@@ -168,6 +168,9 @@ def test_pair_classification_from_tsv(electra_export, tmp_path):
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(tmp_path / "ft" / "seed-0").label2id == {"different": 0, "equivalent": 1}
+    # It showed its progress while it trained (not a terminal here: plain lines with an ETA).
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("seed 0, lr 0.0001: step ")]
+    assert progress and progress[-1].startswith("seed 0, lr 0.0001: step 2/2 | loss ") and "ETA" in progress[-1]
 
 
 def test_regression_from_jsonl(electra_export, tmp_path):
