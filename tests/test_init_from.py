@@ -80,6 +80,18 @@ def test_our_export_brings_both_networks_and_the_generator_size(stage0_checkpoin
             assert torch.equal(loaded[name], tensor), f"{prefix}.{name}"
 
 
+def test_an_empty_architectures_list_says_nothing(minilm, tmp_path):
+    """`architectures: []` (a config that names no class) is read as no name, as a missing key is;
+    it was an IndexError (issue 30)."""
+    import json
+    import shutil
+
+    source = shutil.copytree(minilm, tmp_path / "minilm")
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "architectures": []}))
+    assert initial_weights.find_source(str(source)).kind == "bert"
+
+
 def run_pretrain_cli(*overrides):
     return subprocess.run(
         [sys.executable, "-m", "electra_ray.pretrain", "--set", *overrides],
