@@ -24,7 +24,13 @@ section: the suite's smoke test.
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+if __name__ == "__main__":  # `python -m electra_ray.bench`: a bad flag is refused before the imports
+    from electra_ray.bench_args import bench_parser  # below (torch, Ray: seconds); main() re-reads it
+
+    bench_parser(__doc__).parse_args(sys.argv[1:])
+
 import json
 import math
 import os
@@ -40,8 +46,8 @@ import ray
 import torch
 import torch.nn.functional as F
 
-from electra_ray.cli import verb_parser
-from electra_ray.config import SHIPPED_CONFIGS, Config, ScalingConfig, load_config
+from electra_ray.bench_args import CONFIGS, LOOPS, ROOT, bench_parser
+from electra_ray.config import Config, ScalingConfig, load_config
 from electra_ray.data import iter_documents, load_sequences, mask_batch, tokenize_and_pack, tokenizer_from_json
 from electra_ray.driver import build_trainer, start_local_ray
 from electra_ray.meter import measure_matmul_flops, peak_flops
@@ -51,9 +57,6 @@ from electra_ray.peer import objective_check, peer_model
 from electra_ray.pretrain import pretrain
 from electra_ray.report import markdown_table
 from electra_ray.tokenizer import read_tokenizer_json, save_tokenizer, train_tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {name: os.path.join(SHIPPED_CONFIGS, f"{name}.yaml") for name in ("tiny", "small")}
 
 
 def bench_config(name: str, tokenizer_dir: str, batch_size: int, extra: list[str] = ()) -> Config:
@@ -92,9 +95,6 @@ def naive_loss(model, batch: dict, rtd_weight: float) -> torch.Tensor:
     mask = batch["attention_mask"].float()
     rtd = (F.binary_cross_entropy_with_logits(logits, is_replaced, reduction="none") * mask).sum() / mask.sum()
     return out.loss + rtd_weight * rtd
-
-
-LOOPS = ("plain", "compiled", "naive", "peer")
 
 
 class Loop:
@@ -280,36 +280,7 @@ def deepspeed_state_bytes(model: torch.nn.Module, zero_stage: int, workers: int)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = verb_parser("bench", __doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the step comparison")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=5, help="steps of our path left out before timing")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench"))
-    parser.add_argument(
-        "--memory",
-        action="store_true",
-        help="also the memory section: model state per worker under ZeRO 0-3, 2 workers (about 3 minutes)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="the suite's smoke test: every arm once on the tiny config, 2 timed steps, compile traced only (its "
-        "eager backend), no memory section",
-    )
-    parser.add_argument(
-        "--gpu",
-        action="store_true",
-        help="the GPU check instead (electra_ray.bench_gpu): one GPU, <= 8 minutes, OUT/gpu.json and gpu.md",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same code on the CPU, tiny shapes")
-    parser.add_argument("--budget", type=float, default=450.0, help="with --gpu: seconds it may take (start-up aside)")
-    # One measurement in a process of its own (run_measure): the loops (comma-separated, of
-    # LOOPS), the model (a config of configs/: tiny or small) and the tokenizer directory.
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--model", default="small", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
-    parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
-    parser.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # --quick: eager
+    parser = bench_parser(__doc__)
     args = parser.parse_args(argv)
 
     if args.gpu:

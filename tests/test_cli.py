@@ -56,6 +56,7 @@ IMPORT_CHECK = (
         ("compare", ["--set", "points=0"]),
         ("tune", ["--set", "num_samples=0"]),
         ("export", ["no-such-checkpoint", "out"]),
+        ("bench", ["--rounds", "x"]),
         ("prepare", ["texts", "out", "--shard-mb", "0"]),
         ("tokenizer", ["--input", "corpus", "--vocab-size", "0", "--out", "t"]),
     ],
@@ -66,4 +67,7 @@ def test_a_bad_value_is_refused_before_torch_transformers_and_ray_load(verb, arg
         [sys.executable, "-c", IMPORT_CHECK, f"electra_ray.{verb}", *argv], capture_output=True, text=True, timeout=120
     )
     assert run.stdout.strip() == "exit 2 []", run.stdout + run.stderr[-2000:]
+    if verb == "bench":  # a mistyped flag: argparse's usage and error, as every verb's
+        assert "error: argument --rounds: invalid int value: 'x'" in run.stderr, run.stderr
+        return
     assert run.stderr.strip().startswith("error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr
