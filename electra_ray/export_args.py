@@ -14,7 +14,7 @@ from electra_ray.errors import UserError
 
 def checked_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
     """checkpoint, out, overwrite, verify (argparse exits 2 on a malformed line; a bad path raises
-    UserError). S3 paths are checked later, with their retries."""
+    UserError). With an S3 path, export() checks both."""
     parser = verb_parser("export", doc)
     parser.add_argument(
         "checkpoint", nargs="?", help="a checkpoint directory written by electra_ray.pretrain (or s3://...)"
@@ -31,8 +31,9 @@ def checked_args(argv: list[str] | None, doc: str) -> argparse.Namespace:
         return args
     if not (args.checkpoint and args.out):
         raise UserError("give CHECKPOINT and OUT (or --verify EXPORT)")
-    if not storage.is_remote(args.checkpoint) and not os.path.isdir(args.checkpoint):
+    if storage.is_remote(args.checkpoint) or storage.is_remote(args.out):
+        return args  # export() checks them in its order, S3 with its retries
+    storage.check_output(args.out, "export", args.overwrite)  # export()'s order: the output first
+    if not os.path.isdir(args.checkpoint):
         raise UserError(f"no checkpoint directory at {args.checkpoint}")
-    if not storage.is_remote(args.out):
-        storage.check_output(args.out, "export", args.overwrite)
     return args
