@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # build for another checkout's venv is rebuilt on the next run.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.venv/torch_extensions
 
-.PHONY: install pretrain test format bench bench-gpu compare sweep finetune-demo clean
+.PHONY: install pretrain test test-fast format bench bench-gpu compare sweep finetune-demo clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest tests $(ARGS)
+
+# The inner loop: everything but the tests marked `ray` (a local Ray, a server or a training
+# subprocess; pyproject's [tool.pytest.ini_options]). ARGS as for `make test`, e.g. ARGS=-x.
+test-fast: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests -m "not ray" $(ARGS)
 
 format: install
 	$(VENV)/bin/ruff format .

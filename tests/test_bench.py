@@ -66,6 +66,7 @@ def test_train_compile_traces_each_encoder_whole():
     assert explanation.graph_count == 1
 
 
+@pytest.mark.ray
 def test_bench_quick_runs_every_arm(tmp_path):
     out = tmp_path / "bench"
     result = subprocess.run(

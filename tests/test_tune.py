@@ -140,6 +140,7 @@ def run_history(out: str, trial: str) -> list[dict]:
         return [r for r in map(json.loads, f) if "step" in r]
 
 
+@pytest.mark.ray
 def test_sweep_with_asha_is_interrupted_resumed_and_summarized(tmp_path, small_corpus, tokenizer_dir):
     from test_trackers import read_wandb_records
 
