@@ -203,15 +203,16 @@ def check(path: str, write: bool = False) -> None:
             client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
 
 
-def _check_local_writable(path: str) -> None:
-    """The nearest existing ancestor of `path` (or path itself) is a writable directory."""
+def _check_local_writable(path: str, shown: str = "") -> None:
+    """The nearest existing ancestor of `path` (or path itself) is a writable directory. `shown`:
+    the output the message names (default: path)."""
     nearest = os.path.abspath(path)
     while not os.path.lexists(nearest):
         nearest = os.path.dirname(nearest)
     if not os.path.isdir(nearest):
-        raise StorageError(f"cannot write {path}: {nearest} exists and is not a directory")
+        raise StorageError(f"cannot write {shown or path}: {nearest} exists and is not a directory")
     if not os.access(nearest, os.W_OK):
-        raise StorageError(f"cannot write {path}: {nearest} is not writable")
+        raise StorageError(f"cannot write {shown or path}: {nearest} is not writable")
 
 
 def exists(path: str) -> bool:
@@ -394,11 +395,7 @@ def check_output(dest: str, kind: str, overwrite: bool = False, probe: bool = Tr
         dest = os.path.abspath(dest)
         if os.path.islink(dest) or (os.path.lexists(dest) and not os.path.isdir(dest)):
             raise StorageError(f"{dest} exists and is not a directory: nothing was written; choose a new path")
-        parent = os.path.dirname(dest)
-        while not os.path.isdir(parent):
-            parent = os.path.dirname(parent)
-        if not os.access(parent, os.W_OK):
-            raise StorageError(f"cannot write {dest}: {parent} is not writable")
+        _check_local_writable(os.path.dirname(dest), shown=dest)
         previous = read_manifest(dest) if os.path.isdir(dest) else None
         if previous is None and os.path.isdir(dest) and os.listdir(dest):
             raise StorageError(
@@ -471,10 +468,9 @@ def exclusive_output(dest: str) -> Iterator[None]:
 def _make_parents(directory: str, dest: str) -> list[str]:
     """os.makedirs(directory), returning the directories it created (outermost first); a file in
     the way is one line, not a NotADirectoryError."""
+    _check_local_writable(directory, shown=dest)
     missing = []
     while not os.path.isdir(directory):
-        if os.path.lexists(directory):
-            raise StorageError(f"cannot write {dest}: {directory} exists and is not a directory")
         missing.append(directory)
         directory = os.path.dirname(directory)
     created = []

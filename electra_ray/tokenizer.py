@@ -187,7 +187,7 @@ def lowercases(tokenizer: Tokenizer) -> bool:
     return walk(json.loads(tokenizer.to_str()).get("normalizer"))
 
 
-class counted:
+class CountedTexts:
     """An iterator of texts that counts the non-empty ones it gave."""
 
     def __init__(self, texts: Iterable[str]):
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--vocab-size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {args.vocab_size}")
         with storage.exclusive_output(args.out):  # a second tokenizer into the same --out is refused
             storage.check_output(args.out, "tokenizer", args.overwrite)  # before training: a refusal costs nothing
-            documents = counted(iter_documents(args.input, args.column, "train", 0.0))  # all of it
+            documents = CountedTexts(iter_documents(args.input, args.column, "train", 0.0))  # all of it
             tokenizer = train_tokenizer(documents, args.vocab_size, args.cased)
             if not documents.count:
                 raise UserError(f"no text in column {args.column!r} of {args.input}: every value is null or empty")

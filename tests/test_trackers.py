@@ -457,15 +457,10 @@ def test_a_sweep_tracks_trials_from_the_driver_without_giving_ray_the_key(
 # -- end to end: one tiny pre-training run on a real local Ray --------------------------------------
 
 
-@pytest.mark.ray
-@pytest.mark.usefixtures("local_ray")
-def test_pretraining_reports_to_mlflow_and_wandb(small_corpus, tokenizer_dir, tmp_path, mlflow_server, offline_wandb):
-    from mlflow.tracking import MlflowClient
-
-    overrides = {
+def tiny_tracked_run(output_dir, name: str, trackers: str, mlflow_uri: str, **more) -> dict:
+    """The overrides of a tiny 10-step pre-training run (reports at steps 5 and 10) with trackers."""
+    return {
         **{f"model.{key}": value for key, value in TINY_MODEL.items()},
-        "data.path": small_corpus,
-        "data.tokenizer": tokenizer_dir,
         "data.seq_len": 32,
         "train.batch_size": 8,
         "train.max_steps": 10,
@@ -474,12 +469,26 @@ def test_pretraining_reports_to_mlflow_and_wandb(small_corpus, tokenizer_dir, tm
         "train.checkpoint_every": 10,
         "scaling.num_workers": 1,
         "scaling.cpus_per_worker": 1,
-        "output.dir": str(tmp_path),
-        "output.name": "tracked",
-        "output.trackers": "[mlflow, wandb]",
-        "output.mlflow_tracking_uri": mlflow_server.uri,
-        "output.mlflow_experiment": "end-to-end",
+        "output.dir": str(output_dir),
+        "output.name": name,
+        "output.trackers": trackers,
+        "output.mlflow_tracking_uri": mlflow_uri,
+        **more,
     }
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("local_ray")
+def test_pretraining_reports_to_mlflow_and_wandb(small_corpus, tokenizer_dir, tmp_path, mlflow_server, offline_wandb):
+    from mlflow.tracking import MlflowClient
+
+    overrides = tiny_tracked_run(
+        tmp_path,
+        "tracked",
+        "[mlflow, wandb]",
+        mlflow_server.uri,
+        **{"data.path": small_corpus, "data.tokenizer": tokenizer_dir, "output.mlflow_experiment": "end-to-end"},
+    )
     result = pretrain_verb.pretrain(load_config(None, [f"{k}={v}" for k, v in overrides.items()]))
     losses = {h["step"]: h["loss"] for h in result.history}
     assert sorted(losses) == [5, 10]
@@ -516,23 +525,13 @@ def test_an_mlflow_outage_leaves_a_finished_run_finished(small_corpus, tokenizer
         return original_start(follower)
 
     monkeypatch.setattr(MetricsFollower, "start", start_after_an_outage)
-    overrides = {
-        **{f"model.{key}": value for key, value in TINY_MODEL.items()},
-        "data.path": small_corpus,
-        "data.tokenizer": tokenizer_dir,
-        "data.seq_len": 32,
-        "train.batch_size": 8,
-        "train.max_steps": 10,
-        "train.warmup_steps": 2,
-        "train.log_every": 5,
-        "train.checkpoint_every": 10,
-        "scaling.num_workers": 1,
-        "scaling.cpus_per_worker": 1,
-        "output.dir": str(tmp_path / "runs"),
-        "output.name": "outage",
-        "output.trackers": "[mlflow]",
-        "output.mlflow_tracking_uri": server.uri,
-    }
+    overrides = tiny_tracked_run(
+        tmp_path / "runs",
+        "outage",
+        "[mlflow]",
+        server.uri,
+        **{"data.path": small_corpus, "data.tokenizer": tokenizer_dir},
+    )
     result = pretrain_verb.pretrain(load_config(None, [f"{k}={v}" for k, v in overrides.items()]))
     assert [h["step"] for h in result.history] == [5, 10] and os.path.isdir(result.export)
     (warning,) = [line for line in capsys.readouterr().err.splitlines() if "MlflowTracker" in line]
